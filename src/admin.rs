@@ -1,0 +1,92 @@
+//! Admin HTTP: health, readiness, Prometheus metrics and debug views.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/healthz` | 200 while the process runs |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason |
+//! | `/metrics` | Prometheus / OpenMetrics text |
+//! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
+//! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
+//! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+
+use crate::cache::ResourceRx;
+use crate::translate::render;
+use crate::xds::Clients;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub snapshots: ResourceRx,
+    pub registry: Arc<Registry>,
+    pub clients: Arc<Clients>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/serviceentries", get(serviceentries))
+        .route("/debug/rejected", get(rejected))
+        .route("/debug/clients", get(clients))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    match s.snapshots.borrow().as_ref() {
+        Some(snap) => (StatusCode::OK, format!("ready: {} ServiceEntries\n", snap.service_entries.names.len())).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the source has not completed its first sync\n").into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn serviceentries(State(s): State<AdminState>, Query(q): Query<FormatQuery>) -> Response {
+    let Some(snap) = s.snapshots.borrow().clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "# not ready: no snapshot yet\n").into_response();
+    };
+    let t = &snap.translation;
+    match q.format.as_deref() {
+        Some("json") => ([(header::CONTENT_TYPE, "application/json")], render::json(&t.entries)).into_response(),
+        None | Some("yaml") => {
+            let body = format!("{}{}", render::yaml(&t.entries), render::report_comments(t));
+            ([(header::CONTENT_TYPE, "application/yaml")], body).into_response()
+        }
+        Some(other) => (StatusCode::BAD_REQUEST, format!("unknown format {other:?}: use yaml or json\n")).into_response(),
+    }
+}
+
+async fn rejected(State(s): State<AdminState>) -> Response {
+    let Some(snap) = s.snapshots.borrow().clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"not ready\"}\n").into_response();
+    };
+    let body = serde_json::json!({
+        "rejected": snap.translation.rejected,
+        "notes": snap.translation.notes,
+    });
+    axum::Json(body).into_response()
+}
+
+async fn clients(State(s): State<AdminState>) -> Response {
+    let mut list: Vec<_> = s.clients.iter().map(|e| e.value().clone()).collect();
+    list.sort_by_key(|c| c.stream_id);
+    axum::Json(list).into_response()
+}

@@ -1,0 +1,54 @@
+use anyhow::Context;
+use clap::Parser;
+use cloudmap_mcp::config::{Cli, Command, LogFormat, RenderArgs};
+use cloudmap_mcp::{app, source, translate};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    let opts = args.translate.options().map_err(anyhow::Error::msg).context("invalid options")?;
+    let path = args.source.registry_file.as_ref().context("render needs --registry-file")?;
+    let snapshot = source::file::load(path)?;
+    let t = translate::translate(&snapshot, &opts);
+    print!("{}", translate::render::render(&t.entries, args.output));
+    for line in translate::render::report_comments(&t).lines() {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Render(args) => render(&args),
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            rt.block_on(app::serve(args, shutdown_signal(), None))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Generated protobuf types (see `build.rs` and `proto/`).
+#![allow(clippy::all, missing_docs)]
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod service {
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+    }
+}
+
+pub mod istio {
+    pub mod mcp {
+        pub mod v1alpha1 {
+            tonic::include_proto!("istio.mcp.v1alpha1");
+        }
+    }
+    pub mod networking {
+        pub mod v1alpha3 {
+            tonic::include_proto!("istio.networking.v1alpha3");
+        }
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every proto this server speaks, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+pub use envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+/// Type URL of the MCP envelope in `DiscoveryResponse.resources`.
+pub const MCP_RESOURCE_TYPE_URL: &str = "type.googleapis.com/istio.mcp.v1alpha1.Resource";
+/// Type URL of the ServiceEntry body inside the envelope (always v1alpha3, whatever kind was asked).
+pub const SERVICE_ENTRY_BODY_TYPE_URL: &str = "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry";

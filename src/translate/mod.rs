@@ -1,0 +1,499 @@
+//! Cloud Map model → Istio ServiceEntries: a pure, deterministic function (SPEC section 2).
+//!
+//! [`translate`] takes a [`model::Snapshot`] and [`Options`] and returns every ServiceEntry the server
+//! will serve plus the reasons for everything it left out. It does no I/O, reads no clock, and sorts
+//! every collection, so the same snapshot gives byte-identical output on every replica and every poll.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::model::{self, attr, HealthStatus, Timestamp};
+
+pub mod render;
+pub mod validate;
+#[cfg(test)]
+mod tests;
+
+/// Which instances DiscoverInstances returns (Cloud Map's `HealthStatus` filter), applied again here so
+/// a registry file behaves like the API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[clap(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthFilter {
+    /// Healthy (and UNKNOWN) instances.
+    Healthy,
+    /// Unhealthy instances only.
+    Unhealthy,
+    /// Every instance.
+    All,
+    /// Healthy instances, or every instance when none is healthy (fail open).
+    #[default]
+    HealthyOrElseAll,
+}
+
+impl HealthFilter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthFilter::Healthy => "HEALTHY",
+            HealthFilter::Unhealthy => "UNHEALTHY",
+            HealthFilter::All => "ALL",
+            HealthFilter::HealthyOrElseAll => "HEALTHY_OR_ELSE_ALL",
+        }
+    }
+
+    fn select<'a>(self, instances: &'a [model::Instance]) -> Vec<&'a model::Instance> {
+        let healthy = || instances.iter().filter(|i| i.health.counts_as_healthy());
+        match self {
+            HealthFilter::All => instances.iter().collect(),
+            HealthFilter::Healthy => healthy().collect(),
+            HealthFilter::Unhealthy => instances.iter().filter(|i| i.health == HealthStatus::Unhealthy).collect(),
+            HealthFilter::HealthyOrElseAll => {
+                let h: Vec<_> = healthy().collect();
+                if h.is_empty() {
+                    instances.iter().collect()
+                } else {
+                    h
+                }
+            }
+        }
+    }
+}
+
+/// ServiceEntry `location`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[clap(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    #[default]
+    MeshExternal,
+    MeshInternal,
+}
+
+/// ServiceEntry `resolution` (only the two this server emits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    Static,
+    Dns,
+}
+
+/// A host template with `{service}` and `{namespace}` placeholders, e.g. `{service}.{namespace}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostTemplate(String);
+
+impl HostTemplate {
+    pub fn new(t: &str) -> Result<Self, String> {
+        if !t.contains("{service}") {
+            return Err(format!("host template {t:?} must contain {{service}}"));
+        }
+        let rest = t.replace("{service}", "").replace("{namespace}", "");
+        if rest.contains('{') || rest.contains('}') {
+            return Err(format!("host template {t:?}: only {{service}} and {{namespace}} are known placeholders"));
+        }
+        Ok(HostTemplate(t.to_string()))
+    }
+
+    pub fn render(&self, service: &str, namespace: &str) -> String {
+        self.0.replace("{service}", service).replace("{namespace}", namespace).to_ascii_lowercase()
+    }
+}
+
+impl Default for HostTemplate {
+    fn default() -> Self {
+        HostTemplate("{service}.{namespace}".into())
+    }
+}
+
+/// Everything that shapes the output besides the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Kubernetes namespace the ServiceEntries are placed in.
+    pub istio_namespace: String,
+    pub host_template: HostTemplate,
+    pub health_filter: HealthFilter,
+    pub location: Location,
+    /// Sets the `istio.io/rev` label; istiod drops resources whose revision is not its own.
+    pub revision: Option<String>,
+    /// Extra labels on every ServiceEntry.
+    pub labels: BTreeMap<String, String>,
+    /// `exportTo` of every ServiceEntry (empty: exported everywhere).
+    pub export_to: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            istio_namespace: "istio-system".into(),
+            host_template: HostTemplate::default(),
+            health_filter: HealthFilter::default(),
+            location: Location::default(),
+            revision: None,
+            labels: BTreeMap::new(),
+            export_to: Vec::new(),
+        }
+    }
+}
+
+/// Prefix of the annotations that trace a ServiceEntry back to Cloud Map.
+pub const ANNOTATION_PREFIX: &str = "cloudmap-mcp/";
+pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "cloudmap-mcp");
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Port {
+    pub number: u32,
+    pub name: String,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub locality: String,
+}
+
+/// The ServiceEntry spec, in the shape of `networking.istio.io` ServiceEntry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    pub ports: Vec<Port>,
+    #[serde(skip_serializing_if = "is_mesh_external")]
+    pub location: Location,
+    pub resolution: Resolution,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+fn is_mesh_external(l: &Location) -> bool {
+    *l == Location::MeshExternal
+}
+
+/// Which Cloud Map service an output or a rejection came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub service: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service)
+    }
+}
+
+/// One ServiceEntry with its Kubernetes-style metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Kubernetes object name (`cloudmap-<host>`, hashed when too long).
+    pub name: String,
+    pub namespace: String,
+    pub create_time: Timestamp,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: ServiceEntrySpec,
+    pub source: ServiceRef,
+}
+
+impl ServiceEntry {
+    /// The MCP resource name, `<namespace>/<name>`.
+    pub fn resource_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Cloud Map service that produced no ServiceEntry, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Rejection {
+    pub source: ServiceRef,
+    pub reason: String,
+}
+
+/// Something left out of a ServiceEntry that was still emitted (an instance, an attribute).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Note {
+    pub source: ServiceRef,
+    /// Instance id, when the note is about one instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub message: String,
+}
+
+/// The result of [`translate`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// Sorted by resource name.
+    pub entries: Vec<ServiceEntry>,
+    /// Sorted by source.
+    pub rejected: Vec<Rejection>,
+    /// Skipped instances and ignored attributes, sorted.
+    pub notes: Vec<Note>,
+}
+
+/// Translates a snapshot into ServiceEntries (see the module docs).
+pub fn translate(snapshot: &model::Snapshot, opts: &Options) -> Translation {
+    let mut out = Translation::default();
+    let mut candidates = Vec::new();
+    for ns in &snapshot.namespaces {
+        for svc in &ns.services {
+            let source = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
+            match translate_service(ns, svc, opts, &source, &mut out.notes) {
+                Ok(se) => candidates.push(se),
+                Err(reason) => out.rejected.push(Rejection { source, reason }),
+            }
+        }
+    }
+    // Two services may map to the same host (names differing only in case, or a template that drops
+    // the namespace). Keep the oldest, as istiod would, and say why the others are missing.
+    candidates.sort_by(|a: &ServiceEntry, b| {
+        a.name.cmp(&b.name).then(a.create_time.cmp(&b.create_time)).then_with(|| a.source.cmp(&b.source))
+    });
+    let mut by_host: HashMap<String, ServiceRef> = HashMap::new();
+    for se in candidates {
+        if let Some(winner) = by_host.get(&se.spec.hosts[0]) {
+            out.rejected.push(Rejection {
+                reason: format!("host {:?} is already served for the older service {winner}", se.spec.hosts[0]),
+                source: se.source,
+            });
+            continue;
+        }
+        if out.entries.last().is_some_and(|last: &ServiceEntry| last.name == se.name) {
+            out.rejected.push(Rejection {
+                reason: format!("resource name {:?} is already used by {}", se.name, out.entries.last().unwrap().source),
+                source: se.source,
+            });
+            continue;
+        }
+        by_host.insert(se.spec.hosts[0].clone(), se.source.clone());
+        out.entries.push(se);
+    }
+    out.rejected.sort();
+    out.notes.sort();
+    out
+}
+
+fn translate_service(
+    ns: &model::Namespace,
+    svc: &model::Service,
+    opts: &Options,
+    source: &ServiceRef,
+    notes: &mut Vec<Note>,
+) -> Result<ServiceEntry, String> {
+    let host = opts.host_template.render(&svc.name, &ns.name);
+    validate::host(&host)?;
+
+    let mut eps: Vec<Candidate> = Vec::new();
+    for inst in opts.health_filter.select(&svc.instances) {
+        match candidate(inst) {
+            Ok(c) => eps.push(c),
+            Err(message) => notes.push(Note { source: source.clone(), instance: Some(inst.id.clone()), message }),
+        }
+    }
+
+    let ports = service_ports(&eps);
+    let resolution = if eps.iter().all(|c| c.is_ip) { Resolution::Static } else { Resolution::Dns };
+    let mut endpoints = Vec::with_capacity(eps.len());
+    let mut ignored: BTreeSet<String> = BTreeSet::new();
+    for c in &eps {
+        let ports = match c.port {
+            Some(p) => BTreeMap::from([(ports[0].name.clone(), p)]),
+            None if ports.len() == 2 && ports[0].number == 80 && ports[1].number == 443 => {
+                ports.iter().map(|p| (p.name.clone(), p.number)).collect()
+            }
+            None => BTreeMap::new(),
+        };
+        let (labels, bad) = endpoint_labels(&c.inst.attributes);
+        ignored.extend(bad);
+        endpoints.push(Endpoint { address: c.address.clone(), ports, labels, locality: locality(&c.inst.attributes) });
+    }
+    if !ignored.is_empty() {
+        let keys: Vec<_> = ignored.into_iter().collect();
+        notes.push(Note {
+            source: source.clone(),
+            instance: None,
+            message: format!("attributes not usable as Kubernetes labels were not copied: {}", keys.join(", ")),
+        });
+    }
+    endpoints.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.ports.cmp(&b.ports)));
+    endpoints.dedup();
+
+    // SPEC 2.7: a VIP only for a single STATIC endpoint, never derived from a changing order.
+    let addresses = match (resolution, endpoints.as_slice()) {
+        (Resolution::Static, [only]) => vec![only.address.clone()],
+        _ => Vec::new(),
+    };
+
+    let spec = ServiceEntrySpec {
+        hosts: vec![host.clone()],
+        addresses,
+        ports,
+        location: opts.location,
+        resolution,
+        endpoints,
+        export_to: opts.export_to.clone(),
+    };
+    validate::service_entry(&spec)?;
+
+    let mut labels = opts.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
+    if let Some(rev) = &opts.revision {
+        labels.insert("istio.io/rev".into(), rev.clone());
+    }
+    let mut annotations = BTreeMap::new();
+    let mut annotate = |k: &str, v: Option<&String>| {
+        if let Some(v) = v {
+            annotations.insert(format!("{ANNOTATION_PREFIX}{k}"), v.clone());
+        }
+    };
+    annotate("namespace", Some(&ns.name));
+    annotate("namespace-id", ns.id.as_ref());
+    annotate("service", Some(&svc.name));
+    annotate("service-id", svc.id.as_ref());
+    annotate("service-arn", svc.arn.as_ref());
+
+    Ok(ServiceEntry {
+        name: object_name(&host),
+        namespace: opts.istio_namespace.clone(),
+        create_time: svc.create_date.unwrap_or_default(),
+        labels,
+        annotations,
+        spec,
+        source: source.clone(),
+    })
+}
+
+struct Candidate<'a> {
+    inst: &'a model::Instance,
+    address: String,
+    is_ip: bool,
+    port: Option<u32>,
+}
+
+/// SPEC 2.2: the endpoint address of an instance, and its port.
+fn candidate(inst: &model::Instance) -> Result<Candidate<'_>, String> {
+    let a = &inst.attributes;
+    let port = match a.get(attr::PORT).map(|p| p.trim()) {
+        None | Some("") => None,
+        Some(p) => match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Some(n),
+            _ => return Err(format!("{} {p:?} is not a port number (1-65535)", attr::PORT)),
+        },
+    };
+    let (address, is_ip) = if let Some(v) = a.get(attr::IPV4) {
+        match v.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => (ip.to_string(), true),
+            _ => return Err(format!("{} {v:?} is not an IPv4 address", attr::IPV4)),
+        }
+    } else if let Some(v) = a.get(attr::IPV6) {
+        match v.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => (ip.to_string(), true),
+            _ => return Err(format!("{} {v:?} is not an IPv6 address", attr::IPV6)),
+        }
+    } else if let Some((key, v)) = [attr::CNAME, attr::ALIAS_DNS_NAME].iter().find_map(|k| a.get(*k).map(|v| (*k, v))) {
+        let name = v.trim().trim_end_matches('.').to_ascii_lowercase();
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            (ip.to_string(), true)
+        } else {
+            validate::dns_name(&name).map_err(|e| format!("{key} {v:?}: {e}"))?;
+            (name, false)
+        }
+    } else {
+        return Err(format!(
+            "no address: none of {}, {}, {}, {} is set",
+            attr::IPV4,
+            attr::IPV6,
+            attr::CNAME,
+            attr::ALIAS_DNS_NAME
+        ));
+    };
+    Ok(Candidate { inst, address, is_ip, port })
+}
+
+/// Istio protocol names accepted from an instance's `protocol` attribute.
+const PROTOCOLS: &[&str] = &["HTTP", "HTTPS", "GRPC", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS"];
+
+/// SPEC 2.3: one service port; `http 80` + `https 443` when no instance has a port.
+fn service_ports(eps: &[Candidate<'_>]) -> Vec<Port> {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for p in eps.iter().filter_map(|c| c.port) {
+        *counts.entry(p).or_default() += 1;
+    }
+    // Most common port; ties go to the lowest number (BTreeMap order + max_by_key keeps the last max,
+    // so iterate in reverse).
+    let Some((&number, _)) = counts.iter().rev().max_by_key(|(_, n)| **n) else {
+        return vec![
+            Port { number: 80, name: "http".into(), protocol: "HTTP".into() },
+            Port { number: 443, name: "https".into(), protocol: "HTTPS".into() },
+        ];
+    };
+    let (name, protocol) = match number {
+        80 => ("http".to_string(), "HTTP".to_string()),
+        443 => ("https".to_string(), "HTTPS".to_string()),
+        n => {
+            let mut votes: BTreeMap<String, usize> = BTreeMap::new();
+            for c in eps {
+                if let Some(p) = protocol_attribute(&c.inst.attributes) {
+                    *votes.entry(p).or_default() += 1;
+                }
+            }
+            let proto = votes.iter().rev().max_by_key(|(_, n)| **n).map(|(p, _)| p.clone()).unwrap_or_else(|| "TCP".into());
+            (format!("{}-{n}", proto.to_ascii_lowercase()), proto)
+        }
+    };
+    vec![Port { number, name, protocol }]
+}
+
+fn protocol_attribute(a: &BTreeMap<String, String>) -> Option<String> {
+    let v = a.iter().find(|(k, _)| k.eq_ignore_ascii_case("protocol"))?.1.trim().to_ascii_uppercase();
+    PROTOCOLS.contains(&v.as_str()).then_some(v)
+}
+
+/// SPEC 2.4: custom attributes that are valid Kubernetes labels. Returns the labels and the keys
+/// that could not be used.
+fn endpoint_labels(a: &BTreeMap<String, String>) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut labels = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (k, v) in a {
+        if k.starts_with("AWS_") {
+            continue;
+        }
+        if validate::label_key(k).is_ok() && validate::label_value(v).is_ok() {
+            labels.insert(k.clone(), v.clone());
+        } else {
+            bad.push(k.clone());
+        }
+    }
+    (labels, bad)
+}
+
+/// SPEC 2.4: `REGION`/`AVAILABILITY_ZONE` → `region/zone`.
+fn locality(a: &BTreeMap<String, String>) -> String {
+    let clean = |k: &str| a.get(k).map(|v| v.trim()).filter(|v| !v.is_empty() && !v.contains('/'));
+    match (clean(attr::REGION), clean(attr::AVAILABILITY_ZONE)) {
+        (Some(r), Some(z)) => format!("{r}/{z}"),
+        (Some(r), None) => r.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Longest Kubernetes object name (DNS-1123 subdomain).
+pub const MAX_NAME_LEN: usize = 253;
+
+/// `cloudmap-<host>`, shortened with a stable hash suffix when longer than Kubernetes allows.
+pub fn object_name(host: &str) -> String {
+    let name = format!("cloudmap-{host}");
+    if name.len() <= MAX_NAME_LEN {
+        return name;
+    }
+    let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(name.as_bytes()));
+    let keep = MAX_NAME_LEN - hash.len() - 1;
+    let head = name[..keep].trim_end_matches(['.', '-']);
+    format!("{head}-{hash}")
+}

@@ -1,0 +1,79 @@
+//! ServiceEntries as Kubernetes objects (`networking.istio.io/v1`), for `render` and the debug view.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{ServiceEntry, ServiceEntrySpec, Translation};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Object<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Meta<'a>,
+    spec: &'a ServiceEntrySpec,
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+}
+
+fn object(se: &ServiceEntry) -> Object<'_> {
+    Object {
+        api_version: "networking.istio.io/v1",
+        kind: "ServiceEntry",
+        metadata: Meta { name: &se.name, namespace: &se.namespace, labels: &se.labels, annotations: &se.annotations },
+        spec: &se.spec,
+    }
+}
+
+/// Output formats of `render`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Yaml,
+    Json,
+}
+
+/// Multi-document YAML, one ServiceEntry per document: input for `kubectl apply -f -`.
+pub fn yaml(entries: &[ServiceEntry]) -> String {
+    let mut out = String::new();
+    for se in entries {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&object(se)).expect("ServiceEntry serializes"));
+    }
+    out
+}
+
+/// A Kubernetes `List` of the ServiceEntries as JSON.
+pub fn json(entries: &[ServiceEntry]) -> String {
+    let items: Vec<_> = entries.iter().map(object).collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    serde_json::to_string_pretty(&list).expect("ServiceEntry serializes") + "\n"
+}
+
+pub fn render(entries: &[ServiceEntry], format: Format) -> String {
+    match format {
+        Format::Yaml => yaml(entries),
+        Format::Json => json(entries),
+    }
+}
+
+/// YAML comment lines listing what was left out, appended by `render` and the debug view.
+pub fn report_comments(t: &Translation) -> String {
+    let mut out = String::new();
+    for r in &t.rejected {
+        out.push_str(&format!("# rejected {}: {}\n", r.source, r.reason));
+    }
+    for n in &t.notes {
+        match &n.instance {
+            Some(i) => out.push_str(&format!("# skipped instance {} of {}: {}\n", i, n.source, n.message)),
+            None => out.push_str(&format!("# note on {}: {}\n", n.source, n.message)),
+        }
+    }
+    out
+}

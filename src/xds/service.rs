@@ -1,0 +1,312 @@
+//! The tonic side of ADS: one task per stream drives a [`StreamState`] with requests from the client
+//! and snapshots from the cache, and hands responses to the transport.
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use super::codec::{self, AdsCodec};
+use super::stream::{Action, Limits, Outgoing, StreamState, TypeState};
+use crate::cache::ResourceRx;
+use crate::metrics::Metrics;
+use crate::proto::DiscoveryRequest;
+
+pub const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// Stream settings.
+#[derive(Clone, Debug)]
+pub struct AdsConfig {
+    pub limits: Limits,
+    /// Largest request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// A client that has not taken a response within this time is dropped.
+    pub send_timeout: Duration,
+}
+
+impl Default for AdsConfig {
+    fn default() -> Self {
+        AdsConfig { limits: Limits::default(), max_request_bytes: 4 * 1024 * 1024, send_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// What `/debug/clients` shows about one stream.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClientInfo {
+    pub stream_id: u64,
+    pub node_id: Option<String>,
+    pub peer: Option<String>,
+    pub connected_at: String,
+    pub types: BTreeMap<String, TypeState>,
+}
+
+/// Open streams, by stream id.
+pub type Clients = DashMap<u64, ClientInfo>;
+
+struct Inner {
+    snapshots: ResourceRx,
+    metrics: Arc<Metrics>,
+    clients: Arc<Clients>,
+    config: AdsConfig,
+    shutdown: watch::Receiver<bool>,
+    next_id: AtomicU64,
+    control_plane: Bytes,
+}
+
+/// The ADS gRPC service (add it to a tonic `Server`).
+#[derive(Clone)]
+pub struct AdsServer {
+    inner: Arc<Inner>,
+}
+
+impl AdsServer {
+    /// `shutdown` turning true ends every stream with UNAVAILABLE so clients reconnect elsewhere.
+    pub fn new(
+        snapshots: ResourceRx,
+        metrics: Arc<Metrics>,
+        clients: Arc<Clients>,
+        config: AdsConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        AdsServer {
+            inner: Arc::new(Inner {
+                snapshots,
+                metrics,
+                clients,
+                config,
+                shutdown,
+                next_id: AtomicU64::new(1),
+                control_plane: codec::control_plane_field(),
+            }),
+        }
+    }
+}
+
+impl tonic::server::NamedService for AdsServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl tower::Service<http::Request<Body>> for AdsServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        match req.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(AdsCodec::new(inner.control_plane.clone()))
+                    .apply_max_message_size_config(Some(inner.config.max_request_bytes), Some(usize::MAX));
+                Ok(grpc.streaming(Sotw(inner), req).await)
+            }),
+            DELTA_PATH => Box::pin(async {
+                Ok(Status::unimplemented(
+                    "DeltaAggregatedResources is not served: use StreamAggregatedResources (state of the world), as istiod does",
+                )
+                .into_http())
+            }),
+            other => {
+                let msg = format!("unknown method {other}");
+                Box::pin(async move { Ok(Status::unimplemented(msg).into_http()) })
+            }
+        }
+    }
+}
+
+type ResponseStream = ReceiverStream<Result<Outgoing, Status>>;
+
+struct Sotw(Arc<Inner>);
+
+impl tower::Service<tonic::Request<Streaming<DiscoveryRequest>>> for Sotw {
+    type Response = tonic::Response<ResponseStream>;
+    type Error = Status;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let peer = req.remote_addr();
+            // Capacity 1: at most one response waits beside the one the transport is writing.
+            let (tx, rx) = mpsc::channel(1);
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("ads", stream = id, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
+            tokio::spawn(run_stream(inner, id, peer, req.into_inner(), tx).instrument(span));
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+/// Removes the stream from the registry and the gauge however the task ends.
+struct StreamGuard {
+    id: u64,
+    inner: Arc<Inner>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.inner.clients.remove(&self.id);
+        self.inner.metrics.streams_connected.dec();
+    }
+}
+
+enum End {
+    ClientClosed,
+    ClientError(Status),
+    BadRequest(Status),
+    SlowClient,
+    Gone,
+    Shutdown,
+}
+
+async fn run_stream(
+    inner: Arc<Inner>,
+    id: u64,
+    peer: Option<SocketAddr>,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
+) {
+    let m = inner.metrics.clone();
+    m.streams_total.inc();
+    m.streams_connected.inc();
+    let _guard = StreamGuard { id, inner: inner.clone() };
+    let connected_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut info = ClientInfo { stream_id: id, node_id: None, peer: peer.map(|p| p.to_string()), connected_at, types: BTreeMap::new() };
+    inner.clients.insert(id, info.clone());
+    tracing::debug!("stream opened");
+
+    let mut state = StreamState::new(inner.config.limits);
+    let mut snaps = inner.snapshots.clone();
+    let mut shutdown = inner.shutdown.clone();
+    let send = |o: Outgoing| {
+        let tx = tx.clone();
+        let m = m.clone();
+        let cp = inner.control_plane.len();
+        let timeout = inner.config.send_timeout;
+        async move {
+            let bytes = codec::encoded_len(&o, &[]) + cp;
+            let (type_url, serial, version) = (o.type_url.clone(), o.serial, o.body.version.clone());
+            match tokio::time::timeout(timeout, tx.send(Ok(o))).await {
+                Ok(Ok(())) => {
+                    Metrics::by_type(&m.responses, &type_url).inc();
+                    Metrics::by_type(&m.response_bytes, &type_url).inc_by(bytes as u64);
+                    tracing::debug!(type_url, version, serial, bytes, "response sent");
+                    Ok(())
+                }
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::SlowClient),
+            }
+        }
+    };
+
+    let end = 'outer: loop {
+        tokio::select! {
+            biased;
+            _ = crate::util::until_true(&mut shutdown) => break End::Shutdown,
+            msg = inbound.message() => {
+                let req = match msg {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break End::ClientClosed,
+                    Err(status) => break End::ClientError(status),
+                };
+                let had_node = state.node_id().is_some();
+                let snap = snaps.borrow().clone();
+                let action = state.on_request(&req, snap.as_deref());
+                if !had_node {
+                    if let Some(node) = state.node_id() {
+                        tracing::Span::current().record("node", node);
+                        info.node_id = Some(node.to_string());
+                        tracing::info!(node, "client connected");
+                    }
+                }
+                let t = req.type_url.as_str();
+                match action {
+                    Err(e) => break End::BadRequest(e.into()),
+                    Ok(Action::Respond(o)) => {
+                        if let Err(e) = send(o).await { break e; }
+                    }
+                    Ok(Action::Deferred) => tracing::debug!(type_url = t, "no snapshot yet; answer held until the source has synced"),
+                    Ok(Action::Ack { version }) => {
+                        Metrics::by_type(&m.acks, t).inc();
+                        tracing::trace!(type_url = t, version, "ack");
+                    }
+                    Ok(Action::Nack { version, message }) => {
+                        Metrics::by_type(&m.nacks, t).inc();
+                        tracing::warn!(type_url = t, version, error = message, "client rejected a response (NACK); not resending");
+                    }
+                    Ok(Action::Stale { nonce }) => {
+                        Metrics::by_type(&m.stale_requests, t).inc();
+                        tracing::debug!(type_url = t, nonce, "stale nonce ignored");
+                    }
+                }
+            }
+            changed = snaps.changed() => {
+                if changed.is_err() { break End::Shutdown; }
+                let snap = snaps.borrow_and_update().clone();
+                if let Some(snap) = snap {
+                    for o in state.on_snapshot(&snap) {
+                        if let Err(e) = send(o).await { break 'outer e; }
+                        m.push_latency.observe(snap.published_at.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
+        info.types = state.types().clone();
+        inner.clients.insert(id, info.clone());
+    };
+
+    let reason = match end {
+        End::ClientClosed => {
+            tracing::info!("client closed the stream");
+            None
+        }
+        End::ClientError(s) => {
+            tracing::info!(code = ?s.code(), message = s.message(), "stream ended by the client or transport");
+            Some("client_error")
+        }
+        End::BadRequest(s) => {
+            tracing::warn!(code = ?s.code(), message = s.message(), "bad request; ending stream");
+            let _ = tx.try_send(Err(s));
+            Some("bad_request")
+        }
+        End::SlowClient => {
+            tracing::warn!(timeout = ?inner.config.send_timeout, "client did not take a response in time; dropping the stream");
+            Some("slow_client")
+        }
+        End::Gone => {
+            tracing::info!("client went away");
+            None
+        }
+        End::Shutdown => {
+            tracing::info!("server shutting down; closing stream");
+            let _ = tx.try_send(Err(Status::unavailable("cloudmap-mcp is shutting down; reconnect")));
+            None
+        }
+    };
+    if let Some(r) = reason {
+        m.stream_errors.get_or_create(&vec![("reason", r.to_string())]).inc();
+    }
+}
