@@ -1,0 +1,220 @@
+//! Golden-file tests: each `testdata/NAME.registry.yaml` is translated with default options and the
+//! rendered YAML (plus what was left out, as comments) must equal `testdata/NAME.golden.yaml`.
+//! Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test --lib translate`.
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::source::file;
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translate/testdata")
+}
+
+fn golden(input: &Path, golden_name: &str) {
+    let snapshot = file::load(input).expect("test registry parses");
+    let t = translate(&snapshot, &Options::default());
+    let got = format!("{}{}", render::yaml(&t.entries), render::report_comments(&t));
+    let path = testdata().join(golden_name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(got, want, "translation of {} differs from {}", input.display(), path.display());
+}
+
+#[test]
+fn golden_seed_example() {
+    golden(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml"), "seed.golden.yaml");
+}
+
+#[test]
+fn golden_ports() {
+    golden(&testdata().join("ports.registry.yaml"), "ports.golden.yaml");
+}
+
+#[test]
+fn golden_invalid() {
+    golden(&testdata().join("invalid.registry.yaml"), "invalid.golden.yaml");
+}
+
+fn seed() -> model::Snapshot {
+    file::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml")).unwrap()
+}
+
+/// The seed documents' expected output for getmesh-external-service, field by field.
+#[test]
+fn seed_getmesh_matches_expected_output() {
+    let t = translate(&seed(), &Options::default());
+    let se = t.entries.iter().find(|e| e.name == "cloudmap-getmesh-external-service.my-namespace").expect("present");
+    assert_eq!(se.namespace, "istio-system");
+    assert_eq!(se.resource_name(), "istio-system/cloudmap-getmesh-external-service.my-namespace");
+    let s = &se.spec;
+    assert_eq!(s.hosts, ["getmesh-external-service.my-namespace"]);
+    assert_eq!(s.addresses, ["52.192.72.89"]);
+    assert_eq!(s.resolution, Resolution::Static);
+    assert_eq!(s.location, Location::MeshExternal);
+    assert_eq!(
+        s.ports,
+        [
+            Port { number: 80, name: "http".into(), protocol: "HTTP".into() },
+            Port { number: 443, name: "https".into(), protocol: "HTTPS".into() }
+        ]
+    );
+    assert_eq!(s.endpoints.len(), 1);
+    assert_eq!(s.endpoints[0].address, "52.192.72.89");
+    assert_eq!(s.endpoints[0].ports, BTreeMap::from([("http".into(), 80), ("https".into(), 443)]));
+    assert_eq!(se.create_time, Timestamp::parse_rfc3339("2021-06-01T00:00:00Z").unwrap());
+    assert!(t.rejected.is_empty(), "{:?}", t.rejected);
+}
+
+#[test]
+fn colorapp_endpoints_carry_version_labels_for_subsets() {
+    let t = translate(&seed(), &Options::default());
+    let se = t.entries.iter().find(|e| e.spec.hosts[0] == "colorapp.howto-k8s-cloudmap.pvt.aws.local").unwrap();
+    let versions: Vec<_> = se.spec.endpoints.iter().map(|e| e.labels["version"].as_str()).collect();
+    assert_eq!(versions, ["blue", "red"]);
+    assert!(se.spec.addresses.is_empty(), "no VIP from a multi-endpoint service");
+    assert!(se.spec.endpoints.iter().all(|e| !e.labels.contains_key("AWS_INIT_HEALTH_STATUS")));
+}
+
+/// Same state in a different order gives byte-identical resources.
+#[test]
+fn output_is_deterministic_whatever_the_input_order() {
+    let a = seed();
+    let mut b = a.clone();
+    b.namespaces.reverse();
+    for ns in &mut b.namespaces {
+        ns.services.reverse();
+        for s in &mut ns.services {
+            s.instances.reverse();
+        }
+    }
+    let ta = translate(&a, &Options::default());
+    let tb = translate(&b, &Options::default());
+    let enc = |t: &Translation| t.entries.iter().map(crate::cache::encode_entry).collect::<Vec<_>>();
+    assert_eq!(enc(&ta), enc(&tb));
+}
+
+#[test]
+fn options_shape_metadata_and_hosts() {
+    let opts = Options {
+        istio_namespace: "mesh-config".into(),
+        host_template: HostTemplate::new("{service}.{namespace}.cloudmap").unwrap(),
+        health_filter: HealthFilter::All,
+        location: Location::MeshInternal,
+        revision: Some("canary".into()),
+        labels: BTreeMap::from([("team".into(), "platform".into())]),
+        export_to: vec![".".into()],
+    };
+    let t = translate(&seed(), &opts);
+    let se = &t.entries.iter().find(|e| e.source.service == "getmesh-external-service").unwrap();
+    assert_eq!(se.spec.hosts, ["getmesh-external-service.my-namespace.cloudmap"]);
+    assert_eq!(se.namespace, "mesh-config");
+    assert_eq!(se.labels.get("istio.io/rev").map(String::as_str), Some("canary"));
+    assert_eq!(se.labels.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(se.spec.location, Location::MeshInternal);
+    assert_eq!(se.spec.export_to, ["."]);
+    // Without a revision, no istio.io/rev label (istiod would drop the resource).
+    let t = translate(&seed(), &Options::default());
+    assert!(t.entries.iter().all(|e| !e.labels.contains_key("istio.io/rev")));
+}
+
+#[test]
+fn host_template_rejects_unknown_placeholders() {
+    assert!(HostTemplate::new("{service}.{ns}").is_err());
+    assert!(HostTemplate::new("{namespace}").is_err());
+    assert!(HostTemplate::new("{service}.svc").is_ok());
+}
+
+#[test]
+fn health_filters() {
+    use model::{Instance, Namespace, NamespaceType, Service, Snapshot};
+    let inst = |id: &str, ip: &str, h| Instance {
+        id: id.into(),
+        attributes: BTreeMap::from([(attr::IPV4.into(), ip.into())]),
+        health: h,
+    };
+    let snap = Snapshot {
+        namespaces: vec![Namespace {
+            name: "ns".into(),
+            id: None,
+            arn: None,
+            kind: NamespaceType::Http,
+            http_name: "ns".into(),
+            services: vec![Service {
+                name: "s".into(),
+                id: None,
+                arn: None,
+                create_date: None,
+                instances: vec![
+                    inst("a", "10.0.0.1", HealthStatus::Healthy),
+                    inst("b", "10.0.0.2", HealthStatus::Unhealthy),
+                    inst("c", "10.0.0.3", HealthStatus::Unknown),
+                ],
+            }],
+        }],
+    };
+    let addrs = |f| {
+        let t = translate(&snap, &Options { health_filter: f, ..Options::default() });
+        t.entries[0].spec.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(addrs(HealthFilter::Healthy), ["10.0.0.1", "10.0.0.3"]);
+    assert_eq!(addrs(HealthFilter::HealthyOrElseAll), ["10.0.0.1", "10.0.0.3"]);
+    assert_eq!(addrs(HealthFilter::Unhealthy), ["10.0.0.2"]);
+    assert_eq!(addrs(HealthFilter::All), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+}
+
+#[test]
+fn validation_rules() {
+    let ok = || ServiceEntrySpec {
+        hosts: vec!["a.example".into()],
+        addresses: vec![],
+        ports: vec![Port { number: 80, name: "http".into(), protocol: "HTTP".into() }],
+        location: Location::MeshExternal,
+        resolution: Resolution::Static,
+        endpoints: vec![Endpoint {
+            address: "10.0.0.1".into(),
+            ports: BTreeMap::from([("http".into(), 8080)]),
+            labels: BTreeMap::new(),
+            locality: String::new(),
+        }],
+        export_to: vec![],
+    };
+    assert_eq!(validate::service_entry(&ok()), Ok(()));
+    let fails = |f: &dyn Fn(&mut ServiceEntrySpec), want: &str| {
+        let mut s = ok();
+        f(&mut s);
+        let err = validate::service_entry(&s).expect_err(want);
+        assert!(err.contains(want), "{err:?} should mention {want:?}");
+    };
+    fails(&|s| s.hosts.clear(), "no hosts");
+    fails(&|s| s.hosts = vec!["*.example".into()], "wildcard");
+    fails(&|s| s.hosts = vec!["a.123".into()], "all digits");
+    fails(&|s| s.addresses = vec!["not-an-ip".into()], "not an IP address or CIDR");
+    fails(&|s| s.ports[0].number = 0, "out of range");
+    fails(&|s| s.ports.push(Port { number: 80, name: "web".into(), protocol: "HTTP".into() }), "declared twice");
+    fails(&|s| s.ports.push(Port { number: 81, name: "http".into(), protocol: "HTTP".into() }), "declared twice");
+    fails(&|s| s.ports[0].name = "Http_1".into(), "DNS-1123");
+    fails(&|s| s.ports[0].protocol = "SMTP".into(), "unknown protocol");
+    fails(&|s| s.endpoints[0].address = "db.example".into(), "STATIC resolution needs IP endpoints");
+    fails(&|s| s.endpoints[0].ports = BTreeMap::from([("grpc".into(), 1)]), "does not declare");
+    fails(&|s| s.endpoints[0].labels = BTreeMap::from([("bad key".into(), "v".into())]), "label key");
+    fails(
+        &|s| {
+            s.hosts.push("b.example".into());
+            s.ports[0].protocol = "TCP".into();
+        },
+        "more than one host",
+    );
+    assert!(validate::service_entry(&ServiceEntrySpec { addresses: vec!["10.0.0.0/8".into()], ..ok() }).is_ok());
+}
+
+#[test]
+fn long_names_get_a_stable_hash_suffix() {
+    let host = format!("{}.example", "a".repeat(63).repeat(1) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(60));
+    let n1 = object_name(&host);
+    assert!(n1.len() <= MAX_NAME_LEN, "{}", n1.len());
+    assert_eq!(n1, object_name(&host));
+    assert_ne!(n1, object_name(&host.replace("example", "example2")));
+    assert_eq!(object_name("a.b"), "cloudmap-a.b");
+}

@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, watch};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::{Status, Streaming};
@@ -131,7 +132,9 @@ impl tower::Service<http::Request<Body>> for AdsServer {
     }
 }
 
-type ResponseStream = ReceiverStream<Result<Outgoing, Status>>;
+/// Responses, then (if the stream ends with an error) its final status. The status travels on its own
+/// channel so a full response channel can never swallow it.
+type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<Outgoing, Status>> + Send>>;
 
 struct Sotw(Arc<Inner>);
 
@@ -150,10 +153,13 @@ impl tower::Service<tonic::Request<Streaming<DiscoveryRequest>>> for Sotw {
             let peer = req.remote_addr();
             // Capacity 1: at most one response waits beside the one the transport is writing.
             let (tx, rx) = mpsc::channel(1);
+            let (done_tx, done_rx) = oneshot::channel::<Status>();
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("ads", stream = id, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
-            tokio::spawn(run_stream(inner, id, peer, req.into_inner(), tx).instrument(span));
-            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+            tokio::spawn(run_stream(inner, id, peer, req.into_inner(), tx, done_tx).instrument(span));
+            let end = futures::stream::once(done_rx).filter_map(|r| futures::future::ready(r.ok().map(Err)));
+            let stream: ResponseStream = Box::pin(ReceiverStream::new(rx).map(Ok).chain(end));
+            Ok(tonic::Response::new(stream))
         })
     }
 }
@@ -185,7 +191,8 @@ async fn run_stream(
     id: u64,
     peer: Option<SocketAddr>,
     mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
+    tx: mpsc::Sender<Outgoing>,
+    done: oneshot::Sender<Status>,
 ) {
     let m = inner.metrics.clone();
     m.streams_total.inc();
@@ -209,7 +216,7 @@ async fn run_stream(
         async move {
             let bytes = codec::encoded_len(&o, &[]) + cp;
             let (type_url, serial, version) = (o.type_url.clone(), o.serial, o.body.version.clone());
-            match tokio::time::timeout(timeout, tx.send(Ok(o))).await {
+            match tokio::time::timeout(timeout, tx.send(o)).await {
                 Ok(Ok(())) => {
                     Metrics::by_type(&m.responses, &type_url).inc();
                     Metrics::by_type(&m.response_bytes, &type_url).inc_by(bytes as u64);
@@ -284,16 +291,23 @@ async fn run_stream(
             None
         }
         End::ClientError(s) => {
-            tracing::info!(code = ?s.code(), message = s.message(), "stream ended by the client or transport");
+            // Decode failures (oversized or malformed requests) surface here: tell the client why.
+            if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::Internal | tonic::Code::InvalidArgument) {
+                tracing::warn!(code = ?s.code(), message = s.message(), "unreadable request; ending stream");
+            } else {
+                tracing::info!(code = ?s.code(), message = s.message(), "stream ended by the client or transport");
+            }
+            let _ = done.send(s);
             Some("client_error")
         }
         End::BadRequest(s) => {
             tracing::warn!(code = ?s.code(), message = s.message(), "bad request; ending stream");
-            let _ = tx.try_send(Err(s));
+            let _ = done.send(s);
             Some("bad_request")
         }
         End::SlowClient => {
             tracing::warn!(timeout = ?inner.config.send_timeout, "client did not take a response in time; dropping the stream");
+            let _ = done.send(Status::deadline_exceeded("client did not read responses in time; stream dropped"));
             Some("slow_client")
         }
         End::Gone => {
@@ -302,7 +316,7 @@ async fn run_stream(
         }
         End::Shutdown => {
             tracing::info!("server shutting down; closing stream");
-            let _ = tx.try_send(Err(Status::unavailable("cloudmap-mcp is shutting down; reconnect")));
+            let _ = done.send(Status::unavailable("cloudmap-mcp is shutting down; reconnect"));
             None
         }
     };

