@@ -8,6 +8,7 @@
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
+//! | `/debug/cloudmap` | JSON, with `--cloudmap` only: per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (route in `source::cloudmap::debug`) |
 use std::sync::Arc;
 
 use axum::extract::{Query, State};

@@ -11,7 +11,8 @@ use crate::admin::{self, AdminState};
 use crate::cache::{self, ResourceCache};
 use crate::config::{ServeArgs, SourceArgs};
 use crate::metrics::Metrics;
-use crate::source::{self, file, SnapshotRx};
+use crate::source::{self, cloudmap, file, SnapshotRx};
+use crate::translate::HealthFilter;
 use crate::xds::{AdsServer, Clients};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +21,14 @@ pub enum AppError {
     Config(String),
     #[error(transparent)]
     RegistryFile(#[from] file::RegistryFileError),
+    #[error(transparent)]
+    CloudMap(#[from] cloudmap::CloudMapError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
 }
@@ -35,22 +40,44 @@ pub struct BoundAddrs {
     pub admin: SocketAddr,
 }
 
-/// Starts the configured source; returns its snapshot channel. Fails fast on a broken registry file.
-pub fn start_source(args: &SourceArgs, metrics: Arc<Metrics>) -> Result<SnapshotRx, AppError> {
-    let Some(path) = &args.registry_file else {
-        return Err(AppError::Config("no source: give --registry-file".into()));
-    };
-    let initial = file::load(path)?;
-    tracing::info!(
-        path = %path.display(),
-        namespaces = initial.namespaces.len(),
-        services = initial.service_count(),
-        instances = initial.instance_count(),
-        "registry file loaded"
-    );
-    let (tx, rx) = source::channel();
-    tokio::spawn(file::watch(path.clone(), args.registry_poll_interval, initial, tx, metrics));
-    Ok(rx)
+/// A started source: its snapshot channel, and the Cloud Map poller when that is the source.
+pub struct StartedSource {
+    pub snapshots: SnapshotRx,
+    pub cloudmap: Option<Arc<cloudmap::Poller>>,
+}
+
+/// Starts the configured source (the registry file or Cloud Map, never both) and returns its
+/// snapshot channel. Fails fast on a broken registry file or bad Cloud Map settings; an unreachable
+/// Cloud Map does not fail: the source keeps retrying and publishes nothing until it has synced.
+/// Source metrics are registered on `registry`.
+pub async fn start_source(
+    args: &SourceArgs,
+    health: HealthFilter,
+    metrics: Arc<Metrics>,
+    registry: &mut Registry,
+) -> Result<StartedSource, AppError> {
+    match (&args.registry_file, args.cloudmap.enabled) {
+        (Some(_), true) => Err(AppError::Config("--registry-file and --cloudmap exclude each other: give one".into())),
+        (None, false) => Err(AppError::Config("no source: give --registry-file FILE or --cloudmap".into())),
+        (None, true) => {
+            let settings = cloudmap::Settings::from_args(&args.cloudmap, health)?;
+            let src = cloudmap::start(settings, registry, metrics).await?;
+            Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
+        }
+        (Some(path), false) => {
+            let initial = file::load(path)?;
+            tracing::info!(
+                path = %path.display(),
+                namespaces = initial.namespaces.len(),
+                services = initial.service_count(),
+                instances = initial.instance_count(),
+                "registry file loaded"
+            );
+            let (tx, rx) = source::channel();
+            tokio::spawn(file::watch(path.clone(), args.registry_poll_interval, initial, tx, metrics));
+            Ok(StartedSource { snapshots: rx, cloudmap: None })
+        }
+    }
 }
 
 /// Runs the server until `shutdown` completes, then drains. `bound` receives the listen addresses.
@@ -62,9 +89,9 @@ pub async fn serve(
     let opts = args.translate.options().map_err(AppError::Config)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
-
-    let model_rx = start_source(&args.source, metrics.clone())?;
+    let model_rx = source.snapshots;
     let (res_tx, res_rx) = watch::channel(None);
     tokio::spawn(cache::run(model_rx, ResourceCache::new(opts), res_tx, metrics.clone()));
 
@@ -104,6 +131,14 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| AppError::Config(format!("reflection: {e}")))?;
 
+    let tls = match args.tls_files() {
+        Some(files) => {
+            let cfg = crate::tls::load(&files)?;
+            tracing::info!(cert = %files.cert.display(), client_ca = ?files.client_ca, "gRPC listener uses TLS");
+            Some((files, cfg))
+        }
+        None => None,
+    };
     let grpc_listener =
         TcpListener::bind(args.grpc_addr).await.map_err(|source| AppError::Bind { addr: args.grpc_addr, source })?;
     let admin_listener =
@@ -117,23 +152,40 @@ pub async fn serve(
         let _ = b.send(addrs);
     }
 
-    let grpc = {
+    let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = {
         let mut stop = stop_rx.clone();
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(args.keepalive_interval))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(ads)
             .add_service(health_svc)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, async move {
-                crate::util::until_true(&mut stop).await;
-            })
+            .add_service(reflection_v1alpha);
+        let signal = async move { crate::util::until_true(&mut stop).await };
+        match tls {
+            Some((files, cfg)) => {
+                let incoming = crate::tls::incoming(
+                    grpc_listener,
+                    files,
+                    cfg,
+                    args.tls_reload_interval,
+                    metrics.tls_handshake_errors.clone(),
+                    stop_rx.clone(),
+                );
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+        }
     };
     let admin = {
         let mut stop = stop_rx.clone();
-        let app = admin::router(AdminState { snapshots: res_rx.clone(), registry, clients });
+        let mut app = admin::router(AdminState { snapshots: res_rx.clone(), registry, clients });
+        if let Some(poller) = source.cloudmap {
+            app = app.merge(cloudmap::debug::router(poller, res_rx.clone()));
+        }
         axum::serve(admin_listener, app).with_graceful_shutdown(async move {
             crate::util::until_true(&mut stop).await;
         })

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::NamespaceType;
 use crate::translate::{self, render, HealthFilter, HostTemplate, Location};
 use crate::xds::{stream::Limits, AdsConfig};
 
@@ -38,11 +39,103 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// A registry file (YAML mirroring Cloud Map) instead of the Cloud Map API. Re-read when it changes.
-    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_FILE")]
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_FILE", conflicts_with = "cloudmap")]
     pub registry_file: Option<PathBuf>,
     /// How often the registry file is checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub registry_poll_interval: Duration,
+    #[command(flatten)]
+    pub cloudmap: CloudMapArgs,
+}
+
+/// The AWS Cloud Map source (`--cloudmap`); see docs/cloudmap.md.
+#[derive(Args, Debug, Clone)]
+pub struct CloudMapArgs {
+    /// Read services from the AWS Cloud Map API (credentials from the standard AWS chain).
+    #[arg(id = "cloudmap", long = "cloudmap", env = "CLOUDMAP_MCP_CLOUDMAP")]
+    pub enabled: bool,
+    /// AWS Region [default: from the standard chain: AWS_REGION, profile, instance metadata].
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_REGION", value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// Cloud Map endpoint URL, e.g. an emulator (AWS_ENDPOINT_URL_SERVICEDISCOVERY and AWS_ENDPOINT_URL are also honoured).
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_ENDPOINT_URL", value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Only these namespaces: globs matched against the namespace name or id (repeatable; comma-separated in the env var). Empty: all.
+    #[arg(long = "include-namespace", value_name = "GLOB", env = "CLOUDMAP_MCP_INCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub include_namespaces: Vec<String>,
+    /// Never these namespaces: globs matched against the namespace name or id.
+    #[arg(long = "exclude-namespace", value_name = "GLOB", env = "CLOUDMAP_MCP_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+    /// Only these services: globs matched against the service name, or against NAMESPACE/SERVICE when the glob has a '/'. Empty: all.
+    #[arg(long = "include-service", value_name = "GLOB", env = "CLOUDMAP_MCP_INCLUDE_SERVICES", value_delimiter = ',')]
+    pub include_services: Vec<String>,
+    /// Never these services (same matching as --include-service).
+    #[arg(long = "exclude-service", value_name = "GLOB", env = "CLOUDMAP_MCP_EXCLUDE_SERVICES", value_delimiter = ',')]
+    pub exclude_services: Vec<String>,
+    /// Only namespaces of these types (repeatable; comma-separated in the env var). Empty: all types.
+    #[arg(long = "namespace-type", value_name = "TYPE", env = "CLOUDMAP_MCP_NAMESPACE_TYPES", value_delimiter = ',', value_parser = parse_namespace_type)]
+    pub namespace_types: Vec<NamespaceType>,
+    /// Full resync: list namespaces and services and re-discover every service's instances.
+    #[arg(long, env = "CLOUDMAP_MCP_RESYNC_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub resync_interval: Duration,
+    /// How often each service's DiscoverInstancesRevision is polled (instances are re-read when it moves).
+    #[arg(long, env = "CLOUDMAP_MCP_REVISION_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub revision_poll_interval: Duration,
+    /// Services with health checks are re-read this often (health changes do not move the revision).
+    #[arg(long, env = "CLOUDMAP_MCP_HEALTH_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub health_refresh_interval: Duration,
+    /// API budget: Cloud Map calls per second, all operations together (token bucket).
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_API_RATE", default_value_t = 100.0, value_parser = parse_positive_f64)]
+    pub aws_api_rate: f64,
+    /// API budget: calls allowed at once above the rate after a quiet period (bucket size).
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_API_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub aws_api_burst: u32,
+    /// API budget: most Cloud Map calls in flight at once.
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_API_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub aws_api_concurrency: u32,
+    /// Timeout of one Cloud Map call attempt.
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub aws_call_timeout: Duration,
+    /// Attempts per call when Cloud Map throttles (ThrottlingException, RequestLimitExceeded), with exponential backoff and jitter.
+    #[arg(long, env = "CLOUDMAP_MCP_AWS_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+    pub aws_max_attempts: u32,
+    /// A resync that would remove more than this share of the served services (e.g. 0.5 or 50%) is held back.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_REMOVAL_RATIO", default_value = "50%", value_parser = parse_ratio)]
+    pub max_removal_ratio: f64,
+    /// A held-back mass removal is applied once this many consecutive resyncs propose it.
+    #[arg(long, env = "CLOUDMAP_MCP_REMOVAL_CONFIRMATIONS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub removal_confirmations: u32,
+}
+
+fn parse_namespace_type(s: &str) -> Result<NamespaceType, String> {
+    match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+        "HTTP" => Ok(NamespaceType::Http),
+        "DNS_PRIVATE" => Ok(NamespaceType::DnsPrivate),
+        "DNS_PUBLIC" => Ok(NamespaceType::DnsPublic),
+        _ => Err(format!("{s:?} is not a namespace type: use HTTP, DNS_PRIVATE or DNS_PUBLIC")),
+    }
+}
+
+fn parse_positive_f64(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+/// `0.5` or `50%`.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a ratio such as 0.5 or 50%"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} must be between 0 and 1 (0% and 100%)"))
+    }
 }
 
 /// How Cloud Map services become ServiceEntries.
@@ -131,9 +224,35 @@ pub struct ServeArgs {
     /// On SIGTERM, how long to wait for streams to close before exiting.
     #[arg(long, env = "CLOUDMAP_MCP_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain: serve gRPC over TLS (istiod 1.26+ `tlsSettings: {mode: SIMPLE}`). Reloaded when it changes.
+    #[arg(long, env = "CLOUDMAP_MCP_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "CLOUDMAP_MCP_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle: verify client certificates against it (see --tls-client-auth).
+    #[arg(long, env = "CLOUDMAP_MCP_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With --tls-client-ca-file: `optional` accepts clients without a certificate (istiod never sends one),
+    /// `required` refuses them.
+    #[arg(long, env = "CLOUDMAP_MCP_TLS_CLIENT_AUTH", value_enum, default_value_t = crate::tls::ClientAuth::Optional)]
+    pub tls_client_auth: crate::tls::ClientAuth,
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "CLOUDMAP_MCP_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub tls_reload_interval: Duration,
 }
 
 impl ServeArgs {
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_client_ca_file.clone(),
+            client_auth: self.tls_client_auth,
+        })
+    }
+
     pub fn ads_config(&self) -> AdsConfig {
         AdsConfig {
             limits: Limits {

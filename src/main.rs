@@ -30,8 +30,16 @@ async fn shutdown_signal() {
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
     let opts = args.translate.options().map_err(anyhow::Error::msg).context("invalid options")?;
-    let path = args.source.registry_file.as_ref().context("render needs --registry-file")?;
-    let snapshot = source::file::load(path)?;
+    let snapshot = match (&args.source.registry_file, args.source.cloudmap.enabled) {
+        (Some(_), true) => anyhow::bail!("--registry-file and --cloudmap exclude each other: give one"),
+        (None, false) => anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap"),
+        (Some(path), false) => source::file::load(path)?,
+        (None, true) => {
+            let settings = source::cloudmap::Settings::from_args(&args.source.cloudmap, opts.health_filter)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            rt.block_on(source::cloudmap::sync_once(settings, 3))?
+        }
+    };
     let t = translate::translate(&snapshot, &opts);
     print!("{}", translate::render::render(&t.entries, args.output));
     for line in translate::render::report_comments(&t).lines() {

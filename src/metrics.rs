@@ -43,6 +43,7 @@ pub struct Metrics {
     pub source_errors: Family<Labels, Counter>,
     pub source_last_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub ready: Gauge,
+    pub tls_handshake_errors: Counter,
 }
 
 impl Metrics {
@@ -67,6 +68,7 @@ impl Metrics {
             source_errors: Family::default(),
             source_last_success: Family::default(),
             ready: Gauge::default(),
+            tls_handshake_errors: Counter::default(),
         };
         macro_rules! reg {
             ($name:expr, $help:expr, Box::new($m:expr) $(,)?) => {
@@ -104,6 +106,7 @@ impl Metrics {
             Box::new(m.source_last_success.clone()),
         );
         reg!("ready", "1 once the first complete snapshot is served", Box::new(m.ready.clone()));
+        reg!("tls_handshake_errors", "TLS handshakes on the gRPC listener that failed or timed out", Box::new(m.tls_handshake_errors.clone()));
         m
     }
 

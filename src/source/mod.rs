@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use crate::model::Snapshot;
 
+pub mod cloudmap;
 pub mod file;
 
 pub type SnapshotTx = watch::Sender<Option<Arc<Snapshot>>>;

@@ -21,11 +21,13 @@ pub struct Limits {
     pub max_types: usize,
     pub max_type_url_len: usize,
     pub max_resource_names: usize,
+    /// Longest `node.id` accepted (istiod's is about 100 bytes).
+    pub max_node_id_len: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_types: 64, max_type_url_len: 256, max_resource_names: 10_000 }
+        Limits { max_types: 64, max_type_url_len: 256, max_resource_names: 10_000, max_node_id_len: 1024 }
     }
 }
 
@@ -40,6 +42,8 @@ pub enum RequestError {
     TooManyResourceNames(usize, usize),
     #[error("stream subscribed to more than {0} distinct type URLs")]
     TooManyTypes(usize),
+    #[error("node.id is {0} bytes long; the limit is {1}")]
+    NodeIdTooLong(usize, usize),
 }
 
 impl From<RequestError> for tonic::Status {
@@ -84,6 +88,16 @@ pub struct TypeState {
     pub last_nack: Option<String>,
     #[serde(skip)]
     pending: bool,
+}
+
+/// The node id as logged and shown in `/debug/clients`: control characters escaped, so a client
+/// cannot forge log lines with a newline in its id.
+pub fn display_node_id(id: &str) -> String {
+    if id.chars().any(char::is_control) {
+        id.escape_debug().to_string()
+    } else {
+        id.to_string()
+    }
 }
 
 /// Per-stream protocol state.
@@ -136,9 +150,12 @@ impl StreamState {
         if req.resource_names.len() > self.limits.max_resource_names {
             return Err(RequestError::TooManyResourceNames(req.resource_names.len(), self.limits.max_resource_names));
         }
-        if self.node_id.is_none() {
-            if let Some(node) = &req.node {
-                self.node_id = Some(node.id.clone());
+        if let Some(node) = &req.node {
+            if node.id.len() > self.limits.max_node_id_len {
+                return Err(RequestError::NodeIdTooLong(node.id.len(), self.limits.max_node_id_len));
+            }
+            if self.node_id.is_none() {
+                self.node_id = Some(display_node_id(&node.id));
             }
         }
         let first = !self.types.contains_key(t);

@@ -175,10 +175,13 @@ pub struct AdsStream {
 
 impl AdsStream {
     pub async fn connect(url: &str) -> AdsStream {
-        let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
-            .await
-            .expect("connect ADS")
-            .max_decoding_message_size(usize::MAX);
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.expect("connect ADS");
+        Self::open(channel).await
+    }
+
+    /// Opens a stream on an existing channel (e.g. one configured for TLS).
+    pub async fn open(channel: tonic::transport::Channel) -> AdsStream {
+        let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
         let (tx, rx) = mpsc::channel(64);
         let resp = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.expect("open stream");
         AdsStream { tx, rx: resp.into_inner() }
@@ -263,4 +266,27 @@ impl<T: std::fmt::Debug> UnwrapErrOrLogs<T> for Result<T, tonic::Status> {
             Ok(v) => panic!("expected an error status, got {v:?}; server logs:\n{}", server.logs()),
         }
     }
+}
+
+/// The grpcurl binary: $GRPCURL, else `.venv/bin/grpcurl`, else PATH. When none works, fails if
+/// CLOUDMAP_MCP_REQUIRE_TOOLS=1 (as in CI), else prints a skip message and returns None.
+pub fn grpcurl_bin() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let candidates = [
+        std::env::var_os("GRPCURL").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl")),
+        Some(PathBuf::from("grpcurl")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| Command::new(p).arg("-version").output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        assert!(
+            std::env::var("CLOUDMAP_MCP_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "grpcurl not found (set GRPCURL or run scripts/test-all.sh, which installs it into .venv)"
+        );
+        eprintln!("SKIPPED: grpcurl not found; set GRPCURL or CLOUDMAP_MCP_REQUIRE_TOOLS=1");
+    }
+    found
 }

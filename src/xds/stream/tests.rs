@@ -172,7 +172,7 @@ fn reconnect_starts_fresh() {
 #[test]
 fn bad_requests_end_the_stream_with_a_clear_error() {
     let (a, _) = snapshots();
-    let limits = Limits { max_types: 2, max_type_url_len: 64, max_resource_names: 3 };
+    let limits = Limits { max_types: 2, max_type_url_len: 64, max_resource_names: 3, max_node_id_len: 1024 };
     let mut st = StreamState::new(limits);
     assert_eq!(st.on_request(&req("", "", ""), Some(&a)).unwrap_err(), RequestError::EmptyTypeUrl);
     assert!(matches!(st.on_request(&req(&"x".repeat(65), "", ""), Some(&a)), Err(RequestError::TypeUrlTooLong(65, 64))));
@@ -209,4 +209,22 @@ fn pre_encoded_response_decodes_as_a_discovery_response() {
     assert_eq!(md.name.matches('/').count(), 1);
     assert_eq!(r.body.unwrap().type_url, crate::proto::SERVICE_ENTRY_BODY_TYPE_URL);
     assert!(!md.version.is_empty() && md.create_time.is_some());
+}
+
+#[test]
+fn node_id_is_bounded_and_escaped() {
+    let (a, _) = snapshots();
+    let mut st = StreamState::new(Limits::default());
+    let mut r = req(SE_V1, "", "");
+    r.node.as_mut().unwrap().id = "x".repeat(1025);
+    assert_eq!(st.on_request(&r, Some(&a)).unwrap_err(), RequestError::NodeIdTooLong(1025, 1024));
+    let status: tonic::Status = RequestError::NodeIdTooLong(1025, 1024).into();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // Control characters cannot forge log lines or debug output.
+    let mut st = StreamState::new(Limits::default());
+    r.node.as_mut().unwrap().id = "istiod\n{\"level\":\"ERROR\"}\u{1b}[31m".into();
+    respond(st.on_request(&r, Some(&a)));
+    let shown = st.node_id().unwrap();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.starts_with("istiod\\n"));
 }

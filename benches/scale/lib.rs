@@ -1,0 +1,1214 @@
+//! The scale benchmark, as a module shared by `benches/scale.rs` (`cargo bench --bench scale`) and
+//! `tests/bench_smoke.rs` (which runs it at a tiny size, without timing assertions).
+//!
+//! Layout of one run, per registry size (services × endpoints per service):
+//! - in this process: a synthetic Cloud Map model, then translate + encode of the full snapshot and
+//!   the re-encode after one service changed (`ResourceCache::build`, the code `serve` runs);
+//! - three server CHILD processes (this same executable, re-run with `CLOUDMAP_MCP_BENCH_SERVER`
+//!   set), so every server's RSS and CPU are its own and the clients' are not counted:
+//!   * `ours`: the library pipeline `serve` wires (model watch channel → `cache::run` →
+//!     `AdsServer` on a tonic `Server` with the same HTTP/2 settings), fed by a synthetic source
+//!     instead of the registry file or the Cloud Map poller; `change` on stdin edits one service's
+//!     endpoint and publishes a new model snapshot, as the poller does;
+//!   * `floor`: a trivial tonic server that answers every request with the very same
+//!     DiscoveryResponse bytes, built once (the transport floor);
+//!   * `naive`: a tonic server that keeps typed protos and builds and prost-encodes a full
+//!     `DiscoveryResponse` for every client (what a server without a shared encoded cache does);
+//! - real tonic clients in this process (generated `AggregatedDiscoveryServiceClient`, one HTTP/2
+//!   connection each, decoding every `DiscoveryResponse` with prost).
+//!
+//! Measurements are interleaved (for each repetition, for each client count: floor, naive, ours) so
+//! that load from other processes spreads over the three alike and the ratios stay meaningful.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes};
+use cloudmap_mcp::cache::{self, ResourceCache};
+use cloudmap_mcp::metrics::Metrics;
+use cloudmap_mcp::model::{self, HealthStatus, NamespaceType, Timestamp};
+use cloudmap_mcp::proto::envoy::config::core::v3::Node;
+use cloudmap_mcp::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use cloudmap_mcp::proto::istio::mcp::v1alpha1 as mcp;
+use cloudmap_mcp::proto::istio::networking::v1alpha3 as net;
+use cloudmap_mcp::proto::{DiscoveryRequest, DiscoveryResponse, MCP_RESOURCE_TYPE_URL, SERVICE_ENTRY_BODY_TYPE_URL};
+use cloudmap_mcp::translate;
+use cloudmap_mcp::xds::{codec as ads_codec, AdsConfig, AdsServer, Clients};
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Status, Streaming};
+
+/// Environment variable that turns this executable into a benchmark server (value: `ours`, `floor`
+/// or `naive`); the size comes in [`SIZE_ENV`].
+pub const ROLE_ENV: &str = "CLOUDMAP_MCP_BENCH_SERVER";
+pub const SIZE_ENV: &str = "CLOUDMAP_MCP_BENCH_SERVER_SIZE";
+const READY: &str = "CLOUDMAP_MCP_BENCH_READY";
+
+const SE_V1: &str = "networking.istio.io/v1/ServiceEntry";
+const MESH_CONFIG: &str = "core/v1alpha1/MeshConfig";
+/// The 15 kinds istiod 1.30+ asks for (SPEC section 1).
+const ISTIOD_130_KINDS: &[&str] = &[
+    "security.istio.io/v1/AuthorizationPolicy",
+    "networking.istio.io/v1/DestinationRule",
+    "networking.istio.io/v1alpha3/EnvoyFilter",
+    "networking.istio.io/v1/Gateway",
+    "security.istio.io/v1/PeerAuthentication",
+    "networking.istio.io/v1beta1/ProxyConfig",
+    "security.istio.io/v1/RequestAuthentication",
+    "networking.istio.io/v1/ServiceEntry",
+    "networking.istio.io/v1/Sidecar",
+    "telemetry.istio.io/v1/Telemetry",
+    "extensions.istio.io/v1alpha1/TrafficExtension",
+    "networking.istio.io/v1/VirtualService",
+    "extensions.istio.io/v1alpha1/WasmPlugin",
+    "networking.istio.io/v1/WorkloadEntry",
+    "networking.istio.io/v1/WorkloadGroup",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+/// One registry size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub services: usize,
+    pub endpoints: usize,
+}
+
+impl Size {
+    pub fn label(&self) -> String {
+        let s = if self.services >= 1000 && self.services % 1000 == 0 {
+            format!("{}k", self.services / 1000)
+        } else {
+            self.services.to_string()
+        };
+        format!("{s}×{}", self.endpoints)
+    }
+
+    fn parse(s: &str) -> Result<Size, String> {
+        let (a, b) = s.trim().split_once(['x', 'X', '×']).ok_or_else(|| format!("size {s:?}: use SERVICESxENDPOINTS, e.g. 10000x10"))?;
+        let num = |t: &str| -> Result<usize, String> {
+            let t = t.trim().to_ascii_lowercase();
+            let (t, mul) = match t.strip_suffix('k') {
+                Some(p) => (p.to_string(), 1000),
+                None => (t, 1),
+            };
+            t.parse::<usize>().map(|v| v * mul).map_err(|_| format!("size {s:?}: {t:?} is not a number"))
+        };
+        let size = Size { services: num(a)?, endpoints: num(b)? };
+        if size.services == 0 || size.endpoints == 0 {
+            return Err(format!("size {s:?}: both numbers must be at least 1"));
+        }
+        Ok(size)
+    }
+}
+
+/// What one run measures.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub sizes: Vec<Size>,
+    /// Concurrent clients of the full-push measurement.
+    pub clients: Vec<usize>,
+    /// Clients connected during the change-latency and idle measurements.
+    pub change_clients: usize,
+    /// Changes measured (fewer if `change_budget` runs out first; at least 5).
+    pub changes: usize,
+    pub change_budget: Duration,
+    /// Repetitions of each full push (the median is reported).
+    pub reps: usize,
+    /// Repetitions of the in-process translate/encode timings (the median is reported).
+    pub encode_reps: usize,
+    pub idle: Duration,
+}
+
+impl Config {
+    pub fn full() -> Config {
+        Config {
+            sizes: [(1000, 1), (1000, 10), (10_000, 1), (10_000, 10), (50_000, 1), (50_000, 10)]
+                .into_iter()
+                .map(|(services, endpoints)| Size { services, endpoints })
+                .collect(),
+            clients: vec![1, 8, 32],
+            change_clients: 32,
+            changes: 50,
+            change_budget: Duration::from_secs(60),
+            reps: 3,
+            encode_reps: 5,
+            idle: Duration::from_secs(5),
+        }
+    }
+
+    /// A couple of minutes: the two 1k sizes and 10k×10.
+    pub fn quick() -> Config {
+        Config {
+            sizes: vec![Size { services: 1000, endpoints: 1 }, Size { services: 1000, endpoints: 10 }, Size { services: 10_000, endpoints: 10 }],
+            changes: 20,
+            change_budget: Duration::from_secs(20),
+            reps: 1,
+            encode_reps: 3,
+            idle: Duration::from_secs(2),
+            ..Config::full()
+        }
+    }
+
+    /// Seconds, for the test suite: proves every part runs, measures nothing meaningful.
+    pub fn tiny() -> Config {
+        Config {
+            sizes: vec![Size { services: 20, endpoints: 2 }],
+            clients: vec![1, 3],
+            change_clients: 3,
+            changes: 5,
+            change_budget: Duration::from_secs(10),
+            reps: 1,
+            encode_reps: 1,
+            idle: Duration::from_millis(300),
+        }
+    }
+
+    pub const USAGE: &'static str = "\
+usage: cargo bench --bench scale -- [--quick | --tiny] [--sizes 1000x1,10000x10] [--clients 1,8,32]
+                                    [--change-clients 32] [--changes 50] [--change-budget-secs 60]
+                                    [--reps 3] [--idle-secs 5]
+Each flag also reads an environment variable: CLOUDMAP_MCP_BENCH_SIZES, _CLIENTS, _CHANGE_CLIENTS,
+_CHANGES, _CHANGE_BUDGET_SECS, _REPS, _IDLE_SECS (prefix CLOUDMAP_MCP_BENCH), and
+CLOUDMAP_MCP_BENCH_QUICK=1 / CLOUDMAP_MCP_BENCH_TINY=1.
+Default: 1k, 10k, 50k services × 1 and 10 endpoints; 1, 8, 32 clients; 50 changes with 32 clients.";
+
+    /// Parses command-line arguments (`--bench`, which cargo adds, is ignored) over environment
+    /// variables over the defaults.
+    pub fn from_args_and_env(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let truthy = |v: Option<String>| v.is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
+        let mut quick = truthy(env("CLOUDMAP_MCP_BENCH_QUICK"));
+        let mut tiny = truthy(env("CLOUDMAP_MCP_BENCH_TINY"));
+        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        for key in ["sizes", "clients", "change-clients", "changes", "change-budget-secs", "reps", "idle-secs"] {
+            let var = format!("CLOUDMAP_MCP_BENCH_{}", key.to_ascii_uppercase().replace('-', "_"));
+            if let Some(v) = env(&var) {
+                values.insert(key, v);
+            }
+        }
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_string())),
+                None => (a.as_str(), None),
+            };
+            match flag {
+                "--bench" => {}
+                "--quick" => quick = true,
+                "--tiny" => tiny = true,
+                "-h" | "--help" => return Err(Self::USAGE.to_string()),
+                f if f.starts_with("--") => {
+                    let key = &f[2..];
+                    let known = ["sizes", "clients", "change-clients", "changes", "change-budget-secs", "reps", "idle-secs"];
+                    let Some(k) = known.iter().find(|k| **k == key) else {
+                        return Err(format!("unknown flag {f}\n{}", Self::USAGE));
+                    };
+                    let v = match inline {
+                        Some(v) => v,
+                        None => it.next().cloned().ok_or_else(|| format!("{f} needs a value"))?,
+                    };
+                    values.insert(k, v);
+                }
+                other => return Err(format!("unexpected argument {other:?}\n{}", Self::USAGE)),
+            }
+        }
+        let mut c = if tiny {
+            Config::tiny()
+        } else if quick {
+            Config::quick()
+        } else {
+            Config::full()
+        };
+        let num = |k: &str, v: &str| v.trim().parse::<f64>().map_err(|_| format!("--{k}: {v:?} is not a number"));
+        for (k, v) in values {
+            match k {
+                "sizes" => c.sizes = v.split(',').filter(|s| !s.trim().is_empty()).map(Size::parse).collect::<Result<_, _>>()?,
+                "clients" => {
+                    c.clients = v
+                        .split(',')
+                        .map(|s| s.trim().parse::<usize>().map_err(|_| format!("--clients: {s:?} is not a number")))
+                        .collect::<Result<_, _>>()?
+                }
+                "change-clients" => c.change_clients = num(k, &v)? as usize,
+                "changes" => c.changes = num(k, &v)? as usize,
+                "change-budget-secs" => c.change_budget = Duration::from_secs_f64(num(k, &v)?),
+                "reps" => c.reps = (num(k, &v)? as usize).max(1),
+                "idle-secs" => c.idle = Duration::from_secs_f64(num(k, &v)?),
+                _ => unreachable!(),
+            }
+        }
+        if c.sizes.is_empty() || c.clients.is_empty() || c.clients.contains(&0) || c.change_clients == 0 {
+            return Err("need at least one size, and client counts of at least 1".into());
+        }
+        Ok(c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic Cloud Map
+// ---------------------------------------------------------------------------------------------
+
+/// Services per namespace in the synthetic registry.
+const SERVICES_PER_NAMESPACE: usize = 100;
+
+/// A registry shaped like ECS services registered in Cloud Map (by ECS service discovery or the App
+/// Mesh controller): DNS_PRIVATE namespaces of 100 services, each instance with an IPv4, a port,
+/// region/zone and a few custom attributes that become endpoint labels.
+pub fn synthetic_model(size: Size) -> model::Snapshot {
+    let namespaces = size.services.div_ceil(SERVICES_PER_NAMESPACE);
+    let mut out = Vec::with_capacity(namespaces);
+    for n in 0..namespaces {
+        let ns_id = format!("ns-{:016x}", 0x5eed_0000_0000u64 + n as u64);
+        let first = n * SERVICES_PER_NAMESPACE;
+        let last = ((n + 1) * SERVICES_PER_NAMESPACE).min(size.services);
+        let services = (first..last)
+            .map(|s| {
+                let name = format!("svc-{s:05}");
+                let id = format!("srv-{:016x}", 0xab_0000_0000u64 + s as u64);
+                let instances = (0..size.endpoints).map(|e| instance(s, e, size.endpoints, &name)).collect();
+                model::Service {
+                    arn: Some(format!("arn:aws:servicediscovery:us-east-1:123456789012:service/{id}")),
+                    id: Some(id),
+                    name,
+                    create_date: Some(Timestamp { seconds: 1_600_000_000 + s as i64, nanos: 0 }),
+                    instances,
+                }
+            })
+            .collect();
+        let name = format!("ns-{n:04}.prod.internal");
+        out.push(model::Namespace {
+            arn: Some(format!("arn:aws:servicediscovery:us-east-1:123456789012:namespace/{ns_id}")),
+            id: Some(ns_id),
+            http_name: name.clone(),
+            name,
+            kind: NamespaceType::DnsPrivate,
+            services,
+        });
+    }
+    let mut snap = model::Snapshot { namespaces: out };
+    snap.normalize();
+    snap
+}
+
+fn ipv4(n: usize) -> String {
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+fn instance(service: usize, e: usize, per_service: usize, service_name: &str) -> model::Instance {
+    let n = service * per_service + e;
+    let zone = ["a", "b", "c"][e % 3];
+    let attrs = [
+        ("AWS_INSTANCE_IPV4", ipv4(n)),
+        ("AWS_INSTANCE_PORT", "8080".to_string()),
+        ("AWS_INIT_HEALTH_STATUS", "HEALTHY".to_string()),
+        ("REGION", "us-east-1".to_string()),
+        ("AVAILABILITY_ZONE", format!("us-east-1{zone}")),
+        ("ECS_CLUSTER_NAME", "prod".to_string()),
+        ("ECS_SERVICE_NAME", service_name.to_string()),
+        ("version", if e % 2 == 0 { "v1" } else { "v2" }.to_string()),
+    ];
+    model::Instance {
+        id: format!("{:032x}", 0x1d_0000_0000u128 + n as u128),
+        attributes: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        health: HealthStatus::Healthy,
+    }
+}
+
+/// Change number `seq` (from 1): one service's first endpoint moves to a new address.
+pub fn change_one_service(snap: &mut model::Snapshot, seq: usize) {
+    let total = snap.service_count();
+    let target = (seq * 7919) % total;
+    let ns = &mut snap.namespaces[target / SERVICES_PER_NAMESPACE];
+    let svc = &mut ns.services[target % SERVICES_PER_NAMESPACE];
+    let addr = format!("172.{}.{}.{}", 16 + ((seq >> 16) & 15), (seq >> 8) & 255, seq & 255);
+    svc.instances[0].attributes.insert("AWS_INSTANCE_IPV4".into(), addr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server child processes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Floor,
+    Naive,
+    Ours,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Floor, Kind::Naive, Kind::Ours];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Floor => "floor",
+            Kind::Naive => "naive",
+            Kind::Ours => "ours",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// If this process was started as a benchmark server, runs it (until stdin closes) and returns
+/// true. Call first thing in `main` (or in the test that hosts the child).
+pub fn child_main() -> bool {
+    let Ok(role) = std::env::var(ROLE_ENV) else { return false };
+    let kind = Kind::parse(&role).unwrap_or_else(|| panic!("{ROLE_ENV}={role:?}: expected ours, floor or naive"));
+    let size = Size::parse(&std::env::var(SIZE_ENV).expect("size")).expect("size");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(serve_child(kind, size));
+    true
+}
+
+async fn serve_child(kind: Kind, size: Size) {
+    // stdin: one command per line; EOF ends the process.
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if cmd_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+        std::process::exit(0);
+    });
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The HTTP/2 settings `app::serve` uses.
+    let builder = || {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    };
+    let ready = |addr: SocketAddr| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY} {addr}").unwrap();
+        out.flush().unwrap();
+    };
+
+    match kind {
+        Kind::Ours => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = Arc::new(Metrics::register(&mut registry));
+            let (model_tx, model_rx) = cloudmap_mcp::source::channel();
+            let mut current = Arc::new(synthetic_model(size));
+            model_tx.send_replace(Some(current.clone()));
+            let (res_tx, mut res_rx) = watch::channel(None);
+            tokio::spawn(cache::run(model_rx, ResourceCache::new(translate::Options::default()), res_tx, metrics.clone()));
+            res_rx.wait_for(|s| s.is_some()).await.unwrap();
+            let (_stop_tx, stop_rx) = watch::channel(false);
+            let ads = AdsServer::new(res_rx, metrics, Arc::new(Clients::default()), AdsConfig::default(), stop_rx);
+            tokio::spawn(builder().add_service(ads).serve_with_incoming(incoming));
+            ready(addr);
+            let mut seq = 0;
+            while let Some(cmd) = cmd_rx.recv().await {
+                if cmd.trim() == "change" {
+                    seq += 1;
+                    // What a source does on a change: a complete new model snapshot.
+                    let mut next = (*current).clone();
+                    change_one_service(&mut next, seq);
+                    current = Arc::new(next);
+                    model_tx.send_replace(Some(current.clone()));
+                }
+            }
+        }
+        Kind::Floor => {
+            let bytes = {
+                let model = synthetic_model(size);
+                let (snap, _) = ResourceCache::new(translate::Options::default()).build(&model);
+                prebuilt_response(&snap)
+            };
+            let svc = FixedAds(Arc::new(Responder::Floor(bytes)));
+            tokio::spawn(builder().add_service(svc).serve_with_incoming(incoming));
+            ready(addr);
+            while cmd_rx.recv().await.is_some() {}
+        }
+        Kind::Naive => {
+            let typed = {
+                let model = synthetic_model(size);
+                let (snap, _) = ResourceCache::new(translate::Options::default()).build(&model);
+                let entries: Vec<_> = snap
+                    .translation
+                    .entries
+                    .iter()
+                    .zip(&snap.service_entries.names)
+                    .map(|(se, (_, version))| {
+                        let md = mcp::Metadata {
+                            name: se.resource_name(),
+                            create_time: Some(prost_types::Timestamp { seconds: se.create_time.seconds, nanos: se.create_time.nanos }),
+                            version: version.clone(),
+                            labels: se.labels.clone(),
+                            annotations: se.annotations.clone(),
+                        };
+                        (md, cache::to_proto(&se.spec))
+                    })
+                    .collect();
+                NaiveState { version: snap.service_entries.version.clone(), entries }
+            };
+            let svc = FixedAds(Arc::new(Responder::Naive(typed)));
+            tokio::spawn(builder().add_service(svc).serve_with_incoming(incoming));
+            ready(addr);
+            while cmd_rx.recv().await.is_some() {}
+        }
+    }
+}
+
+/// The bytes `ours` sends for the first ServiceEntry request on a stream (nonce "1").
+pub fn prebuilt_response(snap: &cache::ResourceSnapshot) -> Bytes {
+    let cp = ads_codec::control_plane_field();
+    let body = snap.for_type(SE_V1);
+    let mut v = Vec::with_capacity(cache::encoded_response_len(body, SE_V1, "1", &cp));
+    cache::encode_response(body, SE_V1, "1", &cp, &mut v);
+    Bytes::from(v)
+}
+
+struct NaiveState {
+    version: String,
+    entries: Vec<(mcp::Metadata, net::ServiceEntry)>,
+}
+
+impl NaiveState {
+    /// Everything encoded again for this one response.
+    fn response(&self, type_url: &str) -> DiscoveryResponse {
+        let resources = self
+            .entries
+            .iter()
+            .map(|(md, se)| {
+                let res = mcp::Resource {
+                    metadata: Some(md.clone()),
+                    body: Some(prost_types::Any { type_url: SERVICE_ENTRY_BODY_TYPE_URL.into(), value: se.encode_to_vec() }),
+                };
+                prost_types::Any { type_url: MCP_RESOURCE_TYPE_URL.into(), value: res.encode_to_vec() }
+            })
+            .collect();
+        let cp = cloudmap_mcp::proto::envoy::config::core::v3::ControlPlane {
+            identifier: format!("cloudmap-mcp/{}", env!("CARGO_PKG_VERSION")),
+        };
+        DiscoveryResponse {
+            version_info: self.version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce: "1".into(),
+            control_plane: Some(cp),
+            ..Default::default()
+        }
+    }
+}
+
+enum Responder {
+    Floor(Bytes),
+    Naive(NaiveState),
+}
+
+enum Reply {
+    Raw(Bytes),
+    Typed(Box<DiscoveryResponse>),
+}
+
+/// A minimal ADS server for the references: answers every request that is not an ACK of its own
+/// nonce "1" with the full ServiceEntry state.
+#[derive(Clone)]
+struct FixedAds(Arc<Responder>);
+
+impl tonic::server::NamedService for FixedAds {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl tower::Service<http::Request<Body>> for FixedAds {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(ReplyCodec).apply_max_message_size_config(None, Some(usize::MAX));
+            Ok(grpc.streaming(FixedStream(inner), req).await)
+        })
+    }
+}
+
+type ReplyStream = Pin<Box<dyn futures::Stream<Item = Result<Reply, Status>> + Send>>;
+
+struct FixedStream(Arc<Responder>);
+
+impl tower::Service<tonic::Request<Streaming<DiscoveryRequest>>> for FixedStream {
+    type Response = tonic::Response<ReplyStream>;
+    type Error = Status;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let responder = self.0.clone();
+        Box::pin(async move {
+            let mut inbound = req.into_inner();
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                while let Ok(Some(r)) = inbound.message().await {
+                    if r.response_nonce == "1" {
+                        continue;
+                    }
+                    let reply = match &*responder {
+                        Responder::Floor(b) => Reply::Raw(b.clone()),
+                        Responder::Naive(n) => Reply::Typed(Box::new(n.response(&r.type_url))),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let s: ReplyStream = Box::pin(ReceiverStream::new(rx));
+            Ok(tonic::Response::new(s))
+        })
+    }
+}
+
+#[derive(Clone)]
+struct ReplyCodec;
+
+impl Codec for ReplyCodec {
+    type Encode = Reply;
+    type Decode = DiscoveryRequest;
+    type Encoder = ReplyEncoder;
+    type Decoder = tonic_prost::ProstDecoder<DiscoveryRequest>;
+
+    fn encoder(&mut self) -> ReplyEncoder {
+        ReplyEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+struct ReplyEncoder;
+
+impl Encoder for ReplyEncoder {
+    type Item = Reply;
+    type Error = Status;
+
+    fn encode(&mut self, item: Reply, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Reply::Raw(b) => {
+                buf.reserve(b.len());
+                buf.put_slice(&b);
+            }
+            Reply::Typed(m) => {
+                buf.reserve(m.encoded_len());
+                m.encode(buf).map_err(|e| Status::internal(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running server child. Killed on drop.
+pub struct ServerChild {
+    pub kind: Kind,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub addr: SocketAddr,
+}
+
+impl ServerChild {
+    fn start(kind: Kind, size: Size, launcher: &dyn Fn() -> Command) -> ServerChild {
+        let mut cmd = launcher();
+        cmd.env(ROLE_ENV, kind.as_str())
+            .env(SIZE_ENV, format!("{}x{}", size.services, size.endpoints))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start benchmark server child");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix(READY) {
+                        break a.trim().parse().expect("server address");
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("benchmark server {kind:?} exited before it was ready");
+                }
+            }
+        };
+        // Keep draining stdout (a libtest host prints its own lines).
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let stdin = child.stdin.take();
+        ServerChild { kind, child, stdin, addr }
+    }
+
+    fn command(&mut self, cmd: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmHWM` and `VmRSS` of a process, in bytes.
+pub fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based over the whole line).
+    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(14) + get(15)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+fn istiod_node() -> Node {
+    use prost_types::{value::Kind, Struct, Value};
+    let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
+    Node {
+        id: "sidecar~10.244.0.7~istiod-bench.istio-system~istio-system.svc.cluster.local".into(),
+        metadata: Some(Struct {
+            fields: BTreeMap::from([("GENERATOR".into(), s("api")), ("ISTIO_VERSION".into(), s("65536.65536.65536"))]),
+        }),
+        ..Default::default()
+    }
+}
+
+fn request(type_url: &str, nonce: &str, version: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        response_nonce: nonce.into(),
+        version_info: version.into(),
+        node: Some(istiod_node()),
+        ..Default::default()
+    }
+}
+
+fn timestamp_nonce() -> String {
+    format!("{:?}", std::time::SystemTime::now())
+}
+
+/// One connection per client, as separate istiod replicas would have.
+async fn connect(addr: SocketAddr, n: usize) -> Vec<Channel> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ch = Endpoint::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.expect("connect");
+        out.push(ch);
+    }
+    out
+}
+
+struct OpenStream {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+async fn open(ch: &Channel) -> OpenStream {
+    let mut client = AggregatedDiscoveryServiceClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::channel(64);
+    let resp = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.expect("open stream");
+    OpenStream { tx, rx: resp.into_inner() }
+}
+
+/// A full push of the ServiceEntry kind to `n` clients at once: every client opens a stream, then
+/// all send their request at t0; the time is until the last client has decoded its response.
+/// Returns (time, bytes of one response, resources in it).
+async fn full_push(chans: &[Channel]) -> (Duration, usize, usize) {
+    let mut streams = Vec::with_capacity(chans.len());
+    for ch in chans {
+        streams.push(open(ch).await);
+    }
+    let t0 = Instant::now();
+    for s in &streams {
+        s.tx.send(request(SE_V1, &timestamp_nonce(), "")).await.unwrap();
+    }
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let r = s.rx.message().await.expect("response").expect("a response");
+                let at = Instant::now();
+                let out = (at, r.encoded_len(), r.resources.len());
+                drop(r);
+                drop(s);
+                out
+            })
+        })
+        .collect();
+    let mut last = t0;
+    let (mut bytes, mut resources) = (0, 0);
+    for t in tasks {
+        let (at, b, n) = t.await.unwrap();
+        last = last.max(at);
+        if bytes != 0 {
+            assert_eq!((b, n), (bytes, resources), "every client gets the same response");
+        }
+        (bytes, resources) = (b, n);
+    }
+    (last - t0, bytes, resources)
+}
+
+/// What a connected istiod-like client saw.
+struct Event {
+    client: usize,
+    type_url: String,
+    at: Instant,
+}
+
+/// Connects `chans.len()` clients that play istiod's opening (MeshConfig + 15 kinds, timestamp
+/// nonces), ACK every response and report each one. Returns once every kind was answered everywhere.
+async fn istiod_clients(chans: &[Channel]) -> (mpsc::UnboundedReceiver<Event>, Vec<tokio::task::JoinHandle<()>>) {
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for (i, ch) in chans.iter().enumerate() {
+        let mut s = open(ch).await;
+        s.tx.send(request(MESH_CONFIG, &timestamp_nonce(), "")).await.unwrap();
+        for k in ISTIOD_130_KINDS {
+            s.tx.send(request(k, &timestamp_nonce(), "")).await.unwrap();
+        }
+        let ev_tx = ev_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(r)) = s.rx.message().await {
+                let at = Instant::now();
+                let ack = request(&r.type_url, &r.nonce, &r.version_info);
+                let type_url = r.type_url.clone();
+                drop(r);
+                if ev_tx.send(Event { client: i, type_url, at }).is_err() || s.tx.send(ack).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let kinds = ISTIOD_130_KINDS.len() + 1;
+    let mut answered = vec![0usize; chans.len()];
+    while answered.iter().any(|a| *a < kinds) {
+        let ev = tokio::time::timeout(Duration::from_secs(300), ev_rx.recv()).await.expect("handshake answered").expect("event");
+        answered[ev.client] += 1;
+    }
+    (ev_rx, tasks)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Ms,
+    Bytes,
+    Mb,
+    Ratio,
+    Count,
+    Percent,
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub label: String,
+    pub unit: Unit,
+    /// One value per size (NaN: not measured).
+    pub values: Vec<f64>,
+}
+
+/// One table: a column per size, a row per figure.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub machine: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    pub fn row(&self, label: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.label == label)
+    }
+
+    pub fn render(&self) -> String {
+        let fmt = |unit: Unit, v: f64| -> String {
+            if v.is_nan() {
+                return "-".into();
+            }
+            match unit {
+                Unit::Ms if v < 10.0 => format!("{v:.2}"),
+                Unit::Ms => format!("{v:.1}"),
+                Unit::Bytes => format!("{v:.0}"),
+                Unit::Mb => format!("{v:.1}"),
+                Unit::Ratio => format!("{v:.2}"),
+                Unit::Count => format!("{v:.0}"),
+                Unit::Percent => format!("{v:.2}"),
+            }
+        };
+        let mut lines: Vec<Vec<String>> = Vec::new();
+        let mut head = vec!["figure".to_string()];
+        head.extend(self.columns.iter().cloned());
+        lines.push(head);
+        for r in &self.rows {
+            let mut l = vec![r.label.clone()];
+            l.extend(r.values.iter().map(|v| fmt(r.unit, *v)));
+            lines.push(l);
+        }
+        let widths: Vec<usize> =
+            (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+        let mut out = String::new();
+        out.push_str(&self.machine);
+        out.push('\n');
+        for (n, l) in lines.iter().enumerate() {
+            out.push('|');
+            for (i, cell) in l.iter().enumerate() {
+                let pad = widths[i] - cell.chars().count();
+                if i == 0 {
+                    out.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
+                } else {
+                    out.push_str(&format!(" {}{cell} |", " ".repeat(pad)));
+                }
+            }
+            out.push('\n');
+            if n == 0 {
+                out.push('|');
+                for (i, w) in widths.iter().enumerate() {
+                    out.push_str(&format!("{}{}|", if i == 0 { ":" } else { "-" }, "-".repeat(w + 1)));
+                    if i > 0 {
+                        out.pop();
+                        out.push_str(":|");
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Row labels, in the order they are printed.
+pub mod labels {
+    pub const BYTES: &str = "ServiceEntry response (bytes)";
+    pub const TRANSLATE: &str = "translate only, full snapshot (ms)";
+    pub const BUILD_FULL: &str = "translate+encode, full snapshot (ms)";
+    pub const BUILD_ONE: &str = "re-encode after 1 service changed (ms)";
+    pub fn push(n: usize, what: &str) -> String {
+        format!("full push, {n} client{}: {what}", if n == 1 { "" } else { "s" })
+    }
+    pub const OURS_MS: &str = "ours (ms)";
+    pub const FLOOR_MS: &str = "transport floor (ms)";
+    pub const NAIVE_MS: &str = "naive re-encode (ms)";
+    pub const VS_FLOOR: &str = "ours ÷ floor";
+    pub const VS_NAIVE: &str = "ours ÷ naive";
+    pub fn change_all(n: usize, p: &str) -> String {
+        format!("change→receipt at all {n} clients {p} (ms)")
+    }
+    pub fn change_first(n: usize) -> String {
+        format!("change→receipt at first of {n} clients p50 (ms)")
+    }
+    pub const CHANGES: &str = "changes measured";
+    pub const RSS_OURS: &str = "server peak RSS, ours (MB)";
+    pub const RSS_OURS_START: &str = "server RSS before any client, ours (MB)";
+    pub const RSS_FLOOR: &str = "server peak RSS, floor (MB)";
+    pub const RSS_NAIVE: &str = "server peak RSS, naive (MB)";
+    pub fn idle_cpu(n: usize) -> String {
+        format!("idle CPU with {n} clients, ours (% of a core)")
+    }
+    pub const IDLE_PUSHES: &str = "pushes received while idle";
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// nproc, CPU model, memory and load average, for the report header.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "machine: {nproc} CPUs ({model}), {:.1} GiB RAM; load average {} (1/5/15 min) at {}; {} build",
+        mem_kb as f64 / 1024.0 / 1024.0,
+        load.join(" "),
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        if cfg!(debug_assertions) { "DEBUG (figures meaningless)" } else { "release" },
+    )
+}
+
+/// Runs the benchmark. `launcher` gives a command that runs [`child_main`] in a new process (this
+/// executable); `progress` receives one line per step.
+pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMut(&str)) -> Report {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut set = |label: String, unit: Unit, col: usize, v: f64| {
+        let i = match rows.iter().position(|r| r.label == label) {
+            Some(i) => i,
+            None => {
+                rows.push(Row { label, unit, values: vec![f64::NAN; cfg.sizes.len()] });
+                rows.len() - 1
+            }
+        };
+        rows[i].values[col] = v;
+    };
+    let tck = clock_ticks_per_second();
+    let header = machine();
+
+    for (col, &size) in cfg.sizes.iter().enumerate() {
+        progress(&format!("== {} services × {} endpoints", size.services, size.endpoints));
+
+        // In-process: translate and encode.
+        let (bytes_expected, resources_expected) = {
+            let mut model = synthetic_model(size);
+            let opts = translate::Options::default();
+            let mut translate_ms = Vec::new();
+            let mut full_ms = Vec::new();
+            let mut one_ms = Vec::new();
+            let mut expected = (0, 0);
+            for rep in 0..cfg.encode_reps {
+                let t = Instant::now();
+                let tr = translate::translate(&model, &opts);
+                translate_ms.push(ms(t.elapsed()));
+                drop(tr);
+                let mut cache = ResourceCache::new(opts.clone());
+                let t = Instant::now();
+                let (snap, encoded) = cache.build(&model);
+                full_ms.push(ms(t.elapsed()));
+                assert_eq!(encoded, size.services);
+                if rep == 0 {
+                    expected = (prebuilt_response(&snap).len(), snap.service_entries.resources.len());
+                }
+                drop(snap);
+                change_one_service(&mut model, 1_000_000 + rep);
+                let t = Instant::now();
+                let (snap, encoded) = cache.build(&model);
+                one_ms.push(ms(t.elapsed()));
+                assert_eq!(encoded, 1, "one changed service re-encodes one entry");
+                drop(snap);
+            }
+            set(labels::BYTES.into(), Unit::Bytes, col, expected.0 as f64);
+            set(labels::TRANSLATE.into(), Unit::Ms, col, median(&mut translate_ms));
+            set(labels::BUILD_FULL.into(), Unit::Ms, col, median(&mut full_ms));
+            set(labels::BUILD_ONE.into(), Unit::Ms, col, median(&mut one_ms));
+            expected
+        };
+        assert_eq!(resources_expected, size.services, "every synthetic service becomes a ServiceEntry");
+
+        // Servers.
+        let mut servers: Vec<ServerChild> = Kind::ALL.iter().map(|k| ServerChild::start(*k, size, launcher)).collect();
+        let (_, ours_start_rss) = memory_of(servers[2].pid());
+        set(labels::RSS_OURS_START.into(), Unit::Mb, col, mb(ours_start_rss));
+        let max_clients = cfg.clients.iter().copied().max().unwrap_or(1).max(cfg.change_clients);
+        let chans: Vec<Vec<Channel>> = rt.block_on(async {
+            let mut v = Vec::new();
+            for s in &servers {
+                v.push(connect(s.addr, max_clients).await);
+            }
+            v
+        });
+
+        // Full pushes, interleaved.
+        let mut times: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+        for rep in 0..cfg.reps {
+            for &n in &cfg.clients {
+                for (k, kind) in Kind::ALL.iter().enumerate() {
+                    let (d, bytes, resources) = rt.block_on(full_push(&chans[k][..n]));
+                    assert_eq!(resources, size.services, "{kind:?}: every ServiceEntry in the push");
+                    if *kind != Kind::Naive {
+                        assert_eq!(bytes, bytes_expected, "{kind:?} sends the response `ours` encodes");
+                    }
+                    progress(&format!("  rep {rep} {n:>2} clients {:<5} {:>9.1} ms {bytes} B", kind.as_str(), ms(d)));
+                    times.entry((n, k)).or_default().push(ms(d));
+                }
+            }
+        }
+        for &n in &cfg.clients {
+            let get = |k: usize, times: &mut BTreeMap<(usize, usize), Vec<f64>>| median(times.get_mut(&(n, k)).unwrap());
+            let (floor, naive, ours) = (get(0, &mut times), get(1, &mut times), get(2, &mut times));
+            set(labels::push(n, labels::OURS_MS), Unit::Ms, col, ours);
+            set(labels::push(n, labels::FLOOR_MS), Unit::Ms, col, floor);
+            set(labels::push(n, labels::NAIVE_MS), Unit::Ms, col, naive);
+            set(labels::push(n, labels::VS_FLOOR), Unit::Ratio, col, ours / floor);
+            set(labels::push(n, labels::VS_NAIVE), Unit::Ratio, col, ours / naive);
+        }
+
+        // Change → receipt with `change_clients` istiod-like clients on `ours`, then idle.
+        let n = cfg.change_clients;
+        let ours = &mut servers[2];
+        let (mut all, mut first, idle_pushes, idle_ticks) = rt.block_on(async {
+            let (mut events, tasks) = istiod_clients(&chans[2][..n]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while events.try_recv().is_ok() {}
+            let mut all = Vec::new();
+            let mut first = Vec::new();
+            let started = Instant::now();
+            for _ in 0..cfg.changes {
+                if all.len() >= 5 && started.elapsed() > cfg.change_budget {
+                    break;
+                }
+                let t0 = Instant::now();
+                ours.command("change");
+                let mut got = vec![false; n];
+                let mut firsts = None;
+                let mut last = t0;
+                while got.iter().any(|g| !g) {
+                    let ev = tokio::time::timeout(Duration::from_secs(300), events.recv())
+                        .await
+                        .expect("every client receives the change")
+                        .expect("event");
+                    assert_eq!(ev.type_url, SE_V1, "a change pushes the ServiceEntry kind only");
+                    assert!(!got[ev.client], "one push per change per client");
+                    got[ev.client] = true;
+                    firsts.get_or_insert(ev.at);
+                    last = last.max(ev.at);
+                }
+                all.push(ms(last - t0));
+                first.push(ms(firsts.unwrap() - t0));
+                // Let the ACKs land before the next change.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Idle: clients connected and ACKed, nothing changes.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while events.try_recv().is_ok() {}
+            let c0 = cpu_ticks_of(ours.pid());
+            tokio::time::sleep(cfg.idle).await;
+            let c1 = cpu_ticks_of(ours.pid());
+            let mut pushes = 0;
+            while events.try_recv().is_ok() {
+                pushes += 1;
+            }
+            for t in tasks {
+                t.abort();
+            }
+            (all, first, pushes, c1 - c0)
+        });
+        let changes = all.len();
+        set(labels::change_all(n, "p50"), Unit::Ms, col, percentile(&mut all, 50.0));
+        set(labels::change_all(n, "p99"), Unit::Ms, col, percentile(&mut all, 99.0));
+        set(labels::change_first(n), Unit::Ms, col, percentile(&mut first, 50.0));
+        set(labels::CHANGES.into(), Unit::Count, col, changes as f64);
+        set(labels::idle_cpu(n), Unit::Percent, col, idle_ticks as f64 / tck / cfg.idle.as_secs_f64() * 100.0);
+        set(labels::IDLE_PUSHES.into(), Unit::Count, col, idle_pushes as f64);
+        set(labels::RSS_OURS.into(), Unit::Mb, col, mb(memory_of(servers[2].pid()).0));
+        set(labels::RSS_FLOOR.into(), Unit::Mb, col, mb(memory_of(servers[0].pid()).0));
+        set(labels::RSS_NAIVE.into(), Unit::Mb, col, mb(memory_of(servers[1].pid()).0));
+        drop(chans);
+        drop(servers);
+    }
+
+    // Print rows in a fixed order.
+    let order = expected_labels(cfg);
+    rows.sort_by_key(|r| order.iter().position(|o| *o == r.label).unwrap_or(usize::MAX));
+    Report { machine: header, columns: cfg.sizes.iter().map(Size::label).collect(), rows }
+}
+
+/// Every row label a report for `cfg` has.
+pub fn expected_labels(cfg: &Config) -> Vec<String> {
+    let mut v: Vec<String> =
+        vec![labels::BYTES.into(), labels::TRANSLATE.into(), labels::BUILD_FULL.into(), labels::BUILD_ONE.into()];
+    for &n in &cfg.clients {
+        for w in [labels::OURS_MS, labels::FLOOR_MS, labels::NAIVE_MS, labels::VS_FLOOR, labels::VS_NAIVE] {
+            v.push(labels::push(n, w));
+        }
+    }
+    let n = cfg.change_clients;
+    v.extend([
+        labels::change_all(n, "p50"),
+        labels::change_all(n, "p99"),
+        labels::change_first(n),
+        labels::CHANGES.into(),
+        labels::RSS_OURS_START.into(),
+        labels::RSS_OURS.into(),
+        labels::RSS_FLOOR.into(),
+        labels::RSS_NAIVE.into(),
+        labels::idle_cpu(n),
+        labels::IDLE_PUSHES.into(),
+    ]);
+    v
+}

@@ -1,0 +1,208 @@
+//! `/debug/cloudmap`: what the poller knows, per namespace and service, as JSON.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::budget::BudgetConfig;
+use super::poller::{rfc3339, ErrorRecord, Poller, ResyncReport};
+use super::select::SelectionView;
+use crate::cache::ResourceRx;
+use crate::model::NamespaceType;
+use crate::translate::ServiceRef;
+
+#[derive(Debug, serde::Serialize)]
+pub struct DebugView {
+    /// False until the first complete sync; nothing is served before.
+    pub synced: bool,
+    pub last_complete_sync: Option<String>,
+    pub sync_age_seconds: Option<f64>,
+    pub last_resync: Option<ResyncReport>,
+    pub removal_guard: GuardView,
+    pub settings: SettingsView,
+    /// Selected namespaces sharing a name with an older one, which is served instead.
+    pub namespace_collisions: Vec<CollisionView>,
+    pub namespaces: Vec<NamespaceView>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct GuardView {
+    pub max_removal_ratio: f64,
+    pub confirmations_required: u32,
+    pub consecutive: u32,
+    /// `namespace/service` of every served service whose removal is held.
+    pub held: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SettingsView {
+    pub resync_interval_ms: u64,
+    pub revision_poll_interval_ms: u64,
+    pub health_refresh_interval_ms: u64,
+    pub health_filter: &'static str,
+    pub budget: BudgetConfig,
+    pub selection: SelectionView,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct CollisionView {
+    pub name: String,
+    pub served_id: String,
+    pub ignored_id: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct NamespaceView {
+    pub name: String,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: NamespaceType,
+    pub http_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub last_listed: Option<String>,
+    pub last_error: Option<ErrorRecord>,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// Last DiscoverInstancesRevision seen.
+    pub revision: Option<i64>,
+    pub health_checked: bool,
+    /// False until a DiscoverInstances call succeeded.
+    pub served: bool,
+    pub last_refresh: Option<String>,
+    pub instance_count: Option<usize>,
+    pub skipped_instances: Vec<SkippedView>,
+    pub removal_held: bool,
+    pub last_error: Option<ErrorRecord>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SkippedView {
+    pub id: String,
+    pub reason: String,
+}
+
+pub(super) fn view(p: &Poller) -> DebugView {
+    let st = p.lock();
+    let s = &p.settings;
+    let mut namespaces: Vec<NamespaceView> = st
+        .namespaces
+        .iter()
+        .map(|(name, ns)| NamespaceView {
+            name: name.clone(),
+            id: ns.info.id.clone(),
+            arn: ns.info.arn.clone(),
+            kind: ns.info.kind,
+            http_name: ns.info.http_name.clone(),
+            owner: ns.info.owner.clone(),
+            last_listed: ns.listed_at.map(rfc3339),
+            last_error: ns.last_error.clone(),
+            services: Vec::new(),
+        })
+        .collect();
+    let index: BTreeMap<String, usize> = namespaces.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+    for ((ns, name), e) in &st.services {
+        let Some(&i) = index.get(ns) else { continue };
+        let skipped = e
+            .data
+            .as_ref()
+            .map(|d| {
+                d.duplicates
+                    .iter()
+                    .map(|id| SkippedView { id: id.clone(), reason: "instance id returned more than once; one kept".into() })
+                    .collect()
+            })
+            .unwrap_or_default();
+        namespaces[i].services.push(ServiceView {
+            name: name.clone(),
+            id: e.id.clone(),
+            arn: e.arn.clone(),
+            revision: e.revision_seen,
+            health_checked: e.health_checked,
+            served: e.data.is_some(),
+            last_refresh: e.refreshed_at.map(rfc3339),
+            instance_count: e.data.as_ref().map(|d| d.instances.len()),
+            skipped_instances: skipped,
+            removal_held: e.removal_held,
+            last_error: e.last_error.clone(),
+        });
+    }
+    DebugView {
+        synced: st.synced,
+        last_complete_sync: st.last_complete_sync.map(rfc3339),
+        sync_age_seconds: st
+            .last_complete_sync
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
+        last_resync: st.last_resync.clone(),
+        removal_guard: GuardView {
+            max_removal_ratio: s.max_removal_ratio,
+            confirmations_required: s.removal_confirmations,
+            consecutive: st.guard.consecutive,
+            held: st.guard.pending.iter().map(|(n, s)| format!("{n}/{s}")).collect(),
+        },
+        settings: SettingsView {
+            resync_interval_ms: s.resync_interval.as_millis() as u64,
+            revision_poll_interval_ms: s.revision_poll_interval.as_millis() as u64,
+            health_refresh_interval_ms: s.health_refresh_interval.as_millis() as u64,
+            health_filter: s.health.as_str(),
+            budget: s.budget,
+            selection: s.selection.view(),
+        },
+        namespace_collisions: st
+            .collisions
+            .iter()
+            .map(|(n, k, i)| CollisionView { name: n.clone(), served_id: k.clone(), ignored_id: i.clone() })
+            .collect(),
+        namespaces,
+    }
+}
+
+#[derive(Clone)]
+struct DebugState {
+    poller: Arc<Poller>,
+    snapshots: ResourceRx,
+}
+
+/// The `/debug/cloudmap` route, to merge into the admin router. Instances the translation skipped
+/// (no usable address, bad port) are joined in from the served snapshot.
+pub fn router(poller: Arc<Poller>, snapshots: ResourceRx) -> Router {
+    Router::new().route("/debug/cloudmap", get(handler)).with_state(DebugState { poller, snapshots })
+}
+
+async fn handler(State(s): State<DebugState>) -> Response {
+    let mut view = s.poller.debug_view();
+    if let Some(snap) = s.snapshots.borrow().clone() {
+        let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
+        for n in &snap.translation.notes {
+            if let Some(id) = &n.instance {
+                by_service
+                    .entry(n.source.clone())
+                    .or_default()
+                    .push(SkippedView { id: id.clone(), reason: n.message.clone() });
+            }
+        }
+        for ns in &mut view.namespaces {
+            for svc in &mut ns.services {
+                let key = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
+                if let Some(list) = by_service.remove(&key) {
+                    svc.skipped_instances.extend(list);
+                }
+            }
+        }
+    }
+    axum::Json(view).into_response()
+}

@@ -1,0 +1,155 @@
+//! The AWS Cloud Map source: polls the Cloud Map API and publishes complete [`Snapshot`]s.
+//!
+//! - [`client`]: the SDK client (standard credential chain; `data-` host prefix stripped for a
+//!   custom endpoint) and the [`client::Api`] wrapper every call goes through.
+//! - [`budget`]: the shared API budget (token bucket with jitter, concurrency limit) and backoff.
+//! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules.
+//! - [`select`]: namespace and service selection.
+//! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families.
+//!
+//! See `docs/cloudmap.md` for the user-facing description.
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+use crate::config::CloudMapArgs;
+use crate::metrics::Metrics;
+use crate::model::Snapshot;
+use crate::source::{self, SnapshotRx};
+use crate::translate::HealthFilter;
+
+pub mod budget;
+pub mod client;
+pub mod debug;
+pub mod metrics;
+pub mod poller;
+pub mod select;
+
+pub use budget::BudgetConfig;
+pub use client::ClientConfig;
+pub use debug::DebugView;
+pub use poller::Poller;
+pub use select::Selection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudMapError {
+    #[error("invalid Cloud Map setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Selection(#[from] select::SelectionError),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error("Cloud Map sync failed after {attempts} attempts: {errors}")]
+    SyncFailed { attempts: u32, errors: String },
+}
+
+/// Everything the Cloud Map source needs, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub client: ClientConfig,
+    pub selection: Selection,
+    /// DiscoverInstances' HealthStatus filter (the translation's health filter).
+    pub health: HealthFilter,
+    pub resync_interval: Duration,
+    pub revision_poll_interval: Duration,
+    pub health_refresh_interval: Duration,
+    pub budget: BudgetConfig,
+    pub max_attempts: u32,
+    pub max_removal_ratio: f64,
+    pub removal_confirmations: u32,
+}
+
+impl Settings {
+    pub fn from_args(a: &CloudMapArgs, health: HealthFilter) -> Result<Self, CloudMapError> {
+        for (flag, d) in [
+            ("--resync-interval", a.resync_interval),
+            ("--revision-poll-interval", a.revision_poll_interval),
+            ("--health-refresh-interval", a.health_refresh_interval),
+            ("--aws-call-timeout", a.aws_call_timeout),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(CloudMapError::Config(format!("{flag} must be at least 10ms")));
+            }
+        }
+        if let Some(url) = &a.aws_endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(CloudMapError::Config(format!("--aws-endpoint-url {url:?} must start with http:// or https://")));
+            }
+        }
+        Ok(Settings {
+            client: ClientConfig {
+                region: a.aws_region.clone().filter(|r| !r.is_empty()),
+                endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
+                call_timeout: a.aws_call_timeout,
+            },
+            selection: Selection::new(
+                &a.include_namespaces,
+                &a.exclude_namespaces,
+                &a.include_services,
+                &a.exclude_services,
+                &a.namespace_types,
+            )?,
+            health,
+            resync_interval: a.resync_interval,
+            revision_poll_interval: a.revision_poll_interval,
+            health_refresh_interval: a.health_refresh_interval,
+            budget: BudgetConfig { rate: a.aws_api_rate, burst: a.aws_api_burst, concurrency: a.aws_api_concurrency },
+            max_attempts: a.aws_max_attempts,
+            max_removal_ratio: a.max_removal_ratio,
+            removal_confirmations: a.removal_confirmations,
+        })
+    }
+}
+
+/// A running Cloud Map source.
+pub struct CloudMapSource {
+    pub snapshots: SnapshotRx,
+    pub poller: Arc<Poller>,
+}
+
+async fn build(
+    settings: Settings,
+    registry: &mut Registry,
+    core: Option<Arc<Metrics>>,
+) -> Result<(Arc<Poller>, SnapshotRx), CloudMapError> {
+    let sdk = client::sdk_client(&settings.client).await?;
+    let metrics = metrics::CloudMapMetrics::register(registry);
+    let budget = Arc::new(budget::Budget::new(settings.budget));
+    let api = client::Api::new(sdk, budget, metrics.clone(), settings.max_attempts, settings.health);
+    let (tx, rx) = source::channel();
+    Ok((Arc::new(Poller::new(api, settings, tx, metrics, core)), rx))
+}
+
+/// Starts polling in the background. Metrics are registered on `registry`. Nothing is published on
+/// the returned channel until the first complete sync.
+pub async fn start(settings: Settings, registry: &mut Registry, core: Arc<Metrics>) -> Result<CloudMapSource, CloudMapError> {
+    tracing::info!(
+        region = settings.client.region.as_deref().unwrap_or("(from the AWS configuration)"),
+        endpoint = settings.client.endpoint_url.as_deref().unwrap_or("(default)"),
+        resync_interval = ?settings.resync_interval,
+        revision_poll_interval = ?settings.revision_poll_interval,
+        api_rate = settings.budget.rate,
+        "starting the Cloud Map source; nothing is served until the first complete sync"
+    );
+    let (poller, rx) = build(settings, registry, Some(core)).await?;
+    tokio::spawn(poller.clone().run());
+    Ok(CloudMapSource { snapshots: rx, poller })
+}
+
+/// One complete sync (for `render`), tried up to `attempts` times.
+pub async fn sync_once(settings: Settings, attempts: u32) -> Result<Snapshot, CloudMapError> {
+    let mut registry = Registry::default();
+    let (poller, _rx) = build(settings, &mut registry, None).await?;
+    let attempts = attempts.max(1);
+    for attempt in 0..attempts {
+        if poller.resync().await {
+            return Ok(poller.lock().snapshot());
+        }
+        if attempt + 1 < attempts {
+            tokio::time::sleep(budget::backoff(attempt, Duration::from_secs(1), Duration::from_secs(10))).await;
+        }
+    }
+    let errors = poller.lock().last_resync.as_ref().map(|r| r.errors.join("; ")).unwrap_or_default();
+    Err(CloudMapError::SyncFailed { attempts, errors })
+}

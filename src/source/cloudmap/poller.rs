@@ -1,0 +1,826 @@
+//! The poller: an in-memory view of the selected part of Cloud Map, kept fresh with few calls and
+//! published as [`model::Snapshot`]s.
+//!
+//! - **Resync** (every `resync_interval`): ListNamespaces, ListServices per namespace (every page),
+//!   GetService once per new service id (its namespace is learned from there, never from the
+//!   ListServices filter, which an emulator ignores), then DiscoverInstances for every service.
+//! - **Revision poll** (every `revision_poll_interval` per service, spread with jitter):
+//!   DiscoverInstancesRevision, and DiscoverInstances when the number moved. Services with health
+//!   checks are re-read every `health_refresh_interval` (health changes do not move the revision).
+//!
+//! Safety rules: nothing is published before the first complete sync; a failed call keeps the last
+//! good data; a service is removed only when a complete listing of its namespace (or a complete
+//! ListNamespaces, for a vanished namespace) no longer has it; a resync removing more than
+//! `max_removal_ratio` of the served services is held until it repeats on
+//! `removal_confirmations` consecutive resyncs. Services are keyed by `(namespace name, service
+//! name)`, the identity of their ServiceEntry, so a service re-created under a new id is an update.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{self, StreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::budget::{backoff, jittered};
+use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary};
+use super::debug::{self, DebugView};
+use super::metrics::CloudMapMetrics;
+use super::Settings;
+use crate::metrics::Metrics;
+use crate::model::{self, Timestamp};
+use crate::source::SnapshotTx;
+
+/// `(namespace name, service name)`: the identity of a ServiceEntry.
+pub(super) type SvcKey = (String, String);
+
+/// Coalesces publications: changes arriving within this window make one snapshot.
+const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Before the first complete sync, attempts are retried with backoff from 1 s up to this.
+const FIRST_SYNC_RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// A failure kept for the debug view.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ErrorRecord {
+    pub at: String,
+    #[serde(flatten)]
+    pub error: ApiError,
+}
+
+impl ErrorRecord {
+    fn new(error: ApiError) -> Self {
+        ErrorRecord { at: now_rfc3339(), error }
+    }
+}
+
+pub(super) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: 0 }.to_rfc3339()
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+pub(super) struct NsEntry {
+    pub info: NamespaceInfo,
+    /// Last complete ListServices of this namespace.
+    pub listed_at: Option<SystemTime>,
+    pub last_error: Option<ErrorRecord>,
+}
+
+pub(super) struct SvcEntry {
+    pub id: String,
+    pub arn: Option<String>,
+    pub create_date: Option<Timestamp>,
+    pub health_checked: bool,
+    /// Last good DiscoverInstances answer; `None` until the first one (not served until then).
+    pub data: Option<Discovered>,
+    /// Sequence number of the request behind `data` (an older answer never overwrites a newer one).
+    pub loaded_seq: u64,
+    pub refreshed_at: Option<SystemTime>,
+    pub last_error: Option<ErrorRecord>,
+    /// Last DiscoverInstancesRevision seen (compared with the next poll).
+    pub revision_seen: Option<i64>,
+    /// Not listed any more, kept because the mass-removal guard holds the removal.
+    pub removal_held: bool,
+    pub next_poll: Instant,
+    pub next_health: Instant,
+}
+
+impl SvcEntry {
+    fn served(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ResyncReport {
+    pub started_at: String,
+    pub took_ms: u64,
+    pub complete: bool,
+    pub namespaces: usize,
+    pub services_listed: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub held_back_removals: usize,
+    pub errors: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Guard {
+    /// Consecutive resyncs that proposed a mass removal.
+    pub consecutive: u32,
+    pub pending: Vec<SvcKey>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub synced: bool,
+    pub last_complete_sync: Option<SystemTime>,
+    pub namespaces: BTreeMap<String, NsEntry>,
+    pub services: BTreeMap<SvcKey, SvcEntry>,
+    /// Learned by GetService, by service id.
+    pub meta: HashMap<String, ServiceMeta>,
+    pub guard: Guard,
+    pub last_resync: Option<ResyncReport>,
+    /// Namespaces ignored because another selected namespace has the same name: (name, kept id, ignored id).
+    pub collisions: Vec<(String, String, String)>,
+    seq: u64,
+    dirty: bool,
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The served view, in canonical order.
+    pub fn snapshot(&self) -> model::Snapshot {
+        let mut namespaces = Vec::with_capacity(self.namespaces.len());
+        for (name, ns) in &self.namespaces {
+            let services = self
+                .services
+                .range((name.clone(), String::new())..)
+                .take_while(|((n, _), _)| n == name)
+                .filter_map(|((_, svc), e)| {
+                    let d = e.data.as_ref()?;
+                    Some(model::Service {
+                        name: svc.clone(),
+                        id: Some(e.id.clone()),
+                        arn: e.arn.clone(),
+                        create_date: e.create_date,
+                        instances: d.instances.clone(),
+                    })
+                })
+                .collect();
+            namespaces.push(model::Namespace {
+                name: name.clone(),
+                id: Some(ns.info.id.clone()),
+                arn: ns.info.arn.clone(),
+                kind: ns.info.kind,
+                http_name: ns.info.http_name.clone(),
+                services,
+            });
+        }
+        let mut snap = model::Snapshot { namespaces };
+        snap.normalize();
+        snap
+    }
+
+    fn served_count(&self) -> usize {
+        self.services.values().filter(|e| e.served()).count()
+    }
+}
+
+/// What one resync found, before it is applied.
+struct Listed {
+    id: String,
+    arn: Option<String>,
+    create_date: Option<Timestamp>,
+    health_checked: bool,
+}
+
+/// One unit of work of the revision poll loop.
+struct Job {
+    key: SvcKey,
+    http_name: String,
+    owner: Option<String>,
+    /// Read instances directly (health refresh due, or no data yet); else poll the revision first.
+    discover: bool,
+    revision_seen: Option<i64>,
+}
+
+pub struct Poller {
+    pub(super) api: Api,
+    pub(super) settings: Settings,
+    pub(super) state: Mutex<State>,
+    tx: SnapshotTx,
+    pub(super) metrics: Arc<CloudMapMetrics>,
+    core: Option<Arc<Metrics>>,
+    publish: Notify,
+}
+
+fn describe(errors: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = errors.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if errors.len() > SHOWN {
+        s.push_str(&format!("; and {} more", errors.len() - SHOWN));
+    }
+    s
+}
+
+impl Poller {
+    pub(super) fn new(
+        api: Api,
+        settings: Settings,
+        tx: SnapshotTx,
+        metrics: Arc<CloudMapMetrics>,
+        core: Option<Arc<Metrics>>,
+    ) -> Self {
+        Poller { api, settings, state: Mutex::new(State::default()), tx, metrics, core, publish: Notify::new() }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn concurrency(&self) -> usize {
+        self.settings.budget.concurrency.max(1) as usize
+    }
+
+    pub fn debug_view(&self) -> DebugView {
+        debug::view(self)
+    }
+
+    /// Runs forever (until every snapshot receiver is gone): first sync with retries, then the
+    /// resync, poll and publish loops.
+    pub(super) async fn run(self: Arc<Self>) {
+        let mut attempt = 0u32;
+        loop {
+            if self.resync().await {
+                break;
+            }
+            let wait = backoff(attempt, Duration::from_secs(1), FIRST_SYNC_RETRY_CAP);
+            attempt += 1;
+            let errors = self.lock().last_resync.as_ref().map(|r| describe(&r.errors)).unwrap_or_default();
+            tracing::error!(
+                attempt,
+                retry_in_ms = wait.as_millis() as u64,
+                errors = %errors,
+                "Cloud Map is not synced: nothing is served (istiod keeps waiting) until a complete sync succeeds"
+            );
+            if let Some(core) = &self.core {
+                core.source_error("cloudmap");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.tx.closed() => return,
+            }
+        }
+        tokio::spawn(self.clone().poll_loop());
+        tokio::spawn(self.clone().publish_loop());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(self.settings.resync_interval, 0.05)) => {}
+                _ = self.tx.closed() => return,
+            }
+            self.resync().await;
+        }
+    }
+
+    /// One full resync. Returns whether it was complete. Publishes nothing before the first
+    /// complete one; publishes at once when that one is done.
+    pub(super) async fn resync(&self) -> bool {
+        let started = Instant::now();
+        let started_wall = SystemTime::now();
+        let mut report = ResyncReport { started_at: rfc3339(started_wall), ..Default::default() };
+        let complete = self.resync_inner(&mut report).await;
+        report.complete = complete;
+        report.took_ms = started.elapsed().as_millis() as u64;
+        self.metrics.resync(complete);
+
+        let mut st = self.lock();
+        let first = complete && !st.synced;
+        if complete {
+            st.last_complete_sync = Some(SystemTime::now());
+            self.metrics.mark_synced();
+            if let Some(core) = &self.core {
+                core.source_loaded("cloudmap");
+            }
+        }
+        if first {
+            st.synced = true;
+            let snap = st.snapshot();
+            tracing::info!(
+                namespaces = snap.namespaces.len(),
+                services = snap.service_count(),
+                instances = snap.instance_count(),
+                took_ms = report.took_ms,
+                "first complete Cloud Map sync: serving"
+            );
+        } else if complete {
+            tracing::debug!(took_ms = report.took_ms, services = report.services_listed, "Cloud Map resync complete");
+        } else if st.synced {
+            tracing::warn!(
+                took_ms = report.took_ms,
+                errors = %describe(&report.errors),
+                "Cloud Map resync incomplete: keeping the last good data of what could not be read"
+            );
+            if let Some(core) = &self.core {
+                core.source_error("cloudmap");
+            }
+        }
+        st.last_resync = Some(report);
+        if st.synced {
+            st.dirty = true;
+            self.publish_locked(&mut st);
+        }
+        complete
+    }
+
+    async fn resync_inner(&self, report: &mut ResyncReport) -> bool {
+        let mut complete = true;
+        // 1. Namespaces.
+        let all = match self.api.list_namespaces().await {
+            Ok(v) => v,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return false;
+            }
+        };
+        let selected = self.select_namespaces(all);
+        report.namespaces = selected.len();
+        let by_id: HashMap<&str, &NamespaceInfo> = selected.values().map(|n| (n.id.as_str(), n)).collect();
+
+        // 2. Services of each selected namespace, every page.
+        let lists: Vec<(String, Result<Vec<ServiceSummary>, ApiError>)> = stream::iter(selected.values().map(|n| (n.name.clone(), n.id.clone())).collect::<Vec<_>>())
+            .map(|(name, id)| async move { (name, self.api.list_services(&id).await) })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        let mut complete_ns: HashSet<String> = HashSet::new();
+        let mut summaries: BTreeMap<String, ServiceSummary> = BTreeMap::new();
+        let mut ns_errors: HashMap<String, ApiError> = HashMap::new();
+        for (ns, r) in lists {
+            match r {
+                Ok(list) => {
+                    complete_ns.insert(ns);
+                    for s in list {
+                        summaries.entry(s.id.clone()).or_insert(s);
+                    }
+                }
+                Err(e) => {
+                    complete = false;
+                    report.errors.push(format!("namespace {ns}: {e}"));
+                    ns_errors.insert(ns, e);
+                }
+            }
+        }
+        let all_lists_complete = ns_errors.is_empty();
+
+        // 3. Learn the namespace of services seen for the first time (GetService, once per id).
+        let unknown: Vec<String> = {
+            let st = self.lock();
+            summaries
+                .values()
+                .filter(|s| self.settings.selection.service_name_may_match(&s.name) && !st.meta.contains_key(&s.id))
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        let metas: Vec<(String, Result<ServiceMeta, ApiError>)> = stream::iter(unknown)
+            .map(|id| async move {
+                let r = self.api.get_service(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        let mut placement_uncertain = false;
+        {
+            let mut st = self.lock();
+            for (id, r) in metas {
+                match r {
+                    Ok(m) => {
+                        st.meta.insert(id, m);
+                    }
+                    // Deleted between the listing and GetService: as if not listed.
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        tracing::debug!(service_id = %id, "service vanished between ListServices and GetService");
+                    }
+                    Err(e) => {
+                        if e.kind.is_transient() {
+                            // Its namespace is unknown: a removal could be a service that moved here.
+                            placement_uncertain = true;
+                            complete = false;
+                        }
+                        report.errors.push(format!("service {id}: {e}"));
+                    }
+                }
+            }
+        }
+
+        // 4. Place every listed service under its namespace and apply the selection.
+        let mut listed: BTreeMap<SvcKey, Listed> = BTreeMap::new();
+        {
+            let st = self.lock();
+            for s in summaries.values() {
+                let Some(meta) = st.meta.get(&s.id) else { continue };
+                let Some(ns) = by_id.get(meta.namespace_id.as_str()) else { continue };
+                if !self.settings.selection.service(&ns.name, &s.name) {
+                    continue;
+                }
+                listed.insert(
+                    (ns.name.clone(), s.name.clone()),
+                    Listed {
+                        id: s.id.clone(),
+                        arn: s.arn.clone().or_else(|| meta.arn.clone()),
+                        create_date: s.create_date.or(meta.create_date),
+                        health_checked: s.health_checked || meta.health_checked,
+                    },
+                );
+            }
+        }
+        report.services_listed = listed.len();
+
+        // 5. Apply the topology (additions and updates; removals come last).
+        let to_discover: Vec<(SvcKey, String, Option<String>, u64)> = {
+            let mut st = self.lock();
+            let now_wall = SystemTime::now();
+            for (name, info) in &selected {
+                let e = st.namespaces.entry(name.clone()).or_insert_with(|| NsEntry {
+                    info: info.clone(),
+                    listed_at: None,
+                    last_error: None,
+                });
+                if e.info.id != info.id {
+                    tracing::info!(namespace = %name, old_id = %e.info.id, new_id = %info.id, "Cloud Map namespace re-created");
+                }
+                e.info = info.clone();
+                match ns_errors.get(name) {
+                    Some(err) => e.last_error = Some(ErrorRecord::new(err.clone())),
+                    None => {
+                        e.listed_at = Some(now_wall);
+                        e.last_error = None;
+                    }
+                }
+            }
+            let synced = st.synced;
+            let now = Instant::now();
+            let mut jobs = Vec::new();
+            for (key, l) in &listed {
+                let ns = &selected[&key.0];
+                let entry = st.services.entry(key.clone()).or_insert_with(|| {
+                    report.added += 1;
+                    SvcEntry {
+                        id: l.id.clone(),
+                        arn: None,
+                        create_date: None,
+                        health_checked: false,
+                        data: None,
+                        loaded_seq: 0,
+                        refreshed_at: None,
+                        last_error: None,
+                        revision_seen: None,
+                        removal_held: false,
+                        // A random place in the interval, so the polls of many services spread out.
+                        next_poll: now + self.settings.revision_poll_interval.mul_f64(rand::random::<f64>()),
+                        next_health: now,
+                    }
+                });
+                let id_changed = entry.id != l.id;
+                if id_changed {
+                    tracing::info!(namespace = %key.0, service = %key.1, old_id = %entry.id, new_id = %l.id, "Cloud Map service re-created");
+                    entry.id = l.id.clone();
+                    entry.revision_seen = None;
+                }
+                entry.arn = l.arn.clone();
+                entry.create_date = l.create_date;
+                entry.health_checked = l.health_checked;
+                if entry.removal_held {
+                    tracing::info!(namespace = %key.0, service = %key.1, "service listed again: its held removal is cancelled");
+                    entry.removal_held = false;
+                }
+                // Before the first complete sync, a retry only reads what it is still missing.
+                if synced || entry.data.is_none() || id_changed {
+                    jobs.push((key.clone(), ns.http_name.clone(), ns.owner.clone()));
+                }
+            }
+            jobs.into_iter()
+                .map(|(k, h, o)| {
+                    let seq = st.next_seq();
+                    (k, h, o, seq)
+                })
+                .collect()
+        };
+
+        // 6. Instances of every listed service. One bad service never blocks the others.
+        let results: Vec<bool> = stream::iter(to_discover)
+            .map(|(key, http_name, owner, seq)| async move {
+                let r = self.api.discover_instances(&http_name, &key.1, owner.as_deref()).await;
+                self.apply_discovered(&key, seq, r, None)
+            })
+            .buffer_unordered(self.concurrency())
+            .collect()
+            .await;
+        let _ = results;
+        {
+            let st = self.lock();
+            for key in listed.keys() {
+                let Some(e) = st.services.get(key) else { continue };
+                if let Some(err) = &e.last_error {
+                    report.errors.push(format!("service {}/{}: {}", key.0, key.1, err.error));
+                    // A transient failure means "try again" (and, before the first sync, hold);
+                    // a permanent one (deleted, access denied) is about that service only.
+                    if err.error.kind.is_transient() {
+                        complete = false;
+                    }
+                }
+            }
+        }
+
+        // 7. Removals, only where the listing was complete, through the mass-removal guard.
+        let selected_names: HashSet<&String> = selected.keys().collect();
+        let mut st = self.lock();
+        if placement_uncertain {
+            report.errors.push("removals skipped: some new services could not be placed in a namespace".into());
+        } else {
+            let candidates: Vec<SvcKey> = st
+                .services
+                .keys()
+                .filter(|k| !listed.contains_key(*k) && (complete_ns.contains(&k.0) || !selected_names.contains(&k.0)))
+                .cloned()
+                .collect();
+            let (served, unserved): (Vec<SvcKey>, Vec<SvcKey>) =
+                candidates.into_iter().partition(|k| st.services.get(k).is_some_and(|e| e.served()));
+            for k in unserved {
+                st.services.remove(&k);
+            }
+            self.apply_removals(&mut st, served, report);
+        }
+        // Namespaces that are gone and hold nothing any more.
+        let keep: BTreeSet<String> = st.services.keys().map(|(ns, _)| ns.clone()).collect();
+        st.namespaces.retain(|name, _| selected_names.contains(name) || keep.contains(name));
+        if all_lists_complete && !placement_uncertain {
+            st.meta.retain(|id, _| summaries.contains_key(id));
+        }
+        complete
+    }
+
+    /// Selected namespaces by name. Two selected namespaces of the same name (DNS namespaces in
+    /// different VPCs) would serve the same hosts: the oldest is kept and the other reported.
+    fn select_namespaces(&self, all: Vec<NamespaceInfo>) -> BTreeMap<String, NamespaceInfo> {
+        let mut out: BTreeMap<String, NamespaceInfo> = BTreeMap::new();
+        let mut collisions = Vec::new();
+        for ns in all.into_iter().filter(|n| self.settings.selection.namespace(n)) {
+            match out.get(&ns.name) {
+                None => {
+                    out.insert(ns.name.clone(), ns);
+                }
+                Some(cur) => {
+                    let older = |n: &NamespaceInfo| (n.create_date.unwrap_or(Timestamp { seconds: i64::MAX, nanos: 0 }), n.id.clone());
+                    let (keep, drop) = if older(&ns) < older(cur) { (ns, cur.clone()) } else { (cur.clone(), ns) };
+                    collisions.push((keep.name.clone(), keep.id.clone(), drop.id.clone()));
+                    out.insert(keep.name.clone(), keep);
+                }
+            }
+        }
+        collisions.sort();
+        let mut st = self.lock();
+        for c in &collisions {
+            if !st.collisions.contains(c) {
+                tracing::warn!(
+                    namespace = %c.0, kept_id = %c.1, ignored_id = %c.2,
+                    "two selected Cloud Map namespaces have the same name; the older is served (exclude one by id with --exclude-namespace)"
+                );
+            }
+        }
+        st.collisions = collisions;
+        out
+    }
+
+    fn apply_removals(&self, st: &mut State, removals: Vec<SvcKey>, report: &mut ResyncReport) {
+        if removals.is_empty() {
+            if st.guard.consecutive > 0 {
+                tracing::info!("the held mass removal is no longer proposed; nothing removed");
+            }
+            st.guard = Guard::default();
+            return;
+        }
+        let served = st.served_count().max(1);
+        let ratio = removals.len() as f64 / served as f64;
+        if ratio > self.settings.max_removal_ratio {
+            st.guard.consecutive += 1;
+            if st.guard.consecutive < self.settings.removal_confirmations {
+                for k in &removals {
+                    if let Some(e) = st.services.get_mut(k) {
+                        e.removal_held = true;
+                    }
+                }
+                tracing::error!(
+                    removals = removals.len(),
+                    served,
+                    ratio = format!("{:.0}%", ratio * 100.0),
+                    limit = format!("{:.0}%", self.settings.max_removal_ratio * 100.0),
+                    consecutive = st.guard.consecutive,
+                    required = self.settings.removal_confirmations,
+                    "mass removal held back: Cloud Map no longer lists these services; they stay served until consecutive resyncs confirm it"
+                );
+                self.metrics.removal_guard_holds.inc();
+                report.held_back_removals = removals.len();
+                st.guard.pending = removals;
+                return;
+            }
+            tracing::warn!(
+                removals = removals.len(),
+                consecutive = st.guard.consecutive,
+                "mass removal confirmed by consecutive resyncs: removing"
+            );
+        }
+        st.guard = Guard::default();
+        for k in removals {
+            if let Some(e) = st.services.remove(&k) {
+                let n = e.data.as_ref().map(|d| d.instances.len()).unwrap_or(0);
+                tracing::info!(namespace = %k.0, service = %k.1, instances = n, "Cloud Map service removed");
+                report.removed += 1;
+                st.dirty = true;
+            }
+        }
+    }
+
+    /// Applies a DiscoverInstances answer (or failure). Returns whether the served data changed.
+    fn apply_discovered(&self, key: &SvcKey, seq: u64, r: Result<Discovered, ApiError>, polled_revision: Option<i64>) -> bool {
+        let mut st = self.lock();
+        let health_interval = self.settings.health_refresh_interval;
+        let Some(e) = st.services.get_mut(key) else { return false };
+        let changed = match r {
+            Ok(d) => {
+                if seq < e.loaded_seq {
+                    return false;
+                }
+                if let Some(err) = e.last_error.take() {
+                    tracing::info!(namespace = %key.0, service = %key.1, previous_error = %err.error, "Cloud Map service readable again");
+                }
+                e.revision_seen = polled_revision.or(e.revision_seen).or(d.revision);
+                e.loaded_seq = seq;
+                e.refreshed_at = Some(SystemTime::now());
+                e.next_health = Instant::now() + jittered(health_interval, 0.1);
+                let changed = log_instance_changes(key, e.data.as_ref(), &d);
+                e.data = Some(d);
+                changed
+            }
+            Err(err) => {
+                let first = e.last_error.as_ref().is_none_or(|p| p.error.kind != err.kind);
+                if first {
+                    if e.data.is_some() {
+                        tracing::warn!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service; keeping its last good instances");
+                    } else {
+                        tracing::warn!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service; not served until it can be read");
+                    }
+                } else {
+                    tracing::debug!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service");
+                }
+                e.last_error = Some(ErrorRecord::new(err));
+                false
+            }
+        };
+        if changed {
+            st.dirty = true;
+        }
+        changed
+    }
+
+    /// Polls revisions of the services that are due, in batches, forever.
+    async fn poll_loop(self: Arc<Self>) {
+        let interval = self.settings.revision_poll_interval;
+        let tick = (interval / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.tx.closed() => return,
+            }
+            let jobs = self.due_jobs();
+            if jobs.is_empty() {
+                continue;
+            }
+            stream::iter(jobs)
+                .map(|job| self.run_job(job))
+                .buffer_unordered(self.concurrency())
+                .for_each(|changed| {
+                    if changed {
+                        self.publish.notify_one();
+                    }
+                    async {}
+                })
+                .await;
+        }
+    }
+
+    fn due_jobs(&self) -> Vec<Job> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let interval = self.settings.revision_poll_interval;
+        let mut jobs = Vec::new();
+        let State { services, namespaces, .. } = &mut *st;
+        for (key, e) in services.iter_mut() {
+            if e.next_poll > now {
+                continue;
+            }
+            e.next_poll = now + jittered(interval, 0.1);
+            let Some(ns) = namespaces.get(&key.0) else { continue };
+            let discover = match (&e.data, &e.last_error) {
+                // Never read: retry transient failures; permanent ones wait for the next resync.
+                (None, Some(err)) if !err.error.kind.is_transient() => continue,
+                (None, _) => true,
+                (Some(_), _) => e.health_checked && e.next_health <= now,
+            };
+            jobs.push(Job {
+                key: key.clone(),
+                http_name: ns.info.http_name.clone(),
+                owner: ns.info.owner.clone(),
+                discover,
+                revision_seen: e.revision_seen,
+            });
+        }
+        jobs
+    }
+
+    async fn run_job(&self, job: Job) -> bool {
+        let mut polled = None;
+        if !job.discover {
+            match self.api.discover_revision(&job.http_name, &job.key.1, job.owner.as_deref()).await {
+                Ok(r) if Some(r) == job.revision_seen => return false,
+                Ok(r) => {
+                    tracing::debug!(namespace = %job.key.0, service = %job.key.1, old = ?job.revision_seen, new = r, "instances revision moved");
+                    polled = Some(r);
+                }
+                Err(e) => {
+                    return self.apply_discovered(&job.key, 0, Err(e), None);
+                }
+            }
+        }
+        let seq = self.lock().next_seq();
+        let r = self.api.discover_instances(&job.http_name, &job.key.1, job.owner.as_deref()).await;
+        self.apply_discovered(&job.key, seq, r, polled)
+    }
+
+    /// Publishes coalesced changes from the poll loop.
+    async fn publish_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.publish.notified() => {}
+                _ = self.tx.closed() => return,
+            }
+            tokio::time::sleep(PUBLISH_DEBOUNCE).await;
+            let mut st = self.lock();
+            self.publish_locked(&mut st);
+        }
+    }
+
+    /// Publishes the state if it changed since the last publication (only once synced), and
+    /// updates the gauges.
+    fn publish_locked(&self, st: &mut State) {
+        let served = st.services.values().filter(|e| e.served()).count();
+        self.metrics.namespaces.set(st.namespaces.len() as i64);
+        self.metrics.services.set(served as i64);
+        self.metrics
+            .instances
+            .set(st.services.values().filter_map(|e| e.data.as_ref()).map(|d| d.instances.len()).sum::<usize>() as i64);
+        self.metrics.set_held_back("removal_guard", st.services.values().filter(|e| e.removal_held).count());
+        self.metrics.set_held_back("stale", st.services.values().filter(|e| e.served() && e.last_error.is_some()).count());
+        self.metrics.set_held_back("pending", st.services.values().filter(|e| !e.served()).count());
+        if !st.synced || !st.dirty {
+            return;
+        }
+        st.dirty = false;
+        let snap = st.snapshot();
+        self.tx.send_if_modified(|cur| {
+            if cur.as_deref() == Some(&snap) {
+                false
+            } else {
+                *cur = Some(Arc::new(snap));
+                true
+            }
+        });
+    }
+}
+
+/// Logs what changed in a service's instances; returns whether anything did.
+fn log_instance_changes(key: &SvcKey, old: Option<&Discovered>, new: &Discovered) -> bool {
+    let Some(old) = old else {
+        tracing::info!(namespace = %key.0, service = %key.1, instances = new.instances.len(), "Cloud Map service added");
+        return true;
+    };
+    if old.instances == new.instances {
+        return false;
+    }
+    let before: HashMap<&str, &model::Instance> = old.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    let after: HashMap<&str, &model::Instance> = new.instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    let added = after.keys().filter(|k| !before.contains_key(*k)).count();
+    let removed = before.keys().filter(|k| !after.contains_key(*k)).count();
+    let mut health = 0;
+    let mut attributes = 0;
+    for (id, a) in &after {
+        if let Some(b) = before.get(id) {
+            if a.health != b.health {
+                health += 1;
+            }
+            if a.attributes != b.attributes {
+                attributes += 1;
+            }
+        }
+    }
+    tracing::info!(
+        namespace = %key.0,
+        service = %key.1,
+        before = old.instances.len(),
+        after = new.instances.len(),
+        added,
+        removed,
+        health_changed = health,
+        attributes_changed = attributes,
+        "Cloud Map instances changed"
+    );
+    true
+}

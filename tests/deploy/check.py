@@ -1,0 +1,672 @@
+#!/usr/bin/env python3
+"""Checks of everything under deploy/ (and the Dockerfile, docs/operations.md).
+
+Run through tests/deploy/run.sh, which provides helm and a Python with PyYAML:
+
+    python tests/deploy/check.py --helm target/tools/bin/helm [--kubectl kubectl]
+
+Renders the Helm chart (helm lint + helm template) with its defaults and with the values files
+beside this script, builds the kustomize base and overlays (kubectl kustomize when available, else
+the base files are parsed as they are), and checks the invariants that make the manifests work:
+ports match the listen-address env vars, probes hit /readyz and /healthz on the admin port,
+hardened securityContext, every env var is a real server flag (and every flag is exposed by the
+chart), selectors match, the istiod snippets list both xds:// and k8s://, the IAM policy is the
+read-only set, the metrics table documents every metric. Prints `N passed, N failed`.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "cloudmap-mcp"
+KUSTOMIZE = ROOT / "deploy" / "kubernetes"
+ISTIO = ROOT / "deploy" / "istio"
+HERE = Path(__file__).resolve().parent
+BINARY = ROOT / "target" / "debug" / "cloudmap-mcp"
+
+# Env vars the manifests may set besides the CLOUDMAP_MCP_* flags.
+EXTRA_ENV = {"POD_NAMESPACE", "POD_NAME", "RUST_LOG"}
+AWS_ENV = re.compile(r"^AWS_[A-Z0-9_]+$")
+
+READ_ONLY_ACTIONS = {
+    "servicediscovery:ListNamespaces",
+    "servicediscovery:ListServices",
+    "servicediscovery:GetService",
+    "servicediscovery:GetNamespace",
+    "servicediscovery:DiscoverInstances",
+    "servicediscovery:DiscoverInstancesRevision",
+    "servicediscovery:ListInstances",
+    "servicediscovery:GetInstancesHealthStatus",
+}
+
+
+class Results:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"ok   {name}")
+        else:
+            self.failed += 1
+            print(f"FAIL {name}" + (f": {detail}" if detail else ""))
+        return ok
+
+    def run(self, name: str, fn, *args):
+        """Run a group of checks; an exception counts as one failure."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            self.failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+            traceback.print_exc(limit=3)
+            return None
+
+
+R = Results()
+
+
+# ---------------------------------------------------------------------------------------------
+# Known server flags
+# ---------------------------------------------------------------------------------------------
+
+def src_files() -> list[Path]:
+    return sorted((ROOT / "src").rglob("*.rs"))
+
+
+def known_flags() -> tuple[set[str], str]:
+    """CLOUDMAP_MCP_* env names of `serve`: from the binary's help when it is newer than every
+    source file, else from the `env = "..."` attributes in src/."""
+    srcs = src_files()
+    newest_src = max((p.stat().st_mtime for p in srcs), default=0)
+    if BINARY.exists() and BINARY.stat().st_mtime >= newest_src:
+        out = subprocess.run([str(BINARY), "serve", "--help"], capture_output=True, text=True, timeout=30)
+        names = set(re.findall(r"\[env: (CLOUDMAP_MCP_[A-Z0-9_]+)=", out.stdout))
+        if names:
+            return names, f"{BINARY.relative_to(ROOT)} serve --help"
+    names: set[str] = set()
+    for p in srcs:
+        names |= set(re.findall(r'env\s*=\s*"(CLOUDMAP_MCP_[A-Z0-9_]+)"', p.read_text()))
+    return names, "src/**/*.rs (binary missing or older than the sources)"
+
+
+def default_ports() -> tuple[int, int]:
+    text = (ROOT / "src" / "config.rs").read_text()
+    grpc = re.search(r'CLOUDMAP_MCP_GRPC_ADDR".*?default_value = "[^"]*:(\d+)"', text, re.S)
+    admin = re.search(r'CLOUDMAP_MCP_ADMIN_ADDR".*?default_value = "[^"]*:(\d+)"', text, re.S)
+    return int(grpc.group(1)), int(admin.group(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers on manifests
+# ---------------------------------------------------------------------------------------------
+
+def load_docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def port_of_addr(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def env_map(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def resolve_port(container: dict, port) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    return None
+
+
+def labels_match(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def check_workload(label: str, docs: list[dict], known: set[str], *, replicas: int | None = 2,
+                   expect_mode: str | None = None) -> dict:
+    """Invariants shared by the Helm renders and the kustomize builds."""
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    pod_labels = pod["metadata"]["labels"]
+    containers = spec["containers"]
+    R.check(f"{label}: one container", len(containers) == 1, f"{len(containers)}")
+    c = containers[0]
+    env = env_map(c)
+
+    if replicas is not None:
+        R.check(f"{label}: {replicas} replicas", dep["spec"].get("replicas") == replicas, str(dep["spec"].get("replicas")))
+    R.check(f"{label}: selector matches pod labels", labels_match(dep["spec"]["selector"]["matchLabels"], pod_labels))
+    R.check(f"{label}: no sidecar injection", pod_labels.get("sidecar.istio.io/inject") == "false",
+            str(pod_labels.get("sidecar.istio.io/inject")))
+
+    # env: known flags only, no duplicates, POD_NAMESPACE from the downward API
+    names = [e["name"] for e in c.get("env", [])]
+    R.check(f"{label}: env names unique", len(names) == len(set(names)), str(names))
+    unknown = [n for n in names if not (n in known or n in EXTRA_ENV or AWS_ENV.match(n))]
+    R.check(f"{label}: every env var is a server flag", not unknown, f"unknown: {unknown}")
+    pns = env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    R.check(f"{label}: POD_NAMESPACE from the downward API", pns == "metadata.namespace", str(pns))
+    for n, e in env.items():
+        v = e.get("value")
+        if v is not None and re.fullmatch(r"[0-9.]+e\+[0-9]+", str(v)):
+            R.check(f"{label}: {n} is not in exponent notation", False, v)
+
+    # ports: container ports = the listen addresses
+    grpc_addr = env.get("CLOUDMAP_MCP_GRPC_ADDR", {}).get("value")
+    admin_addr = env.get("CLOUDMAP_MCP_ADMIN_ADDR", {}).get("value")
+    R.check(f"{label}: GRPC_ADDR set", bool(grpc_addr))
+    R.check(f"{label}: ADMIN_ADDR set", bool(admin_addr))
+    grpc_port = port_of_addr(grpc_addr)
+    admin_port = port_of_addr(admin_addr)
+    R.check(f"{label}: container port grpc = GRPC_ADDR port", resolve_port(c, "grpc") == grpc_port,
+            f"{resolve_port(c, 'grpc')} vs {grpc_port}")
+    R.check(f"{label}: container port http-admin = ADMIN_ADDR port", resolve_port(c, "http-admin") == admin_port,
+            f"{resolve_port(c, 'http-admin')} vs {admin_port}")
+
+    # probes
+    rp = c.get("readinessProbe", {}).get("httpGet", {})
+    lp = c.get("livenessProbe", {}).get("httpGet", {})
+    R.check(f"{label}: readiness probe GET /readyz", rp.get("path") == "/readyz", str(rp))
+    R.check(f"{label}: readiness probe on the admin port", resolve_port(c, rp.get("port")) == admin_port, str(rp))
+    R.check(f"{label}: liveness probe GET /healthz", lp.get("path") == "/healthz", str(lp))
+    R.check(f"{label}: liveness probe on the admin port", resolve_port(c, lp.get("port")) == admin_port, str(lp))
+
+    # resources
+    res = c.get("resources", {})
+    R.check(f"{label}: resource requests and memory limit", bool(res.get("requests")) and "memory" in res.get("limits", {}), str(res))
+
+    # securityContext
+    psc = spec.get("securityContext", {})
+    csc = c.get("securityContext", {})
+    R.check(f"{label}: pod runAsNonRoot", psc.get("runAsNonRoot") is True, str(psc))
+    R.check(f"{label}: pod seccomp RuntimeDefault", psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", str(psc))
+    R.check(f"{label}: container runAsNonRoot", csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, str(csc))
+    uid = csc.get("runAsUser", psc.get("runAsUser"))
+    R.check(f"{label}: non-root uid", isinstance(uid, int) and uid != 0, str(uid))
+    R.check(f"{label}: readOnlyRootFilesystem", csc.get("readOnlyRootFilesystem") is True, str(csc))
+    R.check(f"{label}: no privilege escalation", csc.get("allowPrivilegeEscalation") is False, str(csc))
+    R.check(f"{label}: capabilities drop ALL", "ALL" in csc.get("capabilities", {}).get("drop", []), str(csc))
+    R.check(f"{label}: container seccomp RuntimeDefault",
+            csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") == "RuntimeDefault", str(csc))
+
+    # topology spread
+    tsc = spec.get("topologySpreadConstraints", [])
+    R.check(f"{label}: topology spread constraints", len(tsc) >= 1, str(tsc))
+    R.check(f"{label}: topology spread selects own pods",
+            all(labels_match(t.get("labelSelector", {}).get("matchLabels"), pod_labels) for t in tsc))
+
+    # Service
+    svc = one(docs, "Service")
+    R.check(f"{label}: Service selects the pods", labels_match(svc["spec"]["selector"], pod_labels))
+    sports = {p["name"]: p for p in svc["spec"]["ports"]}
+    g = sports.get("grpc", {})
+    a = sports.get("http-admin", {})
+    R.check(f"{label}: Service grpc port targets the gRPC container port", resolve_port(c, g.get("targetPort")) == grpc_port, str(g))
+    R.check(f"{label}: Service grpc appProtocol grpc", g.get("appProtocol") == "grpc", str(g))
+    R.check(f"{label}: Service admin port targets the admin container port", resolve_port(c, a.get("targetPort")) == admin_port, str(a))
+
+    # ServiceAccount
+    sa_name = spec.get("serviceAccountName")
+    sas = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == sa_name]
+    R.check(f"{label}: pod uses the rendered ServiceAccount", len(sas) == 1, str(sa_name))
+
+    # PodDisruptionBudget
+    pdb = one(docs, "PodDisruptionBudget")
+    R.check(f"{label}: PDB selects the pods", labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels))
+    R.check(f"{label}: PDB keeps a replica", pdb["spec"].get("minAvailable", 0) >= 1 or "maxUnavailable" in pdb["spec"])
+
+    # Volumes: every mount has a volume; files named by env vars live on a mount.
+    vols = {v["name"]: v for v in spec.get("volumes", []) or []}
+    mounts = c.get("volumeMounts", []) or []
+    R.check(f"{label}: every volumeMount has a volume", all(m["name"] in vols for m in mounts), str(mounts))
+    R.check(f"{label}: no subPath mounts (rotation-safe)", all("subPath" not in m for m in mounts), str(mounts))
+
+    def mount_for(path: str):
+        for m in mounts:
+            if path.startswith(m["mountPath"].rstrip("/") + "/"):
+                return m, vols.get(m["name"])
+        return None, None
+
+    for n in ("CLOUDMAP_MCP_REGISTRY_FILE", "CLOUDMAP_MCP_TLS_CERT_FILE", "CLOUDMAP_MCP_TLS_KEY_FILE", "CLOUDMAP_MCP_TLS_CLIENT_CA_FILE"):
+        if n in env:
+            m, v = mount_for(env[n]["value"])
+            R.check(f"{label}: {n} is on a mounted volume", m is not None and v is not None, env[n]["value"])
+            if v is not None:
+                want = "configMap" if n == "CLOUDMAP_MCP_REGISTRY_FILE" else "secret"
+                R.check(f"{label}: {n} volume is a {want}", want in v, str(v))
+    R.check(f"{label}: TLS cert and key set together",
+            ("CLOUDMAP_MCP_TLS_CERT_FILE" in env) == ("CLOUDMAP_MCP_TLS_KEY_FILE" in env))
+
+    if expect_mode == "cloudmap":
+        R.check(f"{label}: Cloud Map mode", env.get("CLOUDMAP_MCP_CLOUDMAP", {}).get("value") == "true"
+                and "CLOUDMAP_MCP_REGISTRY_FILE" not in env, str(sorted(env)))
+    elif expect_mode == "registryFile":
+        R.check(f"{label}: registry-file mode", "CLOUDMAP_MCP_REGISTRY_FILE" in env and "CLOUDMAP_MCP_CLOUDMAP" not in env,
+                str(sorted(env)))
+
+    # NetworkPolicy (when present): gRPC only from istiod, admin port open
+    for np in by_kind(docs, "NetworkPolicy"):
+        R.check(f"{label}: NetworkPolicy selects the pods", labels_match(np["spec"]["podSelector"]["matchLabels"], pod_labels))
+        rules = np["spec"].get("ingress", [])
+        grpc_rules = [r for r in rules if any(resolve_port(c, p.get("port")) == grpc_port for p in r.get("ports", []))]
+        admin_rules = [r for r in rules if any(resolve_port(c, p.get("port")) == admin_port for p in r.get("ports", []))]
+        R.check(f"{label}: NetworkPolicy has a gRPC rule", len(grpc_rules) == 1, str(rules))
+        if grpc_rules:
+            peers = grpc_rules[0].get("from", [])
+            istiod = [p for p in peers if p.get("podSelector", {}).get("matchLabels", {}).get("app") == "istiod"
+                      and "namespaceSelector" in p]
+            R.check(f"{label}: gRPC allowed from istiod pods in their namespace", len(istiod) >= 1, str(peers))
+            R.check(f"{label}: gRPC not open to everyone", len(peers) >= 1 and all(p for p in peers), str(peers))
+        R.check(f"{label}: NetworkPolicy keeps the admin/metrics port reachable", len(admin_rules) >= 1, str(rules))
+    return {"dep": dep, "container": c, "env": env, "svc": svc, "grpc_port": grpc_port, "admin_port": admin_port}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helm
+# ---------------------------------------------------------------------------------------------
+
+# helm built with `go install` lacks the release ldflags and assumes Kubernetes v1.20 by default.
+KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.31.0")
+
+
+def helm(helm_bin: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm_bin, *args], capture_output=True, text=True, timeout=120)
+
+
+def helm_template(helm_bin: str, *values: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    args = ["template", "cloudmap-mcp", str(CHART), "--namespace", "istio-system", "--kube-version", KUBE_VERSION]
+    for v in values:
+        args += ["-f", v]
+    return helm(helm_bin, *args, *extra)
+
+
+def check_helm(helm_bin: str, known: set[str]) -> None:
+    full = str(HERE / "values-full.yaml")
+    registry = str(HERE / "values-registry.yaml")
+
+    for name, vals in (("defaults", ()), ("values-full", (full,)), ("values-registry", (registry,))):
+        args = ["lint", str(CHART), "--strict", "--namespace", "istio-system", "--kube-version", KUBE_VERSION]
+        for v in vals:
+            args += ["-f", v]
+        p = helm(helm_bin, *args)
+        R.check(f"helm lint --strict ({name})", p.returncode == 0, (p.stdout + p.stderr)[-2000:])
+
+    renders = {}
+    for name, vals in (("defaults", ()), ("values-full", (full,)), ("values-registry", (registry,))):
+        p = helm_template(helm_bin, *vals)
+        if not R.check(f"helm template ({name})", p.returncode == 0, p.stderr[-2000:]):
+            continue
+        docs = load_docs(p.stdout)
+        R.check(f"helm template ({name}) parses, every object named",
+                all(d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name") for d in docs))
+        R.check(f"helm template ({name}) objects in the release namespace",
+                all(d["metadata"].get("namespace") == "istio-system" for d in docs),
+                str([(d["kind"], d["metadata"].get("namespace")) for d in docs]))
+        renders[name] = docs
+
+    if "defaults" in renders:
+        docs = renders["defaults"]
+        w = check_workload("chart defaults", docs, known, expect_mode="cloudmap")
+        R.check("chart defaults: Service is cloudmap-mcp (address in deploy/istio)", w["svc"]["metadata"]["name"] == "cloudmap-mcp")
+        gp, ap = default_ports()
+        R.check("chart defaults: ports are the server defaults", (w["grpc_port"], w["admin_port"]) == (gp, ap),
+                f"{(w['grpc_port'], w['admin_port'])} vs {(gp, ap)}")
+        sport = {p["name"]: p["port"] for p in w["svc"]["spec"]["ports"]}
+        R.check("chart defaults: Service ports 15010/15014", sport == {"grpc": gp, "http-admin": ap}, str(sport))
+        R.check("chart defaults: no optional objects",
+                not by_kind(docs, "NetworkPolicy") and not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "Certificate")
+                and not by_kind(docs, "ConfigMap"), str([d["kind"] for d in docs]))
+        R.check("chart defaults: no TLS env", not any(n.startswith("CLOUDMAP_MCP_TLS_") for n in w["env"]))
+        R.check("chart defaults: unset flags are left to the server",
+                "CLOUDMAP_MCP_SEND_TIMEOUT" not in w["env"] and "CLOUDMAP_MCP_HEALTH_FILTER" not in w["env"])
+
+    if "values-full" in renders:
+        docs = renders["values-full"]
+        w = check_workload("chart values-full", docs, known, expect_mode="cloudmap")
+        env = {k: v.get("value") for k, v in w["env"].items()}
+        R.check("values-full: gRPC on 16010, admin on 16014", (w["grpc_port"], w["admin_port"]) == (16010, 16014))
+        R.check("values-full: integers rendered as integers", env.get("CLOUDMAP_MCP_MAX_REQUEST_BYTES") == "8388608"
+                and env.get("CLOUDMAP_MCP_AWS_API_RATE") == "20", str(env.get("CLOUDMAP_MCP_MAX_REQUEST_BYTES")))
+        R.check("values-full: fractions kept", env.get("CLOUDMAP_MCP_MAX_REMOVAL_RATIO") == "0.3", str(env.get("CLOUDMAP_MCP_MAX_REMOVAL_RATIO")))
+        R.check("values-full: labels map rendered KEY=VALUE,...", env.get("CLOUDMAP_MCP_LABELS") == "source=cloudmap,team=platform",
+                str(env.get("CLOUDMAP_MCP_LABELS")))
+        R.check("values-full: lists joined with commas", env.get("CLOUDMAP_MCP_EXPORT_TO") == ".,istio-system",
+                str(env.get("CLOUDMAP_MCP_EXPORT_TO")))
+        R.check("values-full: log format", env.get("CLOUDMAP_MCP_LOG_FORMAT") == "text" and env.get("RUST_LOG") == "info,cloudmap_mcp=debug")
+        R.check("values-full: TLS files set", all(f"CLOUDMAP_MCP_TLS_{k}_FILE" in env for k in ("CERT", "KEY", "CLIENT_CA")), str(sorted(env)))
+        R.check("values-full: TLS client auth and reload interval", env.get("CLOUDMAP_MCP_TLS_CLIENT_AUTH") == "optional"
+                and env.get("CLOUDMAP_MCP_TLS_RELOAD_INTERVAL") == "30s")
+        sa = one(docs, "ServiceAccount")
+        R.check("values-full: IRSA annotation", sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn")
+                == "arn:aws:iam::111122223333:role/cloudmap-mcp")
+        sm = by_kind(docs, "ServiceMonitor")
+        R.check("values-full: ServiceMonitor rendered", len(sm) == 1)
+        if sm:
+            ep = sm[0]["spec"]["endpoints"][0]
+            svc_ports = {p["name"]: p for p in w["svc"]["spec"]["ports"]}
+            R.check("values-full: ServiceMonitor scrapes /metrics on the admin Service port",
+                    ep.get("path") == "/metrics" and ep.get("port") in svc_ports
+                    and resolve_port(w["container"], svc_ports[ep["port"]]["targetPort"]) == w["admin_port"], str(ep))
+            R.check("values-full: ServiceMonitor selects the Service",
+                    labels_match(sm[0]["spec"]["selector"]["matchLabels"], w["svc"]["metadata"]["labels"]))
+            R.check("values-full: ServiceMonitor labels", sm[0]["metadata"]["labels"].get("release") == "kube-prometheus-stack")
+        R.check("values-full: NetworkPolicy rendered", len(by_kind(docs, "NetworkPolicy")) == 1)
+        certs = by_kind(docs, "Certificate")
+        R.check("values-full: cert-manager Certificate rendered", len(certs) == 1)
+        if certs:
+            cert = certs[0]["spec"]
+            vols = {v["name"]: v for v in w["dep"]["spec"]["template"]["spec"]["volumes"]}
+            R.check("values-full: Certificate writes the mounted Secret", vols["tls"]["secret"]["secretName"] == cert["secretName"])
+            R.check("values-full: Certificate valid for the Service DNS name",
+                    "cloudmap-mcp.istio-system.svc" in cert["dnsNames"] and "cloudmap-mcp.example.internal" in cert["dnsNames"])
+            R.check("values-full: client CA from its own Secret", vols["client-ca"]["secret"]["secretName"] == "cloudmap-mcp-client-ca")
+            renders["cert_dns_names"] = cert["dnsNames"]
+
+    if "values-registry" in renders:
+        docs = renders["values-registry"]
+        w = check_workload("chart values-registry", docs, known, expect_mode="registryFile")
+        cm = one(docs, "ConfigMap")
+        path = w["env"]["CLOUDMAP_MCP_REGISTRY_FILE"]["value"]
+        key = os.path.basename(path)
+        vols = {v["name"]: v for v in w["dep"]["spec"]["template"]["spec"]["volumes"]}
+        R.check("values-registry: mounted ConfigMap is the rendered one", vols["registry"]["configMap"]["name"] == cm["metadata"]["name"])
+        R.check("values-registry: ConfigMap holds the file the env var names", key in cm["data"], f"{key} not in {list(cm['data'])}")
+        content = cm["data"].get(key, "")
+        reg = yaml.safe_load(content)
+        R.check("values-registry: registry parses with namespaces", isinstance(reg, dict) and reg.get("namespaces"))
+        check_registry_with_binary("values-registry ConfigMap", content)
+        R.check("values-registry: poll interval flag", w["env"].get("CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL", {}).get("value") == "5s")
+
+    # Values the chart must refuse.
+    for name, sets in (
+        ("unknown source", ["--set", "source=consul"]),
+        ("registryFile without content", ["--set", "source=registryFile"]),
+        ("cert-manager without issuer", ["--set", "tls.enabled=true", "--set", "tls.certManager.enabled=true"]),
+        ("client CA without TLS", ["--set", "tls.clientCA.enabled=true"]),
+        ("unknown log format", ["--set", "config.logFormat=xml"]),
+        ("unknown health filter (schema)", ["--set", "config.healthFilter=HEALTHY_ONLY"]),
+        ("unknown namespace type (schema)", ["--set", "cloudmap.namespaceTypes={DNS}"]),
+        ("malformed IRSA role ARN (schema)", ["--set", "serviceAccount.irsaRoleArn=my-role"]),
+        ("port out of range (schema)", ["--set", "config.grpcPort=70000"]),
+        ("bad duration (schema)", ["--set", "config.sendTimeout=soon"]),
+        ("unknown client auth (schema)", ["--set", "tls.enabled=true", "--set", "tls.clientCA.enabled=true",
+                                          "--set", "tls.clientCA.auth=maybe"]),
+    ):
+        p = helm_template(helm_bin, extra=tuple(sets))
+        R.check(f"helm template refuses: {name}", p.returncode != 0, "rendered without error")
+
+    # The generic `flags` map and --set of numbers.
+    p = helm_template(helm_bin, extra=("--set", "flags.some-future-flag=abc", "--set", "config.maxResourceNames=20000",
+                                       "--set", "replicaCount=3"))
+    if R.check("helm template with flags map", p.returncode == 0, p.stderr[-1000:]):
+        docs = load_docs(p.stdout)
+        env = {e["name"]: e.get("value") for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+        R.check("flags map rendered as CLOUDMAP_MCP_<FLAG>", env.get("CLOUDMAP_MCP_SOME_FUTURE_FLAG") == "abc", str(sorted(env)))
+        R.check("--set integers rendered as integers", env.get("CLOUDMAP_MCP_MAX_RESOURCE_NAMES") == "20000")
+
+    # Every server flag is exposed by the chart.
+    tmpl = (CHART / "templates" / "deployment.yaml").read_text()
+    missing = sorted(n for n in known if n not in tmpl)
+    R.check("chart exposes every server flag", not missing, f"not in templates/deployment.yaml: {missing}")
+    return renders.get("cert_dns_names")
+
+
+def check_registry_with_binary(label: str, content: str) -> None:
+    if not BINARY.exists():
+        print(f"skip {label}: no {BINARY.relative_to(ROOT)} to render the registry with")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(content)
+        path = f.name
+    try:
+        p = subprocess.run([str(BINARY), "render", "--registry-file", path], capture_output=True, text=True, timeout=30)
+        R.check(f"{label}: cloudmap-mcp render accepts it", p.returncode == 0 and "kind: ServiceEntry" in p.stdout, p.stderr[-1000:])
+    finally:
+        os.unlink(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# kustomize
+# ---------------------------------------------------------------------------------------------
+
+def check_kustomize(kubectl: str | None, known: set[str]) -> None:
+    dirs = [KUSTOMIZE / "base"] + sorted(p for p in (KUSTOMIZE / "overlays").iterdir() if p.is_dir())
+    for d in sorted(glob.glob(str(KUSTOMIZE / "**" / "*.yaml"), recursive=True)):
+        try:
+            list(yaml.safe_load_all(Path(d).read_text()))
+            R.check(f"kustomize file parses: {Path(d).relative_to(ROOT)}", True)
+        except yaml.YAMLError as e:
+            R.check(f"kustomize file parses: {Path(d).relative_to(ROOT)}", False, str(e))
+    named = set()
+    for f in glob.glob(str(KUSTOMIZE / "**" / "*.yaml"), recursive=True):
+        named |= set(re.findall(r"\bCLOUDMAP_MCP_[A-Z0-9_]+", Path(f).read_text()))
+    unknown = sorted(n for n in named if n not in known)
+    R.check("deploy/kubernetes names only real flags (all files, patches included)", not unknown, f"unknown: {unknown}")
+    if kubectl is None:
+        print("note: kubectl not found; checking deploy/kubernetes/base as written (no overlay builds)")
+        docs = []
+        kust = yaml.safe_load((KUSTOMIZE / "base" / "kustomization.yaml").read_text())
+        for r in kust["resources"]:
+            docs += load_docs((KUSTOMIZE / "base" / r).read_text())
+        check_workload("kustomize base (raw)", docs, known, expect_mode="cloudmap")
+        return
+    for d in dirs:
+        rel = d.relative_to(ROOT)
+        p = subprocess.run([kubectl, "kustomize", str(d)], capture_output=True, text=True, timeout=120)
+        if not R.check(f"kubectl kustomize {rel}", p.returncode == 0, p.stderr[-1500:]):
+            continue
+        docs = load_docs(p.stdout)
+        R.check(f"{rel}: every object in istio-system", all(x["metadata"].get("namespace") == "istio-system" for x in docs),
+                str([(x["kind"], x["metadata"].get("namespace")) for x in docs]))
+        mode = "registryFile" if d.name == "registry-file" else "cloudmap"
+        w = check_workload(str(rel), docs, known, expect_mode=mode)
+        R.check(f"{rel}: Service cloudmap-mcp on 15010/15014",
+                w["svc"]["metadata"]["name"] == "cloudmap-mcp"
+                and {p["name"]: p["port"] for p in w["svc"]["spec"]["ports"]} == {"grpc": 15010, "http-admin": 15014})
+        if d.name.startswith("eks-"):
+            R.check(f"{rel}: region set", "CLOUDMAP_MCP_AWS_REGION" in w["env"])
+            R.check(f"{rel}: image from a registry", "/" in w["container"]["image"], w["container"]["image"])
+            R.check(f"{rel}: NetworkPolicy included", len(by_kind(docs, "NetworkPolicy")) == 1)
+        if d.name.startswith("eks-irsa"):
+            sa = one(docs, "ServiceAccount")
+            R.check(f"{rel}: IRSA annotation", "eks.amazonaws.com/role-arn" in (sa["metadata"].get("annotations") or {}))
+        if d.name == "eks-pod-identity":
+            sa = one(docs, "ServiceAccount")
+            R.check(f"{rel}: no IRSA annotation", "eks.amazonaws.com/role-arn" not in (sa["metadata"].get("annotations") or {}))
+        if d.name.endswith("-tls"):
+            R.check(f"{rel}: TLS env set", "CLOUDMAP_MCP_TLS_CERT_FILE" in w["env"])
+            R.check(f"{rel}: Certificate included", len(by_kind(docs, "Certificate")) == 1)
+        if d.name == "registry-file":
+            cm = one(docs, "ConfigMap")
+            key = os.path.basename(w["env"]["CLOUDMAP_MCP_REGISTRY_FILE"]["value"])
+            R.check(f"{rel}: ConfigMap holds the registry file", key in cm["data"])
+            check_registry_with_binary(f"{rel} registry", cm["data"].get(key, ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# istiod snippets, IAM, Dockerfile, docs
+# ---------------------------------------------------------------------------------------------
+
+def config_sources(doc: dict) -> list[dict] | None:
+    if doc.get("kind") == "IstioOperator":
+        return doc.get("spec", {}).get("meshConfig", {}).get("configSources")
+    return doc.get("meshConfig", {}).get("configSources")
+
+
+def check_istio(cert_dns_names: list[str] | None) -> None:
+    files = sorted(ISTIO.glob("*.yaml"))
+    R.check("deploy/istio has snippets", len(files) >= 4, str(files))
+    kinds = set()
+    for f in files:
+        rel = f.relative_to(ROOT)
+        try:
+            docs = load_docs(f.read_text())
+        except yaml.YAMLError as e:
+            R.check(f"{rel} parses", False, str(e))
+            continue
+        R.check(f"{rel} parses", len(docs) == 1)
+        doc = docs[0]
+        kinds.add("IstioOperator" if doc.get("kind") == "IstioOperator" else "helm-values")
+        if doc.get("kind") == "IstioOperator":
+            R.check(f"{rel}: IstioOperator apiVersion", doc.get("apiVersion") == "install.istio.io/v1alpha1")
+        srcs = config_sources(doc) or []
+        addrs = [s.get("address", "") for s in srcs]
+        xds = [s for s in srcs if s.get("address", "").startswith("xds://")]
+        R.check(f"{rel}: lists an xds:// source", len(xds) == 1, str(addrs))
+        R.check(f"{rel}: lists k8s://", "k8s://" in addrs, str(addrs))
+        if xds:
+            R.check(f"{rel}: xds address is the chart's Service", xds[0]["address"] == "xds://cloudmap-mcp.istio-system.svc:15010",
+                    xds[0]["address"])
+        tls = xds[0].get("tlsSettings") if xds else None
+        if "tls" in f.stem:
+            kinds.add("tls")
+            ok = isinstance(tls, dict)
+            R.check(f"{rel}: tlsSettings", ok)
+            if ok:
+                R.check(f"{rel}: mode SIMPLE", tls.get("mode") == "SIMPLE", str(tls.get("mode")))
+                ca = tls.get("caCertificates", "")
+                R.check(f"{rel}: caCertificates is inline PEM", "-----BEGIN CERTIFICATE-----" in ca and "-----END CERTIFICATE-----" in ca)
+                sans = tls.get("subjectAltNames") or []
+                R.check(f"{rel}: subjectAltNames", len(sans) >= 1)
+                if cert_dns_names:
+                    R.check(f"{rel}: SANs and sni are in the chart's Certificate",
+                            all(s in cert_dns_names for s in sans + [tls.get("sni", sans[0] if sans else "")]),
+                            f"{sans} vs {cert_dns_names}")
+                host = xds[0]["address"][len("xds://"):].rsplit(":", 1)[0]
+                R.check(f"{rel}: address host is a SAN or the sni", host in sans or host == tls.get("sni"))
+        elif "tcp-vips" in f.stem:
+            env = (doc.get("pilot") or {}).get("env") or {}
+            R.check(f"{rel}: PILOT_ENABLE_IP_AUTOALLOCATE false", str(env.get("PILOT_ENABLE_IP_AUTOALLOCATE")).lower() == "false")
+            pm = doc.get("meshConfig", {}).get("defaultConfig", {}).get("proxyMetadata", {})
+            R.check(f"{rel}: DNS capture and auto-allocation on sidecars",
+                    pm.get("ISTIO_META_DNS_CAPTURE") == "true" and pm.get("ISTIO_META_DNS_AUTO_ALLOCATE") == "true")
+        else:
+            R.check(f"{rel}: plaintext (no tlsSettings)", tls is None)
+    R.check("deploy/istio covers IstioOperator, Helm values and TLS", {"IstioOperator", "helm-values", "tls"} <= kinds, str(kinds))
+    readme = (ISTIO / "README.md").read_text()
+    R.check("deploy/istio/README.md explains PILOT_ENABLE_IP_AUTOALLOCATE", "PILOT_ENABLE_IP_AUTOALLOCATE" in readme)
+
+
+def check_iam() -> None:
+    p = ROOT / "deploy" / "iam-policy.json"
+    doc = json.loads(p.read_text())
+    R.check("iam-policy.json: Version 2012-10-17", doc.get("Version") == "2012-10-17")
+    actions: set[str] = set()
+    for st in doc.get("Statement", []):
+        R.check(f"iam-policy.json: statement {st.get('Sid')} is Allow", st.get("Effect") == "Allow")
+        a = st.get("Action", [])
+        actions |= set([a] if isinstance(a, str) else a)
+    R.check("iam-policy.json: exactly the read-only Cloud Map actions", actions == READ_ONLY_ACTIONS,
+            f"extra {sorted(actions - READ_ONLY_ACTIONS)}, missing {sorted(READ_ONLY_ACTIONS - actions)}")
+    R.check("iam-policy.json: no wildcard actions", not any("*" in a for a in actions))
+
+
+def check_dockerfile() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    froms = [l for l in lines if l.upper().startswith("FROM ")]
+    R.check("Dockerfile: multi-stage", len(froms) >= 2, str(froms))
+    R.check("Dockerfile: cargo build --release --locked", re.search(r"cargo build --release --locked", text) is not None)
+    users = [l for l in lines if l.upper().startswith("USER ")]
+    R.check("Dockerfile: runs as 65532", bool(users) and users[-1].split()[1].split(":")[0] == "65532", str(users))
+    gp, ap = default_ports()
+    expose = set()
+    for l in lines:
+        if l.upper().startswith("EXPOSE "):
+            expose |= {int(x.split("/")[0]) for x in l.split()[1:]}
+    R.check("Dockerfile: exposes the default ports", {gp, ap} <= expose, str(expose))
+    ep = [l for l in lines if l.upper().startswith("ENTRYPOINT")]
+    R.check("Dockerfile: ENTRYPOINT cloudmap-mcp serve", bool(ep) and json.loads(ep[-1][len("ENTRYPOINT"):].strip())[-1] == "serve", str(ep))
+    di = (ROOT / ".dockerignore").read_text().split()
+    R.check(".dockerignore excludes target/ and .git/", any(x.strip("/") == "target" for x in di) and any(x.strip("/") == ".git" for x in di))
+
+
+def metric_names() -> set[str]:
+    names = set()
+    for p in src_files():
+        text = p.read_text()
+        names |= set(re.findall(r'"(cloudmap_mcp_[a-z0-9_]+)"', text))
+        if re.search(r'concat!\("cloudmap_mcp_", \$name\)', text):
+            names |= {"cloudmap_mcp_" + n for n in re.findall(r'reg!\(\s*"([a-z0-9_]+)"', text)}
+    return names
+
+
+def check_docs(known: set[str]) -> None:
+    p = ROOT / "docs" / "operations.md"
+    if not R.check("docs/operations.md exists", p.exists()):
+        return
+    text = p.read_text()
+    names = metric_names()
+    R.check("metrics found in src/", len(names) >= 5, str(sorted(names)))
+    missing = sorted(n for n in names if not re.search(rf"\b{n}(_total)?\b", text))
+    R.check("docs/operations.md documents every metric", not missing, f"missing: {missing}")
+    routes = set()
+    for f in src_files():
+        routes |= set(re.findall(r'\.route\(\s*"(/[a-z/]+)"', f.read_text()))
+    R.check("admin routes found in src/", {"/healthz", "/readyz", "/metrics"} <= routes, str(sorted(routes)))
+    undocumented = sorted(r for r in routes if f"`{r}`" not in text)
+    R.check("docs/operations.md documents every admin route", not undocumented, f"missing: {undocumented}")
+    for topic in ("k8s://", "eks.amazonaws.com/role-arn",
+                  "create-pod-identity-association", "helm upgrade", "iam-policy.json"):
+        R.check(f"docs/operations.md mentions {topic}", topic in text)
+    undocumented = sorted(n for n in known if n not in text)
+    R.check("docs/operations.md configuration table covers every flag", not undocumented, f"missing: {undocumented}")
+    docs_env = set(re.findall(r"CLOUDMAP_MCP_[A-Z0-9_]+", text))
+    stale = sorted(n for n in docs_env if n not in known)
+    R.check("docs/operations.md names only real env vars", not stale, f"unknown: {stale}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--helm", required=True)
+    ap.add_argument("--kubectl", default=shutil.which("kubectl"), help='"" to skip kustomize builds')
+    args = ap.parse_args()
+    args.kubectl = args.kubectl or None
+
+    known, origin = known_flags()
+    print(f"server flags: {len(known)} CLOUDMAP_MCP_* env vars from {origin}")
+    R.check("server flags found", len(known) >= 10, str(sorted(known)))
+
+    cert_dns = R.run("helm", check_helm, args.helm, known)
+    R.run("kustomize", check_kustomize, args.kubectl, known)
+    R.run("istio", check_istio, cert_dns)
+    R.run("iam", check_iam)
+    R.run("dockerfile", check_dockerfile)
+    R.run("docs", check_docs, known)
+
+    print(f"{R.passed} passed, {R.failed} failed")
+    return 1 if R.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
