@@ -33,9 +33,15 @@ const FAST: &[&str] = &[
     "300ms",
 ];
 
+/// `base` with `extra` (flag, value pairs) overriding or added.
 fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = base.to_vec();
-    v.extend_from_slice(extra);
+    for pair in extra.chunks(2) {
+        match v.iter().position(|a| *a == pair[0]) {
+            Some(i) => v[i + 1] = pair[1],
+            None => v.extend_from_slice(pair),
+        }
+    }
     v
 }
 

@@ -233,6 +233,17 @@ async fn run_stream(
         tokio::select! {
             biased;
             _ = crate::util::until_true(&mut shutdown) => break End::Shutdown,
+            // Snapshots before requests: a client flooding requests cannot delay its own pushes.
+            changed = snaps.changed() => {
+                if changed.is_err() { break End::Shutdown; }
+                let snap = snaps.borrow_and_update().clone();
+                if let Some(snap) = snap {
+                    for o in state.on_snapshot(&snap) {
+                        if let Err(e) = send(o).await { break 'outer e; }
+                        m.push_latency.observe(snap.published_at.elapsed().as_secs_f64());
+                    }
+                }
+            }
             msg = inbound.message() => {
                 let req = match msg {
                     Ok(Some(req)) => req,
@@ -267,16 +278,6 @@ async fn run_stream(
                     Ok(Action::Stale { nonce }) => {
                         Metrics::by_type(&m.stale_requests, t).inc();
                         tracing::debug!(type_url = t, nonce, "stale nonce ignored");
-                    }
-                }
-            }
-            changed = snaps.changed() => {
-                if changed.is_err() { break End::Shutdown; }
-                let snap = snaps.borrow_and_update().clone();
-                if let Some(snap) = snap {
-                    for o in state.on_snapshot(&snap) {
-                        if let Err(e) = send(o).await { break 'outer e; }
-                        m.push_latency.observe(snap.published_at.elapsed().as_secs_f64());
                     }
                 }
             }
