@@ -52,7 +52,7 @@ pub struct SourceArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CloudMapArgs {
     /// Read services from the AWS Cloud Map API (credentials from the standard AWS chain).
-    #[arg(id = "cloudmap", long = "cloudmap", env = "CLOUDMAP_MCP_CLOUDMAP")]
+    #[arg(id = "cloudmap", long = "cloudmap", env = "CLOUDMAP_MCP_CLOUDMAP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub enabled: bool,
     /// AWS Region [default: from the standard chain: AWS_REGION, profile, instance metadata].
     #[arg(long, env = "CLOUDMAP_MCP_AWS_REGION", value_name = "REGION")]

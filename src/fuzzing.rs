@@ -465,6 +465,7 @@ pub fn stream(data: &[u8]) {
         max_type_url_len: 16 + u.below(64),
         max_resource_names: u.below(8),
         max_node_id_len: 8 + u.below(128),
+        ..Limits::default()
     };
     let snaps = stream_snapshots();
     let cp = codec::control_plane_field();

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub acks: Family<Labels, Counter>,
     pub nacks: Family<Labels, Counter>,
     pub stale_requests: Family<Labels, Counter>,
+    pub throttled_streams: Counter,
     pub push_latency: Histogram,
     pub resources: Gauge,
     pub resource_bytes: Gauge,
@@ -57,6 +58,7 @@ impl Metrics {
             acks: Family::default(),
             nacks: Family::default(),
             stale_requests: Family::default(),
+            throttled_streams: Counter::default(),
             push_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             resources: Gauge::default(),
             resource_bytes: Gauge::default(),
@@ -83,6 +85,11 @@ impl Metrics {
         reg!("xds_acks", "ACKs received, by type URL", Box::new(m.acks.clone()));
         reg!("xds_nacks", "NACKs received (error_detail set), by type URL", Box::new(m.nacks.clone()));
         reg!("xds_stale_requests", "Requests ignored for a stale nonce, by type URL", Box::new(m.stale_requests.clone()));
+        reg!(
+            "xds_throttled_streams",
+            "Streams whose requests came faster than the per-stream rate bound and were read at that rate",
+            Box::new(m.throttled_streams.clone()),
+        );
         reg!(
             "xds_push_latency_seconds",
             "From a new snapshot being published to its response being handed to the transport",

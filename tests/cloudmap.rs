@@ -52,7 +52,11 @@ fn host_of(e: &common::ads::Entries, host: &str) -> cloudmap_mcp::proto::istio::
 /// `render` output without the annotations that carry Cloud Map ids (they differ between moto and the file).
 fn without_ids(yaml: &str) -> String {
     yaml.lines()
-        .filter(|l| !["cloudmap-mcp/namespace-id", "cloudmap-mcp/service-id", "cloudmap-mcp/service-arn"].iter().any(|k| l.contains(k)))
+        .filter(|l| {
+            !["cloudmap-mcp/namespace-id", "cloudmap-mcp/service-id", "cloudmap-mcp/service-arn"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -78,8 +82,11 @@ async fn seed_documents_reach_an_ads_client_from_http_and_dns_namespaces() {
     assert!(e.contains_key("istio-system/cloudmap-getmesh-external-service.my-namespace"), "{:?}", e.keys());
 
     let c = host_of(&e, "colorapp.howto-k8s-cloudmap.pvt.aws.local");
-    let versions: BTreeMap<String, String> =
-        c.endpoints.iter().map(|ep| (ep.address.clone(), ep.labels.get("version").cloned().unwrap_or_default())).collect();
+    let versions: BTreeMap<String, String> = c
+        .endpoints
+        .iter()
+        .map(|ep| (ep.address.clone(), ep.labels.get("version").cloned().unwrap_or_default()))
+        .collect();
     assert_eq!(
         versions,
         BTreeMap::from([("192.168.10.38".into(), "blue".into()), ("192.168.34.225".into(), "red".into())])
@@ -87,8 +94,11 @@ async fn seed_documents_reach_an_ads_client_from_http_and_dns_namespaces() {
     assert_eq!(addresses(&e, "front.howto-k8s-cloudmap.pvt.aws.local").unwrap(), vec!["192.168.59.249"]);
 
     // The same data from the registry file gives the same ServiceEntries.
-    let file = cloudmap_mcp::source::file::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/registry.yaml")))
-        .expect("examples/registry.yaml");
+    let file = cloudmap_mcp::source::file::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/registry.yaml"
+    )))
+    .expect("examples/registry.yaml");
     let opts = cloudmap_mcp::translate::Options::default();
     for se in cloudmap_mcp::translate::translate(&file, &opts).entries {
         let served = e.get(&se.resource_name()).unwrap_or_else(|| panic!("{} not served", se.resource_name()));
@@ -109,7 +119,10 @@ async fn seed_documents_reach_an_ads_client_from_http_and_dns_namespaces() {
     assert!(colorapp["last_refresh"].is_string());
     let m = server.metrics().await;
     for op in ["ListNamespaces", "ListServices", "GetService", "DiscoverInstances"] {
-        assert!(metric(&m, "cloudmap_mcp_aws_calls_total", &[("operation", op), ("outcome", "ok")]) >= 1.0, "{op}:\n{m}");
+        assert!(
+            metric(&m, "cloudmap_mcp_aws_calls_total", &[("operation", op), ("outcome", "ok")]) >= 1.0,
+            "{op}:\n{m}"
+        );
     }
     assert_eq!(metric(&m, "cloudmap_mcp_cloudmap_services", &[]), 3.0);
     assert_eq!(metric(&m, "cloudmap_mcp_cloudmap_instances", &[]), 4.0);
@@ -206,7 +219,11 @@ async fn register_deregister_and_health_flips_reach_a_connected_ads_client() {
     // or the health refresh.
     let server = Server::cloudmap(&moto.endpoint(), &args(FAST, &["--resync-interval", "1h"])).await;
     let mut ads = Ads::connect(server.grpc).await;
-    let cart_ips = |want: &'static [&'static str]| move |e: &common::ads::Entries| addresses(e, "cart.shop").as_deref() == Some(&want.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]);
+    let cart_ips = |want: &'static [&'static str]| {
+        move |e: &common::ads::Entries| {
+            addresses(e, "cart.shop").as_deref() == Some(&want.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..])
+        }
+    };
     ads.wait_for("initial instances", WAIT, cart_ips(&["10.0.0.1", "10.0.0.2"])).await;
 
     seed.register(&cart, "10.0.0.3", &[("AWS_INSTANCE_IPV4", "10.0.0.3")]).await;
@@ -226,7 +243,11 @@ async fn register_deregister_and_health_flips_reach_a_connected_ads_client() {
     ads.wait_for("healthy again", WAIT, cart_ips(&["10.0.0.3"])).await;
 
     let m = server.metrics().await;
-    assert!(metric(&m, "cloudmap_mcp_aws_calls_total", &[("operation", "DiscoverInstancesRevision"), ("outcome", "ok")]) >= 3.0, "{m}");
+    assert!(
+        metric(&m, "cloudmap_mcp_aws_calls_total", &[("operation", "DiscoverInstancesRevision"), ("outcome", "ok")])
+            >= 3.0,
+        "{m}"
+    );
     assert_eq!(metric(&m, "cloudmap_mcp_aws_calls_total", &[("operation", "ListNamespaces")]), 1.0, "one resync only");
     server.shutdown().await;
 }
@@ -297,7 +318,10 @@ async fn a_service_deleted_between_list_and_discover_does_not_block_the_others()
         let (ghost, phantom) = (ghost.clone(), phantom.clone());
         let (ghost_done, phantom_done) = (ghost_done.clone(), phantom_done.clone());
         Arc::new(move |c: &proxy::Call| {
-            if c.op == "DiscoverInstances" && c.body["ServiceName"] == "ghost" && !ghost_done.swap(true, Ordering::SeqCst) {
+            if c.op == "DiscoverInstances"
+                && c.body["ServiceName"] == "ghost"
+                && !ghost_done.swap(true, Ordering::SeqCst)
+            {
                 return Action::Before(vec![("DeleteService".into(), json!({"Id": ghost}))]);
             }
             if c.op == "GetService" && c.body["Id"] == phantom.as_str() && !phantom_done.swap(true, Ordering::SeqCst) {
@@ -391,7 +415,8 @@ async fn throttling_is_retried_with_exponential_backoff() {
         })
     })
     .await;
-    let server = Server::cloudmap(&proxy.endpoint(), &args(FAST, &["--resync-interval", "1h", "--aws-max-attempts", "3"])).await;
+    let server =
+        Server::cloudmap(&proxy.endpoint(), &args(FAST, &["--resync-interval", "1h", "--aws-max-attempts", "3"])).await;
     let mut ads = Ads::connect(server.grpc).await;
     ads.wait_for("the service after throttling", WAIT, |e| e.len() == 1).await;
 
@@ -428,7 +453,19 @@ async fn quiet_services_stay_within_the_api_budget() {
     const BURST: f64 = 5.0;
     let server = Server::cloudmap(
         &proxy.endpoint(),
-        &args(FAST, &["--revision-poll-interval", "100ms", "--resync-interval", "2s", "--aws-api-rate", "10", "--aws-api-burst", "5"]),
+        &args(
+            FAST,
+            &[
+                "--revision-poll-interval",
+                "100ms",
+                "--resync-interval",
+                "2s",
+                "--aws-api-rate",
+                "10",
+                "--aws-api-burst",
+                "5",
+            ],
+        ),
     )
     .await;
     let mut ads = Ads::connect(server.grpc).await;
@@ -465,8 +502,11 @@ async fn quiet_services_cost_one_revision_call_per_poll() {
         seed.register(&id, "i", &[("AWS_INSTANCE_IPV4", "10.5.0.1")]).await;
     }
     let proxy = Proxy::start(moto.addr(), proxy::forward_all()).await;
-    let server =
-        Server::cloudmap(&proxy.endpoint(), &args(FAST, &["--revision-poll-interval", "250ms", "--resync-interval", "1h"])).await;
+    let server = Server::cloudmap(
+        &proxy.endpoint(),
+        &args(FAST, &["--revision-poll-interval", "250ms", "--resync-interval", "1h"]),
+    )
+    .await;
     let mut ads = Ads::connect(server.grpc).await;
     ads.wait_for("all services", WAIT, |e| e.len() == N).await;
     proxy.clear();
@@ -476,7 +516,10 @@ async fn quiet_services_cost_one_revision_call_per_poll() {
     let others = proxy.calls().len() - revisions;
     assert_eq!(others, 0, "quiet services need no other call between resyncs: {:?}", proxy.calls());
     let expected = N as f64 * window.as_secs_f64() / 0.25;
-    assert!((revisions as f64) >= expected * 0.5 && (revisions as f64) <= expected * 1.5, "{revisions} revision calls, about {expected} expected");
+    assert!(
+        (revisions as f64) >= expected * 0.5 && (revisions as f64) <= expected * 1.5,
+        "{revisions} revision calls, about {expected} expected"
+    );
     server.shutdown().await;
 }
 
@@ -603,7 +646,7 @@ async fn measure_calls_per_minute_for_quiet_services() {
     init();
     let Some(moto) = Moto::start("measure").await else { return };
     let n: usize = std::env::var("CLOUDMAP_MCP_MEASURE_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let secs: u64 = std::env::var("CLOUDMAP_MCP_MEASURE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
+    let secs: u64 = std::env::var("CLOUDMAP_MCP_MEASURE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let rate = std::env::var("CLOUDMAP_MCP_MEASURE_RATE").unwrap_or_else(|_| "100".into());
     let seed = Seed::new(&moto.endpoint()).await;
     let namespaces = n.div_ceil(250);
@@ -619,7 +662,8 @@ async fn measure_calls_per_minute_for_quiet_services() {
     eprintln!("seeded {n} services in {namespaces} namespaces in {:?}", started.elapsed());
     let proxy = Proxy::start(moto.addr(), proxy::forward_all()).await;
     let started = std::time::Instant::now();
-    let server = Server::cloudmap(&proxy.endpoint(), &["--istio-namespace", "istio-system", "--aws-api-rate", &rate]).await;
+    let server =
+        Server::cloudmap(&proxy.endpoint(), &["--istio-namespace", "istio-system", "--aws-api-rate", &rate]).await;
     let mut ads = Ads::connect(server.grpc).await;
     ads.wait_for("every service", Duration::from_secs(600), |e| e.len() == n).await;
     eprintln!("first complete sync: {:?}, {} calls", started.elapsed(), proxy.calls().len());
@@ -631,7 +675,10 @@ async fn measure_calls_per_minute_for_quiet_services() {
     for c in &calls {
         *by_op.entry(c.op.clone()).or_default() += 1;
     }
-    eprintln!("MEASURED over {secs}s, {n} quiet services, --aws-api-rate {rate}: {:.0} calls/min", per_minute(calls.len()));
+    eprintln!(
+        "MEASURED over {secs}s, {n} quiet services, --aws-api-rate {rate}: {:.0} calls/min",
+        per_minute(calls.len())
+    );
     for (op, c) in &by_op {
         eprintln!("  {op}: {c} calls, {:.0}/min", per_minute(*c));
     }

@@ -178,12 +178,95 @@ pub fn load(path: &Path) -> Result<model::Snapshot, RegistryFileError> {
     parse(path, &text)
 }
 
+/// How long a changed file must stay unchanged before it is read as a new version (a writer that
+/// truncates and then writes is usually done by then).
+pub fn settle_time(interval: Duration) -> Duration {
+    (interval / 2).min(Duration::from_millis(250))
+}
+
+/// How long a file that looks cut off (a strict prefix of the served version) must stay unchanged
+/// before it is applied.
+pub fn cut_off_hold(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(5))
+}
+
+/// What the watcher decided about one read of the file.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The version being served, or a version already looked at: nothing to do.
+    Unchanged,
+    /// New contents: parse and, if good, serve.
+    Apply,
+    /// A version held back as cut off that stayed unchanged for the whole hold: an edit after all.
+    ApplyCutOff,
+    /// Empty while services are served: a truncation, not an edit (`namespaces: []` serves nothing).
+    Empty,
+    /// A strict prefix of the served version: looks like a write cut off; held back.
+    CutOff,
+}
+
+/// The watcher's memory, separate from I/O so the rules are testable.
+#[derive(Debug)]
+struct WatchState {
+    /// Bytes of the version being served.
+    served: Option<Vec<u8>>,
+    served_services: usize,
+    /// The last bytes looked at (served or not).
+    seen: Option<Vec<u8>>,
+    /// Since when `seen` has been held back as cut off.
+    cut_since: Option<std::time::Instant>,
+}
+
+impl WatchState {
+    fn judge(&mut self, bytes: &[u8], now: std::time::Instant, hold: Duration) -> Verdict {
+        if self.served.as_deref() == Some(bytes) {
+            self.seen = self.served.clone();
+            self.cut_since = None;
+            return Verdict::Unchanged;
+        }
+        if self.seen.as_deref() == Some(bytes) {
+            return match self.cut_since {
+                Some(t) if now.duration_since(t) >= hold => {
+                    self.cut_since = None;
+                    Verdict::ApplyCutOff
+                }
+                _ => Verdict::Unchanged,
+            };
+        }
+        self.seen = Some(bytes.to_vec());
+        self.cut_since = None;
+        let blank = bytes.iter().all(|b| b.is_ascii_whitespace());
+        if blank && self.served_services > 0 {
+            return Verdict::Empty;
+        }
+        if let Some(served) = &self.served {
+            if !blank && bytes.len() < served.len() && served.starts_with(bytes) {
+                self.cut_since = Some(now);
+                return Verdict::CutOff;
+            }
+        }
+        Verdict::Apply
+    }
+}
+
 /// Publishes `initial`, then polls the file every `interval` and publishes each new good version.
-/// Errors keep the last good snapshot. Returns when every receiver is gone.
+/// Returns when every receiver is gone. What is never published:
+/// - a file that does not parse (logged with its position);
+/// - a file still being written: a changed file is read again after [`settle_time`] and used only
+///   if both reads agree;
+/// - an empty file while services are served (a truncation; write `namespaces: []` to serve none);
+/// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
+///   [`cut_off_hold`].
+///
+/// In all these cases the last good snapshot stays, and `cloudmap_mcp_source_errors_total{source="file"}`
+/// counts the event.
 pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, tx: SnapshotTx, metrics: Arc<Metrics>) {
-    let mut last_bytes = std::fs::read(&path).ok();
+    let first = std::fs::read(&path).ok();
+    let mut st = WatchState { served: first.clone(), served_services: initial.service_count(), seen: first, cut_since: None };
     let _ = tx.send(Some(Arc::new(initial)));
     metrics.source_loaded("file");
+    let settle = settle_time(interval);
+    let hold = cut_off_hold(interval);
     let mut failing = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,14 +286,71 @@ pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, 
                 continue;
             }
         };
-        if last_bytes.as_deref() == Some(bytes.as_slice()) {
-            continue;
+        let held = match st.judge(&bytes, std::time::Instant::now(), hold) {
+            Verdict::Unchanged => {
+                if failing && st.served.as_deref() == Some(bytes.as_slice()) {
+                    tracing::info!(path = %path.display(), "registry file is back to the served version");
+                    failing = false;
+                }
+                continue;
+            }
+            Verdict::Empty => {
+                failing = true;
+                metrics.source_error("file");
+                tracing::error!(
+                    path = %path.display(),
+                    served_services = st.served_services,
+                    "registry file is empty (truncated?); still serving the last good version (write `namespaces: []` to serve nothing)"
+                );
+                continue;
+            }
+            Verdict::CutOff => {
+                failing = true;
+                metrics.source_error("file");
+                tracing::warn!(
+                    path = %path.display(),
+                    bytes = bytes.len(),
+                    served_bytes = st.served.as_ref().map_or(0, Vec::len),
+                    hold = ?hold,
+                    "registry file is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
+                );
+                continue;
+            }
+            Verdict::Apply => false,
+            Verdict::ApplyCutOff => true,
+        };
+        // New contents must settle (the writer may not be done); a version held as cut off has been
+        // stable for the whole hold already.
+        if !held {
+            tokio::time::sleep(settle).await;
+            match tokio::fs::read(&path).await {
+                Ok(again) if again == bytes => {}
+                _ => {
+                    // Still being written: look again on the next tick.
+                    st.seen = None;
+                    continue;
+                }
+            }
         }
-        last_bytes = Some(bytes.clone());
-        let text = String::from_utf8_lossy(&bytes);
-        match parse(&path, &text) {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let parse_path = path.clone();
+        // Parsing is CPU work proportional to the file (and worse for pathological YAML): keep it
+        // off the runtime's worker threads so streams are never starved.
+        let parsed = match tokio::task::spawn_blocking(move || parse(&parse_path, &text)).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "registry file parser failed; still serving the last good version");
+                metrics.source_error("file");
+                failing = true;
+                continue;
+            }
+        };
+        match parsed {
             Ok(snap) => {
                 failing = false;
+                if held {
+                    tracing::warn!(path = %path.display(), "registry file stayed cut off for the whole hold; applying it as an edit");
+                }
                 tracing::info!(
                     path = %path.display(),
                     namespaces = snap.namespaces.len(),
@@ -219,6 +359,8 @@ pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, 
                     "registry file reloaded"
                 );
                 metrics.source_loaded("file");
+                st.served = Some(bytes);
+                st.served_services = snap.service_count();
                 tx.send_if_modified(|cur| {
                     if cur.as_deref() == Some(&snap) {
                         false
@@ -234,5 +376,68 @@ pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, 
                 tracing::error!(error = %e, "registry file edit rejected; still serving the last good version");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Verdict, WatchState};
+
+    fn state(served: &str, services: usize) -> WatchState {
+        WatchState {
+            served: Some(served.as_bytes().to_vec()),
+            served_services: services,
+            seen: Some(served.as_bytes().to_vec()),
+            cut_since: None,
+        }
+    }
+
+    #[test]
+    fn served_and_already_seen_versions_are_unchanged() {
+        let mut st = state("namespaces: [a]\n", 1);
+        let now = Instant::now();
+        let hold = Duration::from_secs(5);
+        assert_eq!(st.judge(b"namespaces: [a]\n", now, hold), Verdict::Unchanged);
+        assert_eq!(st.judge(b"namespaces: [b]\n", now, hold), Verdict::Apply);
+        // A broken version is looked at once.
+        assert_eq!(st.judge(b"namespaces: [b]\n", now, hold), Verdict::Unchanged);
+    }
+
+    #[test]
+    fn an_empty_file_never_replaces_served_services() {
+        let mut st = state("namespaces: [a]\n", 1);
+        let now = Instant::now();
+        let hold = Duration::from_secs(5);
+        assert_eq!(st.judge(b"", now, hold), Verdict::Empty);
+        assert_eq!(st.judge(b"", now + hold * 10, hold), Verdict::Unchanged, "never applied");
+        assert_eq!(st.judge(b" \n", now, hold), Verdict::Empty);
+        // Nothing served: an empty file is harmless.
+        let mut st = state("namespaces: []\n", 0);
+        assert_eq!(st.judge(b"", now, hold), Verdict::Apply);
+    }
+
+    #[test]
+    fn a_cut_off_copy_is_held_until_it_stays() {
+        let full = "namespaces:\n  - name: a\n    type: HTTP\n  - name: b\n    type: HTTP\n";
+        let mut st = state(full, 2);
+        let now = Instant::now();
+        let hold = Duration::from_secs(5);
+        let cut = &full.as_bytes()[..25];
+        assert_eq!(st.judge(cut, now, hold), Verdict::CutOff);
+        assert_eq!(st.judge(cut, now + Duration::from_secs(1), hold), Verdict::Unchanged);
+        assert_eq!(st.judge(cut, now + hold, hold), Verdict::ApplyCutOff);
+        // Restored before the hold ends: back to the served version, nothing applied.
+        let mut st = state(full, 2);
+        assert_eq!(st.judge(cut, now, hold), Verdict::CutOff);
+        assert_eq!(st.judge(full.as_bytes(), now + Duration::from_secs(1), hold), Verdict::Unchanged);
+        assert_eq!(st.cut_since, None);
+        // A different cut restarts the hold.
+        assert_eq!(st.judge(cut, now, hold), Verdict::CutOff);
+        assert_eq!(st.judge(&full.as_bytes()[..30], now + Duration::from_secs(4), hold), Verdict::CutOff);
+        assert_eq!(st.judge(&full.as_bytes()[..30], now + Duration::from_secs(6), hold), Verdict::Unchanged);
+        // A longer file or a different one is an ordinary edit.
+        assert_eq!(st.judge(format!("{full}  - name: c\n    type: HTTP\n").as_bytes(), now, hold), Verdict::Apply);
     }
 }

@@ -92,8 +92,27 @@ impl HostTemplate {
         Ok(HostTemplate(t.to_string()))
     }
 
+    /// Fills the placeholders in one pass: text that came from a name is never read as a
+    /// placeholder (a service named `{namespace}` stays that, and fails host validation).
     pub fn render(&self, service: &str, namespace: &str) -> String {
-        self.0.replace("{service}", service).replace("{namespace}", namespace).to_ascii_lowercase()
+        let mut out = String::with_capacity(self.0.len() + service.len() + namespace.len());
+        let mut rest = self.0.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(r) = rest.strip_prefix("{service}") {
+                out.push_str(service);
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("{namespace}") {
+                out.push_str(namespace);
+                rest = r;
+            } else {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+        out.push_str(rest);
+        out.to_ascii_lowercase()
     }
 }
 

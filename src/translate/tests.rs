@@ -218,3 +218,15 @@ fn long_names_get_a_stable_hash_suffix() {
     assert_ne!(n1, object_name(&host.replace("example", "example2")));
     assert_eq!(object_name("a.b"), "cloudmap-a.b");
 }
+
+#[test]
+fn host_template_fills_placeholders_once() {
+    let t = HostTemplate::new("{service}.{namespace}").unwrap();
+    assert_eq!(t.render("Web", "Prod.Local"), "web.prod.local");
+    // A name that looks like a placeholder is not expanded (found by reading the fuzz target's
+    // dictionary: `{namespace}` as a service name used to become the namespace's name).
+    assert_eq!(t.render("{namespace}", "ns"), "{namespace}.ns");
+    assert_eq!(t.render("a", "{service}"), "a.{service}");
+    let t = HostTemplate::new("{namespace}-{service}.{service}.mesh").unwrap();
+    assert_eq!(t.render("s", "n"), "n-s.s.mesh");
+}

@@ -20,7 +20,7 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use super::codec::{self, AdsCodec};
-use super::stream::{Action, Limits, Outgoing, StreamState, TypeState};
+use super::stream::{Action, Limits, Outgoing, RequestBudget, StreamState, TypeState};
 use crate::cache::ResourceRx;
 use crate::metrics::Metrics;
 use crate::proto::DiscoveryRequest;
@@ -164,6 +164,9 @@ impl tower::Service<tonic::Request<Streaming<DiscoveryRequest>>> for Sotw {
     }
 }
 
+/// Longest a stream's entry in [`Clients`] lags behind its state.
+const REGISTRY_REFRESH: Duration = Duration::from_millis(50);
+
 /// Removes the stream from the registry and the gauge however the task ends.
 struct StreamGuard {
     id: u64,
@@ -213,10 +216,17 @@ async fn run_stream(
         let m = m.clone();
         let cp = inner.control_plane.len();
         let timeout = inner.config.send_timeout;
+        let mut shutdown = inner.shutdown.clone();
         async move {
             let bytes = codec::encoded_len(&o, &[]) + cp;
             let (type_url, serial, version) = (o.type_url.clone(), o.serial, o.body.version.clone());
-            match tokio::time::timeout(timeout, tx.send(o)).await {
+            // A shutdown does not wait for a client that is slow to take its response.
+            let sent = tokio::select! {
+                biased;
+                _ = crate::util::until_true(&mut shutdown) => return Err(End::Shutdown),
+                r = tokio::time::timeout(timeout, tx.send(o)) => r,
+            };
+            match sent {
                 Ok(Ok(())) => {
                     Metrics::by_type(&m.responses, &type_url).inc();
                     Metrics::by_type(&m.response_bytes, &type_url).inc_by(bytes as u64);
@@ -229,6 +239,13 @@ async fn run_stream(
         }
     };
 
+    // `/debug/clients` is refreshed at most every REGISTRY_REFRESH, so a flood of ACKs costs no
+    // copy of the stream's state per request.
+    let mut registry_due: Option<tokio::time::Instant> = None;
+    // The per-stream request bound: while `read_after` is set, requests wait in the transport.
+    let mut budget = RequestBudget::new(&inner.config.limits, std::time::Instant::now());
+    let mut read_after: Option<tokio::time::Instant> = None;
+    let mut throttled = false;
     let end = 'outer: loop {
         tokio::select! {
             biased;
@@ -244,12 +261,34 @@ async fn run_stream(
                     }
                 }
             }
-            msg = inbound.message() => {
+            _ = tokio::time::sleep_until(registry_due.unwrap_or_else(tokio::time::Instant::now)), if registry_due.is_some() => {
+                registry_due = None;
+                info.types = state.types().clone();
+                inner.clients.insert(id, info.clone());
+                continue;
+            }
+            _ = tokio::time::sleep_until(read_after.unwrap_or_else(tokio::time::Instant::now)), if read_after.is_some() => {
+                read_after = None;
+                continue;
+            }
+            msg = inbound.message(), if read_after.is_none() => {
                 let req = match msg {
                     Ok(Some(req)) => req,
                     Ok(None) => break End::ClientClosed,
                     Err(status) => break End::ClientError(status),
                 };
+                let wait = budget.spend(std::time::Instant::now());
+                if !wait.is_zero() {
+                    read_after = Some(tokio::time::Instant::now() + wait);
+                    if !throttled {
+                        throttled = true;
+                        m.throttled_streams.inc();
+                        tracing::warn!(
+                            limit = inner.config.limits.max_requests_per_second,
+                            "client sends requests faster than the per-stream bound; reading them at that rate"
+                        );
+                    }
+                }
                 let had_node = state.node_id().is_some();
                 let snap = snaps.borrow().clone();
                 let action = state.on_request(&req, snap.as_deref());
@@ -282,8 +321,9 @@ async fn run_stream(
                 }
             }
         }
-        info.types = state.types().clone();
-        inner.clients.insert(id, info.clone());
+        if registry_due.is_none() {
+            registry_due = Some(tokio::time::Instant::now() + REGISTRY_REFRESH);
+        }
     };
 
     let reason = match end {

@@ -23,11 +23,52 @@ pub struct Limits {
     pub max_resource_names: usize,
     /// Longest `node.id` accepted (istiod's is about 100 bytes).
     pub max_node_id_len: usize,
+    /// Requests per second read from one stream, sustained (istiod sends a few dozen when it
+    /// connects, then one ACK per push). Beyond it the server reads the stream's requests at this
+    /// rate, and HTTP/2 flow control slows the client down; pushes to it are not delayed.
+    pub max_requests_per_second: u32,
+    /// Requests read at once above the rate (token bucket size).
+    pub request_burst: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_types: 64, max_type_url_len: 256, max_resource_names: 10_000, max_node_id_len: 1024 }
+        Limits {
+            max_types: 64,
+            max_type_url_len: 256,
+            max_resource_names: 10_000,
+            max_node_id_len: 1024,
+            max_requests_per_second: 1000,
+            request_burst: 1000,
+        }
+    }
+}
+
+/// The per-stream request bound: a token bucket refilled at `rate` per second up to `burst`.
+#[derive(Clone, Debug)]
+pub struct RequestBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RequestBudget {
+    pub fn new(limits: &Limits, now: std::time::Instant) -> Self {
+        let burst = f64::from(limits.request_burst.max(1));
+        RequestBudget { rate: f64::from(limits.max_requests_per_second.max(1)), burst, tokens: burst, last: now }
+    }
+
+    /// Spends one request. Returns how long to wait before reading the next one (zero: go on).
+    pub fn spend(&mut self, now: std::time::Instant) -> std::time::Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - 1.0;
+        if self.tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-self.tokens / self.rate)
+        }
     }
 }
 

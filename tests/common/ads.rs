@@ -48,12 +48,16 @@ impl Ads {
             .expect("connect to ADS")
             .max_decoding_message_size(usize::MAX);
         let (req_tx, req_rx) = mpsc::channel(16);
-        let node = Node { id: "sidecar~10.0.0.1~istiod-test.istio-system~istio-system.svc.cluster.local".into(), ..Default::default() };
+        let node = Node {
+            id: "sidecar~10.0.0.1~istiod-test.istio-system~istio-system.svc.cluster.local".into(),
+            ..Default::default()
+        };
         req_tx
             .send(DiscoveryRequest { type_url: SE_TYPE.into(), node: Some(node.clone()), ..Default::default() })
             .await
             .unwrap();
-        let mut stream = client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("ADS stream").into_inner();
+        let mut stream =
+            client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("ADS stream").into_inner();
         let (tx, rx) = watch::channel(None);
         let (count_tx, responses) = watch::channel(0usize);
         let task = tokio::spawn(async move {
@@ -93,7 +97,10 @@ impl Ads {
             .and_then(|r| r.ok().map(|e| e.clone()));
         match r {
             Some(e) => e.unwrap(),
-            None => panic!("timed out after {timeout:?} waiting for: {what}; last served: {:#?}", summary(self.current().as_ref())),
+            None => panic!(
+                "timed out after {timeout:?} waiting for: {what}; last served: {:#?}",
+                summary(self.current().as_ref())
+            ),
         }
     }
 }

@@ -28,7 +28,10 @@ pub async fn request(
 ) -> std::io::Result<Response> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             let lk = k.to_ascii_lowercase();
             if matches!(lk.as_str(), "host" | "connection" | "content-length" | "transfer-encoding") {
@@ -56,18 +59,18 @@ fn parse(buf: &[u8]) -> std::io::Result<Response> {
     let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
     let status: u16 =
         status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = buf[split + 4..].to_vec();
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    } else if let Some(len) =
-        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok())
+    } else if let Some(len) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
     {
         body.truncate(len);
     }

@@ -27,8 +27,8 @@ pub fn init() {
         std::env::remove_var("AWS_PROFILE");
         std::env::remove_var("AWS_ENDPOINT_URL");
         std::env::remove_var("AWS_ENDPOINT_URL_SERVICEDISCOVERY");
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "cloudmap_mcp=info,warn".into());
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "cloudmap_mcp=info,warn".into());
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     });
 }

@@ -25,10 +25,16 @@ pub struct Call {
 pub enum Action {
     Forward,
     /// Answer this instead of moto.
-    Reply { status: u16, body: Value },
+    Reply {
+        status: u16,
+        body: Value,
+    },
     /// Forward, then serve the list under `field` in pages of `page_size`, with an empty page
     /// (NextToken set) between two pages.
-    Paginate { field: &'static str, page_size: usize },
+    Paginate {
+        field: &'static str,
+        page_size: usize,
+    },
     /// Send these calls (operation, body) to moto first, then forward.
     Before(Vec<(String, Value)>),
 }
@@ -120,7 +126,11 @@ async fn handle(State(inner): State<Inner>, req: Request) -> Response {
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let target = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target")).map(|(_, v)| v.clone()).unwrap_or_default();
+    let target = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let body: Bytes = match axum::body::to_bytes(req.into_body(), 64 << 20).await {
         Ok(b) => b,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),

@@ -38,7 +38,8 @@ impl Seed {
     }
 
     pub async fn service(&self, namespace_id: &str, name: &str) -> String {
-        let out = self.client.create_service().name(name).namespace_id(namespace_id).send().await.expect("CreateService");
+        let out =
+            self.client.create_service().name(name).namespace_id(namespace_id).send().await.expect("CreateService");
         out.service().and_then(|s| s.id()).expect("service id").to_string()
     }
 
@@ -65,7 +66,13 @@ impl Seed {
     }
 
     pub async fn deregister(&self, service_id: &str, instance_id: &str) {
-        self.client.deregister_instance().service_id(service_id).instance_id(instance_id).send().await.expect("DeregisterInstance");
+        self.client
+            .deregister_instance()
+            .service_id(service_id)
+            .instance_id(instance_id)
+            .send()
+            .await
+            .expect("DeregisterInstance");
     }
 
     pub async fn set_health(&self, service_id: &str, instance_id: &str, healthy: bool) {

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	istiolog "istio.io/istio/pkg/log"
 )
 
 // ---------------------------------------------------------------------------------------------
@@ -92,6 +94,12 @@ func step(t *testing.T, name string, f func()) {
 }
 
 func TestMain(m *testing.M) {
+	// pkg/adsc logs every response at info level; keep warnings (dropped resources) only, unless asked.
+	if os.Getenv("CLOUDMAP_MCP_ISTIOD_ADSC_LOG") == "" {
+		if sc := istiolog.FindScope("adsc"); sc != nil {
+			sc.SetOutputLevel(istiolog.WarnLevel)
+		}
+	}
 	code := m.Run()
 	timingsMu.Lock()
 	if len(timings) > 0 {
@@ -123,6 +131,13 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+// stopRetrying makes eventually return err at once.
+func stopRetrying(err error) error { return permanentError{err} }
+
 // eventually polls f until it returns nil or the timeout expires; it returns the last error.
 func eventually(timeout time.Duration, f func() error) error {
 	deadline := time.Now().Add(timeout)
@@ -130,6 +145,10 @@ func eventually(timeout time.Duration, f func() error) error {
 		err := f()
 		if err == nil {
 			return nil
+		}
+		var perm permanentError
+		if errors.As(err, &perm) {
+			return perm.error
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("after %v: %w", timeout, err)
@@ -199,7 +218,8 @@ func startProcess(t testing.TB, name, logPath, dir string, env []string, bin str
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = f
 	cmd.Stderr = f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own process group (stopped as a group); killed if the test process dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		t.Fatalf("start %s (%s): %v", name, bin, err)
@@ -294,7 +314,7 @@ func (s *server) start() {
 	)
 	err := eventually(30*time.Second, func() error {
 		if s.proc.exited() {
-			return fmt.Errorf("cloudmap-mcp exited: %v", s.proc.err)
+			return stopRetrying(fmt.Errorf("cloudmap-mcp exited: %v", s.proc.err))
 		}
 		code, body, err := httpGet("http://" + s.adminAddr + "/readyz")
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,12 +35,16 @@ type istioRelease struct {
 	SEType string
 	// Kinds is how many config kinds this istiod requests (besides MeshConfig).
 	Kinds int
+	// FakeKube: this istiod cannot start without a Kubernetes client. Its build module then holds a main
+	// package (pilot/<Version>/main.go) that runs upstream's pilot-discovery command with Istio's in-memory
+	// fake Kubernetes client when ISTIOD_CONFORMANCE_FAKE_KUBE=1; see that file for why.
+	FakeKube bool
 }
 
 // releases, newest first. Only releases whose istio.io/istio module (and dependencies) the Go module proxy
-// serves can be listed; see pilot/README.md.
+// serves can be listed; see README.md.
 var releases = []istioRelease{
-	{Version: "1.31.1", SEType: "networking.istio.io/v1/ServiceEntry", Kinds: 15},
+	{Version: "1.31.1", SEType: "networking.istio.io/v1/ServiceEntry", Kinds: 15, FakeKube: true},
 	{Version: "1.22.1", SEType: "networking.istio.io/v1alpha3/ServiceEntry", Kinds: 14},
 }
 
@@ -89,7 +94,17 @@ func pilotDiscovery(t *testing.T, rel istioRelease) string {
 	if err1 != nil || err2 != nil {
 		t.Fatalf("build module for %s missing in %s: %v %v", rel.Version, modDir, err1, err2)
 	}
-	h := sha256.Sum256(append(append(gomod, 0), gosum...))
+	key := append(append(gomod, 0), gosum...)
+	pkg := "istio.io/istio/pilot/cmd/pilot-discovery"
+	if rel.FakeKube {
+		mainGo, err := os.ReadFile(filepath.Join(modDir, "main.go"))
+		if err != nil {
+			t.Fatalf("build module for %s lacks main.go: %v", rel.Version, err)
+		}
+		key = append(append(key, 0), mainGo...)
+		pkg = "."
+	}
+	h := sha256.Sum256(key)
 	stamp := hex.EncodeToString(h[:8])
 	outDir := filepath.Join(cacheDir(), rel.Version)
 	bin := filepath.Join(outDir, "pilot-discovery")
@@ -110,9 +125,9 @@ func pilotDiscovery(t *testing.T, rel istioRelease) string {
 			goBin = filepath.Join(gr, "bin", "go")
 		}
 	}
-	args := []string{"build", "-mod=readonly",
+	args := []string{"build", "-mod=readonly", "-buildvcs=false",
 		"-ldflags=-X istio.io/istio/pkg/version.buildVersion=" + rel.Version,
-		"-o", tmp, "istio.io/istio/pilot/cmd/pilot-discovery"}
+		"-o", tmp, pkg}
 	t.Logf("building pilot-discovery %s: (cd %s && %s %s)", rel.Version, modDir, goBin, strings.Join(args, " "))
 	cmd := exec.Command(goBin, args...)
 	cmd.Dir = modDir
@@ -165,13 +180,17 @@ func startIstiod(t *testing.T, rel istioRelease, bin, xdsAddr, logPath string) *
 		ctrlzPort:      fmt.Sprint(freePort(t)),
 		dir:            dir,
 	}
-	d.proc = startProcess(t, "istiod", logPath, dir, []string{
+	env := []string{
 		"POD_NAMESPACE=" + istioNamespace,
 		"POD_NAME=istiod-conformance-0",
 		"ENABLE_CA_SERVER=false",
 		"PILOT_ENABLE_ANALYSIS=false",
 		"KUBECONFIG=" + filepath.Join(dir, "no-kubeconfig"),
-	}, bin, "discovery",
+	}
+	if rel.FakeKube {
+		env = append(env, "ISTIOD_CONFORMANCE_FAKE_KUBE=1")
+	}
+	d.proc = startProcess(t, "istiod", logPath, dir, env, bin, "discovery",
 		"--registries=",
 		"--meshConfig="+meshPath,
 		"--networksConfig="+networksPath,
@@ -190,13 +209,16 @@ func startIstiod(t *testing.T, rel istioRelease, bin, xdsAddr, logPath string) *
 	return d
 }
 
-var syncLine = regexp.MustCompile(`All controller caches have been synced up in (\S+)`)
+var (
+	syncLine     = regexp.MustCompile(`All controller caches have been synced up in (\S+)`)
+	receivedLine = regexp.MustCompile(`\tadsc\tReceived\ttype=(\S+) count=(\d+)`)
+)
 
 // waitReady waits for the sync log line and for the plaintext xDS port to open.
 func (d *istiod) waitReady(t *testing.T, timeout time.Duration) {
 	err := eventually(timeout, func() error {
 		if d.proc.exited() {
-			return fmt.Errorf("istiod exited: %v", d.proc.err)
+			return stopRetrying(fmt.Errorf("istiod exited: %v", d.proc.err))
 		}
 		if !syncLine.MatchString(d.proc.log()) {
 			return fmt.Errorf("no sync log line yet")
@@ -416,6 +438,20 @@ func runIstiod(t *testing.T, rel istioRelease) {
 	step(t, "start istiod until synced and its xDS port opens (every kind answered)", func() {
 		d = startIstiod(t, rel, bin, srv.grpcAddr, filepath.Join(logs, "istiod.log"))
 		d.waitReady(t, 180*time.Second)
+		// istiod's config-source client logs each response it gets ("Received type=... count=..."):
+		// it must have got one for MeshConfig and each kind, with the ServiceEntry type URL of its version.
+		types := map[string]int{}
+		for _, m := range receivedLine.FindAllStringSubmatch(d.proc.log(), -1) {
+			n, _ := strconv.Atoi(m[2])
+			types[m[1]] += n
+		}
+		if len(types) != rel.Kinds+1 {
+			t.Errorf("istiod %s got responses for %d type URLs, want %d (MeshConfig + %d kinds): %v", rel.Version, len(types), rel.Kinds+1, rel.Kinds, types)
+		}
+		if types[rel.SEType] == 0 {
+			t.Errorf("istiod %s got no ServiceEntry under %s: %v", rel.Version, rel.SEType, types)
+		}
+		t.Logf("istiod %s requested and got %d type URLs; resources per type: %v", rel.Version, len(types), types)
 	})
 
 	step(t, "check: /debug/configz lists exactly our ServiceEntries", func() {
@@ -462,8 +498,9 @@ func runIstiod(t *testing.T, rel istioRelease) {
 					return fmt.Errorf("%s endpoints %v lack %s", colorCluster, ceps, addr)
 				}
 				parts := strings.Split(wl, ";")
-				if len(parts) != 5 || parts[2] != "colorapp" || parts[3] != v {
-					return fmt.Errorf("%s endpoint %s workload metadata %q, want canonical service colorapp revision %s", colorCluster, addr, wl, v)
+				app := want[colorKey].Endpoints[ip]["app"]
+				if len(parts) != 5 || parts[3] != v || (app != "" && parts[2] != app) {
+					return fmt.Errorf("%s endpoint %s workload metadata %q, want canonical service %q revision %q", colorCluster, addr, wl, app, v)
 				}
 			}
 			return nil

@@ -125,6 +125,11 @@ impl ServerProcess {
         false
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
     }

@@ -218,7 +218,9 @@ pub async fn sdk_client(cfg: &ClientConfig) -> Result<aws_sdk_servicediscovery::
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(timeout);
     if custom_endpoint {
-        tracing::info!("custom Cloud Map endpoint configured: stripping the data- host prefix of DiscoverInstances calls");
+        tracing::info!(
+            "custom Cloud Map endpoint configured: stripping the data- host prefix of DiscoverInstances calls"
+        );
         builder = builder.interceptor(StripDataHostPrefix);
     }
     Ok(aws_sdk_servicediscovery::Client::from_conf(builder.build()))
@@ -475,7 +477,10 @@ impl Api {
             let Some(id) = i.instance_id() else { continue };
             let inst = model::Instance {
                 id: id.to_string(),
-                attributes: i.attributes().map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+                attributes: i
+                    .attributes()
+                    .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
                 health: match i.health_status() {
                     Some(aws::HealthStatus::Healthy) => HealthStatus::Healthy,
                     Some(aws::HealthStatus::Unhealthy) => HealthStatus::Unhealthy,
@@ -500,7 +505,12 @@ impl Api {
         Ok(Discovered { instances: by_id.into_values().collect(), revision: out.instances_revision(), duplicates })
     }
 
-    pub async fn discover_revision(&self, http_name: &str, service: &str, owner: Option<&str>) -> Result<i64, ApiError> {
+    pub async fn discover_revision(
+        &self,
+        http_name: &str,
+        service: &str,
+        owner: Option<&str>,
+    ) -> Result<i64, ApiError> {
         let what = format!("{http_name}/{service}");
         let out = self
             .call(Op::DiscoverInstancesRevision, &what, || {

@@ -122,7 +122,10 @@ pub(super) fn view(p: &Poller) -> DebugView {
             .map(|d| {
                 d.duplicates
                     .iter()
-                    .map(|id| SkippedView { id: id.clone(), reason: "instance id returned more than once; one kept".into() })
+                    .map(|id| SkippedView {
+                        id: id.clone(),
+                        reason: "instance id returned more than once; one kept".into(),
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -87,13 +87,21 @@ impl CloudMapMetrics {
             "Cloud Map API calls throttled (ThrottlingException, RequestLimitExceeded), by operation",
             m.throttles.clone(),
         );
-        r.register("cloudmap_mcp_aws_budget_waits", "Cloud Map API calls that waited for the API budget", m.budget_waits.clone());
+        r.register(
+            "cloudmap_mcp_aws_budget_waits",
+            "Cloud Map API calls that waited for the API budget",
+            m.budget_waits.clone(),
+        );
         r.register(
             "cloudmap_mcp_aws_budget_wait_seconds",
             "Total time Cloud Map API calls waited for the API budget",
             m.budget_wait_seconds.clone(),
         );
-        r.register("cloudmap_mcp_cloudmap_resyncs", "Cloud Map resyncs, by result (complete, incomplete)", m.resyncs.clone());
+        r.register(
+            "cloudmap_mcp_cloudmap_resyncs",
+            "Cloud Map resyncs, by result (complete, incomplete)",
+            m.resyncs.clone(),
+        );
         r.register("cloudmap_mcp_cloudmap_namespaces", "Cloud Map namespaces selected", m.namespaces.clone());
         r.register("cloudmap_mcp_cloudmap_services", "Cloud Map services known with instance data", m.services.clone());
         r.register("cloudmap_mcp_cloudmap_instances", "Cloud Map instances known", m.instances.clone());
@@ -107,7 +115,11 @@ impl CloudMapMetrics {
             "Resyncs whose removals were held back by the mass-removal guard",
             m.removal_guard_holds.clone(),
         );
-        r.register("cloudmap_mcp_cloudmap_synced", "1 once the first complete Cloud Map sync is done", m.synced.clone());
+        r.register(
+            "cloudmap_mcp_cloudmap_synced",
+            "1 once the first complete Cloud Map sync is done",
+            m.synced.clone(),
+        );
         r.register_collector(Box::new(SyncAge(m.last_sync.clone())));
         Arc::new(m)
     }

@@ -74,7 +74,9 @@ impl Settings {
         }
         if let Some(url) = &a.aws_endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(CloudMapError::Config(format!("--aws-endpoint-url {url:?} must start with http:// or https://")));
+                return Err(CloudMapError::Config(format!(
+                    "--aws-endpoint-url {url:?} must start with http:// or https://"
+                )));
             }
         }
         Ok(Settings {
@@ -123,7 +125,11 @@ async fn build(
 
 /// Starts polling in the background. Metrics are registered on `registry`. Nothing is published on
 /// the returned channel until the first complete sync.
-pub async fn start(settings: Settings, registry: &mut Registry, core: Arc<Metrics>) -> Result<CloudMapSource, CloudMapError> {
+pub async fn start(
+    settings: Settings,
+    registry: &mut Registry,
+    core: Arc<Metrics>,
+) -> Result<CloudMapSource, CloudMapError> {
     tracing::info!(
         region = settings.client.region.as_deref().unwrap_or("(from the AWS configuration)"),
         endpoint = settings.client.endpoint_url.as_deref().unwrap_or("(default)"),

@@ -79,6 +79,8 @@ pub(super) struct SvcEntry {
     /// Sequence number of the request behind `data` (an older answer never overwrites a newer one).
     pub loaded_seq: u64,
     pub refreshed_at: Option<SystemTime>,
+    /// When `data` was last read (monotonic), to skip a revision poll right after a read.
+    pub loaded_at: Option<Instant>,
     pub last_error: Option<ErrorRecord>,
     /// Last DiscoverInstancesRevision seen (compared with the next poll).
     pub revision_seen: Option<i64>,
@@ -261,12 +263,16 @@ impl Poller {
         }
         tokio::spawn(self.clone().poll_loop());
         tokio::spawn(self.clone().publish_loop());
+        // Start to start: a resync that takes long does not push the next one back.
+        let mut next = Instant::now() + jittered(self.settings.resync_interval, 0.05);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(jittered(self.settings.resync_interval, 0.05)) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = self.tx.closed() => return,
             }
+            let started = Instant::now();
             self.resync().await;
+            next = started + jittered(self.settings.resync_interval, 0.05);
         }
     }
 
@@ -335,11 +341,12 @@ impl Poller {
         let by_id: HashMap<&str, &NamespaceInfo> = selected.values().map(|n| (n.id.as_str(), n)).collect();
 
         // 2. Services of each selected namespace, every page.
-        let lists: Vec<(String, Result<Vec<ServiceSummary>, ApiError>)> = stream::iter(selected.values().map(|n| (n.name.clone(), n.id.clone())).collect::<Vec<_>>())
-            .map(|(name, id)| async move { (name, self.api.list_services(&id).await) })
-            .buffer_unordered(self.concurrency())
-            .collect()
-            .await;
+        let lists: Vec<(String, Result<Vec<ServiceSummary>, ApiError>)> =
+            stream::iter(selected.values().map(|n| (n.name.clone(), n.id.clone())).collect::<Vec<_>>())
+                .map(|(name, id)| async move { (name, self.api.list_services(&id).await) })
+                .buffer_unordered(self.concurrency())
+                .collect()
+                .await;
         let mut complete_ns: HashSet<String> = HashSet::new();
         let mut summaries: BTreeMap<String, ServiceSummary> = BTreeMap::new();
         let mut ns_errors: HashMap<String, ApiError> = HashMap::new();
@@ -429,10 +436,9 @@ impl Poller {
             let mut st = self.lock();
             let now_wall = SystemTime::now();
             for (name, info) in &selected {
-                let e = st.namespaces.entry(name.clone()).or_insert_with(|| NsEntry {
-                    info: info.clone(),
-                    listed_at: None,
-                    last_error: None,
+                let e = st.namespaces.entry(name.clone()).or_insert_with(|| {
+                    tracing::info!(namespace = %name, id = %info.id, kind = %info.kind, http_name = %info.http_name, "Cloud Map namespace added");
+                    NsEntry { info: info.clone(), listed_at: None, last_error: None }
                 });
                 if e.info.id != info.id {
                     tracing::info!(namespace = %name, old_id = %e.info.id, new_id = %info.id, "Cloud Map namespace re-created");
@@ -461,6 +467,7 @@ impl Poller {
                         data: None,
                         loaded_seq: 0,
                         refreshed_at: None,
+                        loaded_at: None,
                         last_error: None,
                         revision_seen: None,
                         removal_held: false,
@@ -541,7 +548,13 @@ impl Poller {
         }
         // Namespaces that are gone and hold nothing any more.
         let keep: BTreeSet<String> = st.services.keys().map(|(ns, _)| ns.clone()).collect();
-        st.namespaces.retain(|name, _| selected_names.contains(name) || keep.contains(name));
+        st.namespaces.retain(|name, ns| {
+            let kept = selected_names.contains(name) || keep.contains(name);
+            if !kept {
+                tracing::info!(namespace = %name, id = %ns.info.id, "Cloud Map namespace removed");
+            }
+            kept
+        });
         if all_lists_complete && !placement_uncertain {
             st.meta.retain(|id, _| summaries.contains_key(id));
         }
@@ -559,7 +572,9 @@ impl Poller {
                     out.insert(ns.name.clone(), ns);
                 }
                 Some(cur) => {
-                    let older = |n: &NamespaceInfo| (n.create_date.unwrap_or(Timestamp { seconds: i64::MAX, nanos: 0 }), n.id.clone());
+                    let older = |n: &NamespaceInfo| {
+                        (n.create_date.unwrap_or(Timestamp { seconds: i64::MAX, nanos: 0 }), n.id.clone())
+                    };
                     let (keep, drop) = if older(&ns) < older(cur) { (ns, cur.clone()) } else { (cur.clone(), ns) };
                     collisions.push((keep.name.clone(), keep.id.clone(), drop.id.clone()));
                     out.insert(keep.name.clone(), keep);
@@ -630,7 +645,13 @@ impl Poller {
     }
 
     /// Applies a DiscoverInstances answer (or failure). Returns whether the served data changed.
-    fn apply_discovered(&self, key: &SvcKey, seq: u64, r: Result<Discovered, ApiError>, polled_revision: Option<i64>) -> bool {
+    fn apply_discovered(
+        &self,
+        key: &SvcKey,
+        seq: u64,
+        r: Result<Discovered, ApiError>,
+        polled_revision: Option<i64>,
+    ) -> bool {
         let mut st = self.lock();
         let health_interval = self.settings.health_refresh_interval;
         let Some(e) = st.services.get_mut(key) else { return false };
@@ -645,6 +666,7 @@ impl Poller {
                 e.revision_seen = polled_revision.or(e.revision_seen).or(d.revision);
                 e.loaded_seq = seq;
                 e.refreshed_at = Some(SystemTime::now());
+                e.loaded_at = Some(Instant::now());
                 e.next_health = Instant::now() + jittered(health_interval, 0.1);
                 let changed = log_instance_changes(key, e.data.as_ref(), &d);
                 e.data = Some(d);
@@ -705,6 +727,11 @@ impl Poller {
         let State { services, namespaces, .. } = &mut *st;
         for (key, e) in services.iter_mut() {
             if e.next_poll > now {
+                continue;
+            }
+            // Instances read less than an interval ago (by a resync) are as fresh as a poll.
+            if let Some(t) = e.loaded_at.filter(|t| now.duration_since(*t) < interval.mul_f64(0.8)) {
+                e.next_poll = t + jittered(interval, 0.1);
                 continue;
             }
             e.next_poll = now + jittered(interval, 0.1);
@@ -768,7 +795,8 @@ impl Poller {
             .instances
             .set(st.services.values().filter_map(|e| e.data.as_ref()).map(|d| d.instances.len()).sum::<usize>() as i64);
         self.metrics.set_held_back("removal_guard", st.services.values().filter(|e| e.removal_held).count());
-        self.metrics.set_held_back("stale", st.services.values().filter(|e| e.served() && e.last_error.is_some()).count());
+        self.metrics
+            .set_held_back("stale", st.services.values().filter(|e| e.served() && e.last_error.is_some()).count());
         self.metrics.set_held_back("pending", st.services.values().filter(|e| !e.served()).count());
         if !st.synced || !st.dirty {
             return;

@@ -181,7 +181,8 @@ mod tests {
 
     #[test]
     fn service_globs_plain_and_qualified() {
-        let sel = Selection::new(&[], &[], &s(&["front*", "colorapp/*"]), &s(&["*-canary", "colorapp/red"]), &[]).unwrap();
+        let sel =
+            Selection::new(&[], &[], &s(&["front*", "colorapp/*"]), &s(&["*-canary", "colorapp/red"]), &[]).unwrap();
         assert!(sel.service("any", "frontend"));
         assert!(!sel.service("any", "frontend-canary"));
         assert!(sel.service("colorapp", "blue"));

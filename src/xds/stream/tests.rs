@@ -172,7 +172,7 @@ fn reconnect_starts_fresh() {
 #[test]
 fn bad_requests_end_the_stream_with_a_clear_error() {
     let (a, _) = snapshots();
-    let limits = Limits { max_types: 2, max_type_url_len: 64, max_resource_names: 3, max_node_id_len: 1024 };
+    let limits = Limits { max_types: 2, max_type_url_len: 64, max_resource_names: 3, ..Limits::default() };
     let mut st = StreamState::new(limits);
     assert_eq!(st.on_request(&req("", "", ""), Some(&a)).unwrap_err(), RequestError::EmptyTypeUrl);
     assert!(matches!(st.on_request(&req(&"x".repeat(65), "", ""), Some(&a)), Err(RequestError::TypeUrlTooLong(65, 64))));
@@ -227,4 +227,30 @@ fn node_id_is_bounded_and_escaped() {
     let shown = st.node_id().unwrap();
     assert!(!shown.chars().any(char::is_control), "{shown:?}");
     assert!(shown.starts_with("istiod\\n"));
+}
+
+#[test]
+fn request_budget_allows_a_burst_then_the_rate() {
+    use std::time::{Duration, Instant};
+    let limits = Limits { max_requests_per_second: 100, request_burst: 10, ..Limits::default() };
+    let t0 = Instant::now();
+    let mut b = RequestBudget::new(&limits, t0);
+    for _ in 0..10 {
+        assert_eq!(b.spend(t0), Duration::ZERO);
+    }
+    // The 11th request at the same instant waits one token's time (10 ms at 100/s).
+    let wait = b.spend(t0);
+    assert!(wait > Duration::from_millis(9) && wait <= Duration::from_millis(11), "{wait:?}");
+    // After waiting, reading at the rate goes on without further delay.
+    let mut now = t0 + wait;
+    for _ in 0..100 {
+        now += Duration::from_millis(10);
+        assert!(b.spend(now) <= Duration::from_millis(11));
+    }
+    // A quiet second refills the burst, no more.
+    now += Duration::from_secs(5);
+    for _ in 0..10 {
+        assert_eq!(b.spend(now), Duration::ZERO);
+    }
+    assert!(b.spend(now) > Duration::ZERO);
 }

@@ -1,0 +1,259 @@
+//! Faults against the real binary: the registry file truncated, deleted and rewritten slowly
+//! mid-run, and SIGTERM in the middle of a push. In every case clients lose no ServiceEntry they
+//! hold, every response they see is a complete state, the server recovers without a restart, and
+//! the event shows in the log and in `cloudmap_mcp_source_errors_total`.
+//! (Cloud Map faults against the moto emulator are in tests/cloudmap_faults.rs.)
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cloudmap_mcp::proto::DiscoveryResponse;
+use support::*;
+
+const SE_V1: &str = "networking.istio.io/v1/ServiceEntry";
+
+fn registry(services: usize, skip: &[usize], generation: u32) -> String {
+    let mut s = String::from("namespaces:\n  - name: faults.example\n    type: DNS_PRIVATE\n    services:\n");
+    for svc in (0..services).filter(|i| !skip.contains(i)) {
+        let last = if svc == 0 { generation % 250 + 1 } else { 7 };
+        s.push_str(&format!(
+            "      - name: svc-{svc:04}\n        createDate: \"2024-01-01T00:00:00Z\"\n        instances:\n          - id: a\n            attributes: {{AWS_INSTANCE_IPV4: 10.1.{}.{last}, AWS_INSTANCE_PORT: 8080}}\n          - id: b\n            attributes: {{AWS_INSTANCE_IPV4: 10.2.{}.{last}, AWS_INSTANCE_PORT: 8080}}\n",
+            svc % 250,
+            svc % 250
+        ));
+    }
+    s
+}
+
+fn names(r: &DiscoveryResponse) -> BTreeSet<String> {
+    service_entries(r).into_iter().map(|(n, _, _)| n).collect()
+}
+
+fn expected(text: &str) -> BTreeSet<String> {
+    let snap = cloudmap_mcp::source::file::parse(Path::new("x.yaml"), text).unwrap();
+    cloudmap_mcp::translate::translate(&snap, &Default::default()).entries.iter().map(|e| e.resource_name()).collect()
+}
+
+fn metric(server: &ServerProcess, name: &str) -> f64 {
+    let (_, body) = http_get(server.admin, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const FILE_ERRORS: &str = r#"cloudmap_mcp_source_errors_total{source="file"}"#;
+
+/// Nothing arrives on the stream for `d` (what clients hold does not change).
+async fn quiet(ads: &mut AdsStream, d: Duration, what: &str) {
+    if let Some(r) = ads.recv(d).await {
+        panic!("{what}: the server pushed {} resources of {} (version {})", r.resources.len(), r.type_url, r.version_info);
+    }
+}
+
+/// Waits until the log has `needle` at least `count` times.
+fn wait_log_count(server: &ServerProcess, needle: &str, count: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if server.logs().matches(needle).count() >= count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Overwrites the file in place (truncate, then write), as a non-atomic writer does.
+fn write_in_place(path: &Path, bytes: &[u8], chunk: usize, pause: Duration) {
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
+    for c in bytes.chunks(chunk.max(1)) {
+        f.write_all(c).unwrap();
+        f.flush().unwrap();
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_file_truncated_deleted_or_rewritten_slowly_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    let full = registry(40, &[], 0);
+    let all = expected(&full);
+    assert_eq!(all.len(), 40);
+    std::fs::write(&path, &full).unwrap();
+    // 400ms polls: a changed file must read the same again 200ms later; a cut-off copy is held 5s.
+    let server = ServerProcess::start(&["--registry-file", path.to_str().unwrap(), "--registry-poll-interval", "400ms"]);
+    let mut ads = AdsStream::connect(&server.url()).await;
+    let got = ads.istiod_handshake(ISTIOD_130_KINDS).await;
+    assert_eq!(names(&got[SE_V1]), all);
+    let mut errors = metric(&server, FILE_ERRORS);
+    let mut faults = 0;
+
+    // 1. Truncated to zero bytes (`: > registry.yaml`, or a writer that died after opening).
+    write_in_place(&path, b"", 1, Duration::ZERO);
+    assert!(server.wait_log("registry file is empty", Duration::from_secs(5)), "{}", server.logs());
+    quiet(&mut ads, Duration::from_secs(1), "empty file").await;
+    let mut fresh = AdsStream::connect(&server.url()).await;
+    assert_eq!(names(&fresh.istiod_handshake(ISTIOD_130_KINDS).await[SE_V1]), all, "a new client gets the full state");
+    drop(fresh);
+    assert!(metric(&server, FILE_ERRORS) > errors);
+    errors = metric(&server, FILE_ERRORS);
+    write_in_place(&path, full.as_bytes(), usize::MAX, Duration::ZERO);
+    assert!(wait_log_count(&server, "back to the served version", 1, Duration::from_secs(5)), "{}", server.logs());
+    quiet(&mut ads, Duration::from_millis(600), "restored file").await;
+    faults += 1;
+
+    // 2. Cut off mid-line and at a line end (both still valid-looking YAML for fewer services).
+    for (i, cut) in [full.len() / 3, full[..full.len() / 2].rfind('\n').unwrap() + 1].into_iter().enumerate() {
+        write_in_place(&path, &full.as_bytes()[..cut], usize::MAX, Duration::ZERO);
+        assert!(wait_log_count(&server, "cut-off copy of the served version", i + 1, Duration::from_secs(5)), "{}", server.logs());
+        quiet(&mut ads, Duration::from_secs(2), "cut-off file").await;
+        assert!(metric(&server, FILE_ERRORS) > errors);
+        errors = metric(&server, FILE_ERRORS);
+        write_in_place(&path, full.as_bytes(), usize::MAX, Duration::ZERO);
+        assert!(wait_log_count(&server, "back to the served version", 2 + i, Duration::from_secs(5)), "{}", server.logs());
+        quiet(&mut ads, Duration::from_millis(600), "restored file").await;
+        faults += 1;
+    }
+
+    // 3. Deleted, then back (a ConfigMap volume swapping its symlink, an operator's mistake).
+    let aside = dir.path().join("aside.yaml");
+    std::fs::rename(&path, &aside).unwrap();
+    assert!(server.wait_log("cannot read registry file", Duration::from_secs(5)));
+    quiet(&mut ads, Duration::from_secs(1), "deleted file").await;
+    assert!(metric(&server, FILE_ERRORS) > errors);
+    std::fs::rename(&aside, &path).unwrap();
+    assert!(wait_log_count(&server, "back to the served version", 4, Duration::from_secs(5)), "{}", server.logs());
+    quiet(&mut ads, Duration::from_millis(600), "file back").await;
+    faults += 1;
+
+    // 4. Broken YAML (an editor saving half a change).
+    write_in_place(&path, full.replace("AWS_INSTANCE_PORT: 8080}", "AWS_INSTANCE_PORT: [8080}").as_bytes(), usize::MAX, Duration::ZERO);
+    assert!(server.wait_log("registry file edit rejected", Duration::from_secs(5)));
+    quiet(&mut ads, Duration::from_secs(1), "broken file").await;
+    faults += 1;
+
+    // 5. An edit written slowly in place (truncate, then 256-byte chunks): exactly one push, with
+    // the final state, never a partial one.
+    let edited = registry(40, &[], 1);
+    write_in_place(&path, edited.as_bytes(), 256, Duration::from_millis(5));
+    let r = ads.recv(Duration::from_secs(10)).await.expect("the edit is pushed");
+    assert_eq!(names(&r), all, "full state");
+    let ses = service_entries(&r);
+    assert_eq!(ses[0].2.endpoints[0].address, "10.1.0.2", "the edited address");
+    ads.ack(&r).await;
+    quiet(&mut ads, Duration::from_secs(1), "after the slow edit").await;
+
+    // 6. Recovery without restart: an ordinary edit removing a service is applied.
+    let smaller = registry(40, &[39], 1);
+    write_in_place(&path, smaller.as_bytes(), usize::MAX, Duration::ZERO);
+    let r = ads.recv(Duration::from_secs(10)).await.expect("the edit is pushed");
+    assert_eq!(names(&r), expected(&smaller));
+    assert_eq!(names(&r).len(), 39);
+    ads.ack(&r).await;
+
+    // 7. A cut-off copy that stays for the whole hold is an edit after all (documented rule).
+    let cut = smaller[..smaller.len() / 2].rfind('\n').unwrap() + 1;
+    let t0 = Instant::now();
+    write_in_place(&path, &smaller.as_bytes()[..cut], usize::MAX, Duration::ZERO);
+    let r = ads.recv(Duration::from_secs(15)).await.expect("a lasting cut is applied after the hold");
+    assert!(t0.elapsed() >= Duration::from_secs(4), "applied after {:?}, before the 5 s hold", t0.elapsed());
+    assert_eq!(names(&r), expected(&String::from_utf8_lossy(&smaller.as_bytes()[..cut])));
+    assert!(server.logs().contains("stayed cut off for the whole hold"));
+    assert!(!server.logs().contains("panicked"));
+    eprintln!("FAULTS registry file: {faults} faults survived with nothing pushed, one slow in-place edit pushed once, whole");
+}
+
+/// SIGTERM while a large push is on its way to many clients: each one sees only complete states
+/// (the old one or the new one) and then UNAVAILABLE; a client that stopped reading does not hold
+/// the shutdown past its grace period.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    let before = registry(1500, &[], 0);
+    let skip: Vec<usize> = (0..1500).filter(|i| i % 2 == 1).collect();
+    let after = registry(1500, &skip, 1);
+    let (old, new) = (expected(&before), expected(&after));
+    std::fs::write(&path, &before).unwrap();
+    let mut server = ServerProcess::start(&[
+        "--registry-file",
+        path.to_str().unwrap(),
+        "--registry-poll-interval",
+        "100ms",
+        "--shutdown-grace",
+        "3s",
+    ]);
+    let clients = 30;
+    let mut streams = Vec::new();
+    for _ in 0..clients {
+        let mut ads = AdsStream::connect(&server.url()).await;
+        let got = ads.istiod_handshake(&[SE_V1, "networking.istio.io/v1alpha3/ServiceEntry"]).await;
+        assert_eq!(names(&got[SE_V1]), old);
+        streams.push(ads);
+    }
+    // One more client that stops reading.
+    let stuck = AdsStream::connect(&server.url()).await;
+    stuck.send(SE_V1, "", "").await;
+    for _ in 0..20 {
+        stuck.send(SE_V1, "", "").await;
+    }
+
+    // Readers: collect every response until the stream ends.
+    let mut readers = Vec::new();
+    for ads in streams {
+        let (old, new) = (old.clone(), new.clone());
+        readers.push(tokio::spawn(async move {
+            // The whole stream moves in: dropping its request side would half-close the stream.
+            let mut ads = ads;
+            let mut states = 0;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(20), ads.rx.message()).await {
+                    Ok(Ok(Some(r))) => {
+                        let n = names(&r);
+                        assert!(n == old || n == new, "partial state: {} resources", n.len());
+                        states += 1;
+                    }
+                    Ok(Ok(None)) => return (states, tonic::Status::ok("stream closed with status OK")),
+                    Ok(Err(status)) => return (states, status),
+                    Err(_) => panic!("stream neither ended nor pushed"),
+                }
+            }
+        }));
+    }
+    write_atomic(&path, &after);
+    assert!(wait_log_count(&server, "serving new ServiceEntry snapshot", 2, Duration::from_secs(10)));
+    let pid = server.child.id().to_string();
+    let t_term = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut codes = std::collections::BTreeMap::new();
+    let mut complete = 0;
+    for r in readers {
+        let (states, status) = r.await.expect("reader");
+        complete += states;
+        *codes.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+    }
+    assert_eq!(codes.keys().collect::<Vec<_>>(), ["Unavailable"], "end statuses {codes:?}; server logs:\n{}", server.logs());
+    let exit = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t_term.elapsed() < Duration::from_secs(10), "server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited_after = t_term.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(exited_after < Duration::from_secs(3 + 3), "exit took {exited_after:?}");
+    drop(stuck);
+    eprintln!(
+        "FAULTS sigterm: {clients} clients mid-push, {complete} complete states received during the push, end statuses {codes:?}, exit {exit:?} after {exited_after:.2?}"
+    );
+    assert!(!server.logs().contains("panicked"));
+}
