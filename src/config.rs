@@ -28,6 +28,7 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 pub enum Command {
     /// Serve ServiceEntries to istiod (ADS on --grpc-addr) with health, metrics and debug views on --admin-addr.
     Serve(ServeArgs),

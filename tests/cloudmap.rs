@@ -516,8 +516,9 @@ async fn quiet_services_cost_one_revision_call_per_poll() {
     let others = proxy.calls().len() - revisions;
     assert_eq!(others, 0, "quiet services need no other call between resyncs: {:?}", proxy.calls());
     let expected = N as f64 * window.as_secs_f64() / 0.25;
+    // Upper bound: at most about one call per service and interval. Lower bound (generous): it polls.
     assert!(
-        (revisions as f64) >= expected * 0.5 && (revisions as f64) <= expected * 1.5,
+        (revisions as f64) >= expected * 0.25 && (revisions as f64) <= expected * 1.5,
         "{revisions} revision calls, about {expected} expected"
     );
     server.shutdown().await;
@@ -567,31 +568,34 @@ async fn mass_removals_are_held_until_consecutive_resyncs_confirm_them() {
     }
     let server = Server::cloudmap(
         &moto.endpoint(),
-        &args(FAST, &["--resync-interval", "500ms", "--removal-confirmations", "3", "--max-removal-ratio", "50%"]),
+        &args(FAST, &["--resync-interval", "500ms", "--removal-confirmations", "3", "--max-removal-ratio", "30%"]),
     )
     .await;
     let mut ads = Ads::connect(server.grpc).await;
     ads.wait_for("4 services", WAIT, |e| e.len() == 4).await;
 
-    // 1 of 4 (25 %): removed at the next resync.
+    // 1 of 4 (25 %, under the 30 % limit): removed at the next resync.
     seed.delete_service(&ids[0]).await;
     ads.wait_for("s0 removed", WAIT, |e| e.len() == 3).await;
 
-    // 2 of 3 (67 %): held, then removed once 3 consecutive resyncs agree.
+    // 2 of 3 (67 %; a resync between the two deletions sees 1 of 3, 33 %: held too): held, then
+    // removed once 3 consecutive resyncs agree.
     let t0 = tokio::time::Instant::now();
     seed.delete_service(&ids[1]).await;
     seed.delete_service(&ids[2]).await;
-    let held = eventually("the removal guard to hold", WAIT, || async {
+    // Both held, reported, and still served (checked together: the hold lasts a resync interval).
+    eventually("the removal guard to hold both, still serving them", WAIT, || async {
         let d = server.debug().await;
         let held = d["removal_guard"]["held"].as_array().cloned().unwrap_or_default();
-        (!held.is_empty()).then_some(held)
+        let m = server.metrics().await;
+        let ok = held == vec![json!("fleet/s1"), json!("fleet/s2")]
+            && metric(&m, "cloudmap_mcp_cloudmap_services_held_back", &[("reason", "removal_guard")]) == 2.0
+            && ads.current().is_some_and(|e| e.len() == 3);
+        ok.then_some(())
     })
     .await;
-    assert_eq!(held, vec![json!("fleet/s1"), json!("fleet/s2")]);
-    assert_eq!(ads.current().unwrap().len(), 3, "held services stay served");
     let m = server.metrics().await;
     assert!(metric(&m, "cloudmap_mcp_cloudmap_removal_guard_holds_total", &[]) >= 1.0, "{m}");
-    assert_eq!(metric(&m, "cloudmap_mcp_cloudmap_services_held_back", &[("reason", "removal_guard")]), 2.0, "{m}");
     ads.wait_for("confirmed removal", WAIT, |e| e.len() == 1).await;
     // Three resyncs (the first one seeing it, then two more) are at least two intervals apart.
     assert!(t0.elapsed() >= Duration::from_millis(900), "removed after {:?}", t0.elapsed());
@@ -633,6 +637,44 @@ async fn namespaces_and_services_are_selected_by_glob_and_type() {
     // Stable over resyncs (moto lists every service for every namespace: placement is by GetService).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(ads.current().unwrap().len(), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_sharing_a_name_serve_one_and_report_the_other() {
+    init();
+    let Some(moto) = Moto::start("namespace_collision").await else { return };
+    let seed = Seed::new(&moto.endpoint()).await;
+    // Private DNS namespaces of the same name in two VPCs.
+    seed.client.create_private_dns_namespace().name("internal.local").vpc("vpc-a").send().await.unwrap();
+    seed.client.create_private_dns_namespace().name("internal.local").vpc("vpc-b").send().await.unwrap();
+    let list = seed.client.list_namespaces().send().await.unwrap();
+    let ids: Vec<String> = list.namespaces().iter().filter_map(|n| n.id().map(str::to_string)).collect();
+    assert_eq!(ids.len(), 2);
+    for (i, ns) in ids.iter().enumerate() {
+        let svc = seed.service(ns, "db").await;
+        let ip = format!("10.10.0.{}", i + 1);
+        seed.register(&svc, "i", &[("AWS_INSTANCE_IPV4", &ip)]).await;
+    }
+
+    let server = Server::cloudmap(&moto.endpoint(), FAST).await;
+    let mut ads = Ads::connect(server.grpc).await;
+    let e = ads.wait_for("one db.internal.local", WAIT, |e| e.len() == 1).await;
+    assert_eq!(host_of(&e, "db.internal.local").endpoints.len(), 1);
+    let d = server.debug().await;
+    let c = d["namespace_collisions"].as_array().unwrap();
+    assert_eq!(c.len(), 1, "{d:#}");
+    assert_eq!(c[0]["name"], "internal.local");
+    let ignored = c[0]["ignored_id"].as_str().unwrap().to_string();
+    server.shutdown().await;
+
+    // Excluding one by id serves the other, with no collision left.
+    let server = Server::cloudmap(&moto.endpoint(), &args(FAST, &["--exclude-namespace", &ignored])).await;
+    let mut ads = Ads::connect(server.grpc).await;
+    ads.wait_for("db.internal.local", WAIT, |e| e.len() == 1).await;
+    let d = server.debug().await;
+    assert_eq!(d["namespace_collisions"].as_array().unwrap().len(), 0, "{d:#}");
+    assert_ne!(d["namespaces"][0]["id"], json!(ignored));
     server.shutdown().await;
 }
 

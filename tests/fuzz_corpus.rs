@@ -46,7 +46,7 @@ fn stored(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         let dir = root().join("fuzz").join(kind).join(target);
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
-            if e.path().is_file() {
+            if e.path().is_file() && e.file_name() != "README.md" {
                 out.push((e.path(), std::fs::read(e.path()).unwrap()));
             }
         }

@@ -105,8 +105,11 @@ impl Ads {
     }
 }
 
-/// A compact description for failure messages: name → hosts, endpoints.
-pub fn summary(e: Option<&Entries>) -> Option<BTreeMap<String, (Vec<String>, Vec<String>)>> {
+/// Resource name → (hosts, endpoint addresses).
+pub type Summary = BTreeMap<String, (Vec<String>, Vec<String>)>;
+
+/// A compact description for failure messages.
+pub fn summary(e: Option<&Entries>) -> Option<Summary> {
     e.map(|e| {
         e.iter()
             .map(|(k, v)| (k.clone(), (v.hosts.clone(), v.endpoints.iter().map(|ep| ep.address.clone()).collect())))

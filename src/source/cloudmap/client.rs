@@ -2,6 +2,7 @@
 //! timeout, backoff on throttling, error classification and metrics. It returns plain types.
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -226,6 +227,9 @@ pub async fn sdk_client(cfg: &ClientConfig) -> Result<aws_sdk_servicediscovery::
     Ok(aws_sdk_servicediscovery::Client::from_conf(builder.build()))
 }
 
+/// Consecutive unanswered calls after which Cloud Map counts as unreachable.
+const UNREACHABLE_STREAK: u32 = 8;
+
 /// Every Cloud Map call of the source, through one budget.
 pub struct Api {
     client: aws_sdk_servicediscovery::Client,
@@ -233,6 +237,8 @@ pub struct Api {
     metrics: Arc<CloudMapMetrics>,
     max_attempts: u32,
     health: aws::HealthStatusFilter,
+    /// Calls in a row that got no answer (reset by any answer).
+    unanswered: AtomicU32,
 }
 
 fn ts(d: Option<&aws_smithy_types::DateTime>) -> Option<Timestamp> {
@@ -283,7 +289,20 @@ impl Api {
         max_attempts: u32,
         health: HealthFilter,
     ) -> Self {
-        Api { client, budget, metrics, max_attempts: max_attempts.max(1), health: health_filter(health) }
+        Api {
+            client,
+            budget,
+            metrics,
+            max_attempts: max_attempts.max(1),
+            health: health_filter(health),
+            unanswered: AtomicU32::new(0),
+        }
+    }
+
+    /// True after several calls in a row got no answer at all (network, credentials): the poller
+    /// then pauses its revision polls and lets the resyncs probe until Cloud Map answers again.
+    pub fn unreachable(&self) -> bool {
+        self.unanswered.load(Ordering::Relaxed) >= UNREACHABLE_STREAK
     }
 
     pub fn budget(&self) -> &Budget {
@@ -307,11 +326,17 @@ impl Api {
             let secs = started.elapsed().as_secs_f64();
             let err = match result {
                 Ok(v) => {
+                    self.unanswered.store(0, Ordering::Relaxed);
                     self.metrics.call(op.as_str(), "ok", secs);
                     return Ok(v);
                 }
                 Err(e) => classify(op, e),
             };
+            if err.kind == ErrorKind::Unavailable {
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.unanswered.store(0, Ordering::Relaxed);
+            }
             self.metrics.call(op.as_str(), err.kind.outcome(), secs);
             attempt += 1;
             let retry = match err.kind {

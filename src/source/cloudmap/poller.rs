@@ -318,6 +318,12 @@ impl Poller {
                 core.source_error("cloudmap");
             }
         }
+        const KEPT_ERRORS: usize = 50;
+        if report.errors.len() > KEPT_ERRORS {
+            let more = report.errors.len() - KEPT_ERRORS;
+            report.errors.truncate(KEPT_ERRORS);
+            report.errors.push(format!("... and {more} more"));
+        }
         st.last_resync = Some(report);
         if st.synced {
             st.dirty = true;
@@ -503,15 +509,14 @@ impl Poller {
         };
 
         // 6. Instances of every listed service. One bad service never blocks the others.
-        let results: Vec<bool> = stream::iter(to_discover)
+        stream::iter(to_discover)
             .map(|(key, http_name, owner, seq)| async move {
                 let r = self.api.discover_instances(&http_name, &key.1, owner.as_deref()).await;
-                self.apply_discovered(&key, seq, r, None)
+                self.apply_discovered(&key, seq, r, None);
             })
             .buffer_unordered(self.concurrency())
-            .collect()
+            .for_each(|()| async {})
             .await;
-        let _ = results;
         {
             let st = self.lock();
             for key in listed.keys() {
@@ -697,10 +702,24 @@ impl Poller {
     async fn poll_loop(self: Arc<Self>) {
         let interval = self.settings.revision_poll_interval;
         let tick = (interval / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut paused = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = self.tx.closed() => return,
+            }
+            // While Cloud Map does not answer at all, polling every service only piles up
+            // timeouts: the resyncs keep probing, and polls resume with the first answer.
+            if self.api.unreachable() != paused {
+                paused = !paused;
+                if paused {
+                    tracing::warn!("Cloud Map is unreachable: revision polls paused; resyncs keep trying; serving the last good data");
+                } else {
+                    tracing::info!("Cloud Map answers again: revision polls resumed");
+                }
+            }
+            if paused {
+                continue;
             }
             let jobs = self.due_jobs();
             if jobs.is_empty() {
@@ -851,4 +870,193 @@ fn log_instance_changes(key: &SvcKey, old: Option<&Discovered>, new: &Discovered
         "Cloud Map instances changed"
     );
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::source::cloudmap::budget::{Budget, BudgetConfig};
+    use crate::source::cloudmap::client::{ClientConfig, Op};
+    use crate::source::cloudmap::select::Selection;
+    use crate::translate::HealthFilter;
+
+    fn poller(ratio: f64, confirmations: u32) -> Poller {
+        let settings = Settings {
+            client: ClientConfig::default(),
+            selection: Selection::default(),
+            health: HealthFilter::HealthyOrElseAll,
+            resync_interval: Duration::from_secs(60),
+            revision_poll_interval: Duration::from_secs(5),
+            health_refresh_interval: Duration::from_secs(15),
+            budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
+            max_attempts: 3,
+            max_removal_ratio: ratio,
+            removal_confirmations: confirmations,
+        };
+        // Never called: these tests drive the state directly.
+        let conf = aws_sdk_servicediscovery::Config::builder()
+            .behavior_version(aws_sdk_servicediscovery::config::BehaviorVersion::latest())
+            .region(aws_sdk_servicediscovery::config::Region::new("us-east-1"))
+            .build();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = CloudMapMetrics::register(&mut registry);
+        let api = Api::new(
+            aws_sdk_servicediscovery::Client::from_conf(conf),
+            Arc::new(Budget::new(settings.budget)),
+            metrics.clone(),
+            3,
+            settings.health,
+        );
+        let (tx, _rx) = crate::source::channel();
+        Poller::new(api, settings, tx, metrics, None)
+    }
+
+    fn instance(id: &str, ip: &str) -> model::Instance {
+        model::Instance {
+            id: id.into(),
+            attributes: BTreeMap::from([("AWS_INSTANCE_IPV4".to_string(), ip.to_string())]),
+            health: model::HealthStatus::Healthy,
+        }
+    }
+
+    fn served(id: &str, instances: Vec<model::Instance>) -> SvcEntry {
+        let now = Instant::now();
+        SvcEntry {
+            id: id.into(),
+            arn: None,
+            create_date: None,
+            health_checked: false,
+            data: Some(Discovered { instances, revision: Some(1), duplicates: Vec::new() }),
+            loaded_seq: 1,
+            refreshed_at: None,
+            loaded_at: None,
+            last_error: None,
+            revision_seen: Some(1),
+            removal_held: false,
+            next_poll: now,
+            next_health: now,
+        }
+    }
+
+    fn state_with(n: usize) -> State {
+        let mut st = State::default();
+        st.namespaces.insert(
+            "ns".into(),
+            NsEntry {
+                info: NamespaceInfo {
+                    id: "ns-1".into(),
+                    name: "ns".into(),
+                    arn: None,
+                    kind: model::NamespaceType::Http,
+                    http_name: "ns".into(),
+                    owner: None,
+                    create_date: None,
+                },
+                listed_at: None,
+                last_error: None,
+            },
+        );
+        for i in 0..n {
+            st.services
+                .insert(("ns".into(), format!("s{i}")), served(&format!("srv-{i}"), vec![instance("a", "10.0.0.1")]));
+        }
+        st
+    }
+
+    fn keys(v: &[usize]) -> Vec<SvcKey> {
+        v.iter().map(|i| ("ns".to_string(), format!("s{i}"))).collect()
+    }
+
+    #[test]
+    fn small_removals_apply_at_once() {
+        let p = poller(0.5, 3);
+        let mut st = state_with(4);
+        let mut report = ResyncReport::default();
+        p.apply_removals(&mut st, keys(&[0]), &mut report);
+        assert_eq!(st.services.len(), 3);
+        assert_eq!(report.removed, 1);
+        assert_eq!(st.guard.consecutive, 0);
+    }
+
+    #[test]
+    fn mass_removal_is_held_until_confirmed() {
+        let p = poller(0.5, 3);
+        let mut st = state_with(4);
+        for round in 1..=2 {
+            let mut report = ResyncReport::default();
+            p.apply_removals(&mut st, keys(&[0, 1, 2]), &mut report);
+            assert_eq!(st.services.len(), 4, "round {round}: held");
+            assert_eq!(report.held_back_removals, 3);
+            assert_eq!(st.guard.consecutive, round);
+            assert!(st.services[&keys(&[1])[0]].removal_held);
+        }
+        let mut report = ResyncReport::default();
+        p.apply_removals(&mut st, keys(&[0, 1, 2]), &mut report);
+        assert_eq!(st.services.len(), 1, "third consecutive resync applies it");
+        assert_eq!(report.removed, 3);
+        assert_eq!(st.guard.consecutive, 0);
+    }
+
+    #[test]
+    fn a_resync_without_the_mass_removal_resets_the_guard() {
+        let p = poller(0.5, 2);
+        let mut st = state_with(4);
+        p.apply_removals(&mut st, keys(&[0, 1, 2]), &mut ResyncReport::default());
+        assert_eq!(st.guard.consecutive, 1);
+        p.apply_removals(&mut st, Vec::new(), &mut ResyncReport::default());
+        assert_eq!(st.guard.consecutive, 0);
+        p.apply_removals(&mut st, keys(&[0, 1, 2]), &mut ResyncReport::default());
+        assert_eq!(st.services.len(), 4, "counting starts again");
+    }
+
+    #[test]
+    fn failures_keep_data_and_older_answers_never_win() {
+        let p = poller(0.5, 3);
+        *p.lock() = state_with(1);
+        let key = keys(&[0]).remove(0);
+        let err = ApiError {
+            operation: Op::DiscoverInstances,
+            kind: ErrorKind::Unavailable,
+            code: None,
+            message: "down".into(),
+        };
+        assert!(!p.apply_discovered(&key, 5, Err(err), None));
+        {
+            let st = p.lock();
+            let e = &st.services[&key];
+            assert_eq!(e.data.as_ref().unwrap().instances.len(), 1, "never shrink on error");
+            assert!(e.last_error.is_some());
+        }
+        let newer = Discovered {
+            instances: vec![instance("a", "10.0.0.1"), instance("b", "10.0.0.2")],
+            revision: Some(2),
+            duplicates: vec![],
+        };
+        assert!(p.apply_discovered(&key, 7, Ok(newer), Some(2)));
+        let older = Discovered { instances: vec![], revision: Some(0), duplicates: vec![] };
+        assert!(!p.apply_discovered(&key, 6, Ok(older), None), "an answer to an older request is dropped");
+        let st = p.lock();
+        let e = &st.services[&key];
+        assert_eq!(e.data.as_ref().unwrap().instances.len(), 2);
+        assert!(e.last_error.is_none());
+        assert_eq!(e.revision_seen, Some(2));
+    }
+
+    #[test]
+    fn snapshot_serves_only_services_with_data_in_canonical_order() {
+        let mut st = state_with(2);
+        st.services.get_mut(&keys(&[1])[0]).unwrap().data = None;
+        st.services.insert(
+            ("ns".into(), "a-first".into()),
+            served("srv-x", vec![instance("z", "10.0.0.9"), instance("b", "10.0.0.8")]),
+        );
+        let snap = st.snapshot();
+        assert_eq!(snap.namespaces.len(), 1);
+        let names: Vec<_> = snap.namespaces[0].services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["a-first", "s0"]);
+        let ids: Vec<_> = snap.namespaces[0].services[0].instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, vec!["b", "z"]);
+    }
 }
