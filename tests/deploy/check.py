@@ -44,11 +44,8 @@ READ_ONLY_ACTIONS = {
     "servicediscovery:ListNamespaces",
     "servicediscovery:ListServices",
     "servicediscovery:GetService",
-    "servicediscovery:GetNamespace",
     "servicediscovery:DiscoverInstances",
     "servicediscovery:DiscoverInstancesRevision",
-    "servicediscovery:ListInstances",
-    "servicediscovery:GetInstancesHealthStatus",
 }
 
 
