@@ -275,6 +275,8 @@ type server struct {
 	adminAddr    string
 	logPath      string
 	proc         *process
+	// extraArgs are appended to the `serve` command line (e.g. TLS flags).
+	extraArgs []string
 }
 
 // newServer picks ports for a cloudmap-mcp server serving registryPath; start() runs it.
@@ -306,11 +308,12 @@ func (s *server) start() {
 		"AWS_ACCESS_KEY_ID=test",
 		"AWS_SECRET_ACCESS_KEY=test",
 		"AWS_REGION=us-east-1",
-	}, serverBinary(), "serve",
+	}, serverBinary(), append([]string{"serve",
 		"--registry-file", s.registryPath,
 		"--grpc-addr", s.grpcAddr,
 		"--admin-addr", s.adminAddr,
 		"--istio-namespace", istioNamespace,
+	}, s.extraArgs...)...,
 	)
 	err := eventually(30*time.Second, func() error {
 		if s.proc.exited() {

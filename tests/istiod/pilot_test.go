@@ -160,10 +160,14 @@ type istiod struct {
 }
 
 func startIstiod(t *testing.T, rel istioRelease, bin, xdsAddr, logPath string) *istiod {
+	// configSources lists only cloudmap-mcp: istiod runs without Kubernetes.
+	return startIstiodMesh(t, rel, bin, fmt.Sprintf("configSources:\n- address: xds://%s\n", xdsAddr), logPath)
+}
+
+// startIstiodMesh starts istiod with the given mesh config (YAML).
+func startIstiodMesh(t *testing.T, rel istioRelease, bin, mesh, logPath string) *istiod {
 	dir := t.TempDir()
 	meshPath := filepath.Join(dir, "mesh.yaml")
-	// configSources lists only cloudmap-mcp: istiod runs without Kubernetes.
-	mesh := fmt.Sprintf("configSources:\n- address: xds://%s\n", xdsAddr)
 	if err := os.WriteFile(meshPath, []byte(mesh), 0o644); err != nil {
 		t.Fatal(err)
 	}
