@@ -88,23 +88,19 @@ impl ResourceSnapshot {
     }
 }
 
-struct Encoded {
-    entry: ServiceEntry,
-    framed: Bytes,
-    version: String,
-}
-
 /// Builds [`ResourceSnapshot`]s, reusing the encoding of unchanged entries.
 pub struct ResourceCache {
     opts: translate::Options,
-    prev: HashMap<String, Encoded>,
+    /// The last snapshot's translation and encoding (shared with that snapshot, not copied):
+    /// `entries[i]` was encoded as `resources[i]` with version `names[i].1`.
+    prev: Option<(Arc<Translation>, Arc<EncodedType>)>,
     serial: u64,
     empty: Arc<EncodedType>,
 }
 
 impl ResourceCache {
     pub fn new(opts: translate::Options) -> Self {
-        ResourceCache { opts, prev: HashMap::new(), serial: 0, empty: Arc::new(EncodedType::empty()) }
+        ResourceCache { opts, prev: None, serial: 0, empty: Arc::new(EncodedType::empty()) }
     }
 
     pub fn options(&self) -> &translate::Options {
@@ -114,25 +110,30 @@ impl ResourceCache {
     /// Translates and encodes `model`. Returns the snapshot and how many entries were (re)encoded.
     pub fn build(&mut self, model: &model::Snapshot) -> (ResourceSnapshot, usize) {
         let translation = translate::translate(model, &self.opts);
-        let mut next = HashMap::with_capacity(translation.entries.len());
         let mut resources = Vec::with_capacity(translation.entries.len());
         let mut names = Vec::with_capacity(translation.entries.len());
         let mut encoded = 0;
+        // Where each resource name was in the previous snapshot.
+        let prev_index: HashMap<&str, usize> = match &self.prev {
+            Some((_, enc)) => enc.names.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect(),
+            None => HashMap::new(),
+        };
         for se in &translation.entries {
             let key = se.resource_name();
-            let enc = match self.prev.remove(&key) {
-                Some(old) if old.entry == *se => old,
-                _ => {
-                    encoded += 1;
-                    let (framed, version) = encode_entry(se);
-                    Encoded { entry: se.clone(), framed, version }
+            let reused = match (&self.prev, prev_index.get(key.as_str())) {
+                (Some((old_t, old_enc)), Some(&i)) if old_t.entries[i] == *se => {
+                    Some((old_enc.resources[i].clone(), old_enc.names[i].1.clone()))
                 }
+                _ => None,
             };
-            resources.push(enc.framed.clone());
-            names.push((key.clone(), enc.version.clone()));
-            next.insert(key, enc);
+            let (framed, version) = reused.unwrap_or_else(|| {
+                encoded += 1;
+                encode_entry(se)
+            });
+            resources.push(framed);
+            names.push((key, version));
         }
-        self.prev = next;
+        drop(prev_index);
         self.serial += 1;
         let snap = ResourceSnapshot {
             serial: self.serial,
@@ -143,6 +144,7 @@ impl ResourceCache {
             model_instances: model.instance_count(),
             translation: Arc::new(translation),
         };
+        self.prev = Some((snap.translation.clone(), snap.service_entries.clone()));
         (snap, encoded)
     }
 }

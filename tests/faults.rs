@@ -139,10 +139,10 @@ async fn registry_file_truncated_deleted_or_rewritten_slowly_loses_nothing() {
     quiet(&mut ads, Duration::from_secs(1), "broken file").await;
     faults += 1;
 
-    // 5. An edit written slowly in place (truncate, then 256-byte chunks): exactly one push, with
+    // 5. An edit written slowly in place (truncate, then 512-byte chunks): exactly one push, with
     // the final state, never a partial one.
     let edited = registry(40, &[], 1);
-    write_in_place(&path, edited.as_bytes(), 256, Duration::from_millis(5));
+    write_in_place(&path, edited.as_bytes(), 512, Duration::from_millis(3));
     let r = ads.recv(Duration::from_secs(10)).await.expect("the edit is pushed");
     assert_eq!(names(&r), all, "full state");
     let ses = service_entries(&r);

@@ -92,8 +92,8 @@ fn registry_texts() -> Vec<(String, Vec<u8>)> {
 /// YAML that has broken parsers: deep nesting, alias expansion, odd scalars and tags.
 fn pathological_yaml() -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, String)> = vec![
-        ("deep-seq".into(), format!("namespaces: {}{}", "[".repeat(2_000), "]".repeat(2_000))),
-        ("deep-map".into(), format!("namespaces: {}1{}", "{a: ".repeat(1_000), "}".repeat(1_000))),
+        ("deep-seq".into(), format!("namespaces: {}{}", "[".repeat(50_000), "]".repeat(50_000))),
+        ("deep-map".into(), format!("namespaces: {}1{}", "{a: ".repeat(20_000), "}".repeat(20_000))),
         ("deep-block".into(), (0..500).map(|i| format!("{}- \n", "  ".repeat(i))).collect()),
         ("unclosed".into(), "namespaces: [{name: a, type: HTTP, services: [".into()),
         (

@@ -417,8 +417,8 @@ async fn load_heavy() {
         streams: 1000,
         reconnects: 5000,
         reconnect_concurrency: 64,
-        services: 1000,
-        instances_per_service: 5,
+        services: 500,
+        instances_per_service: 2,
         storm_deadline: Duration::from_secs(120),
     })
     .await;

@@ -42,7 +42,6 @@ use cloudmap_mcp::proto::istio::networking::v1alpha3 as net;
 use cloudmap_mcp::proto::{DiscoveryRequest, DiscoveryResponse, MCP_RESOURCE_TYPE_URL, SERVICE_ENTRY_BODY_TYPE_URL};
 use cloudmap_mcp::translate;
 use cloudmap_mcp::xds::{codec as ads_codec, AdsConfig, AdsServer, Clients};
-use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -56,6 +55,7 @@ use tonic::{Status, Streaming};
 pub const ROLE_ENV: &str = "CLOUDMAP_MCP_BENCH_SERVER";
 pub const SIZE_ENV: &str = "CLOUDMAP_MCP_BENCH_SERVER_SIZE";
 const READY: &str = "CLOUDMAP_MCP_BENCH_READY";
+const PUBLISHED: &str = "CLOUDMAP_MCP_BENCH_PUBLISHED";
 
 const SE_V1: &str = "networking.istio.io/v1/ServiceEntry";
 const MESH_CONFIG: &str = "core/v1alpha1/MeshConfig";
@@ -133,6 +133,8 @@ pub struct Config {
     /// Repetitions of the in-process translate/encode timings (the median is reported).
     pub encode_reps: usize,
     pub idle: Duration,
+    /// Bytes currently allocated on the heap, when the executable counts them (benches/scale.rs).
+    pub live_heap: Option<fn() -> usize>,
 }
 
 impl Config {
@@ -149,6 +151,7 @@ impl Config {
             reps: 3,
             encode_reps: 5,
             idle: Duration::from_secs(5),
+            live_heap: None,
         }
     }
 
@@ -176,6 +179,7 @@ impl Config {
             reps: 1,
             encode_reps: 1,
             idle: Duration::from_millis(300),
+            live_heap: None,
         }
     }
 
@@ -415,18 +419,28 @@ async fn serve_child(kind: Kind, size: Size) {
             tokio::spawn(cache::run(model_rx, ResourceCache::new(translate::Options::default()), res_tx, metrics.clone()));
             res_rx.wait_for(|s| s.is_some()).await.unwrap();
             let (_stop_tx, stop_rx) = watch::channel(false);
+            let mut published = res_rx.clone();
+            published.borrow_and_update();
             let ads = AdsServer::new(res_rx, metrics, Arc::new(Clients::default()), AdsConfig::default(), stop_rx);
             tokio::spawn(builder().add_service(ads).serve_with_incoming(incoming));
             ready(addr);
             let mut seq = 0;
             while let Some(cmd) = cmd_rx.recv().await {
                 if cmd.trim() == "change" {
+                    let t0 = Instant::now();
                     seq += 1;
                     // What a source does on a change: a complete new model snapshot.
                     let mut next = (*current).clone();
                     change_one_service(&mut next, seq);
                     current = Arc::new(next);
                     model_tx.send_replace(Some(current.clone()));
+                    // Time until the cache has published the new resources (streams start sending).
+                    if published.changed().await.is_ok() {
+                        published.borrow_and_update();
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{PUBLISHED} {}", t0.elapsed().as_micros()).unwrap();
+                        out.flush().unwrap();
+                    }
                 }
             }
         }
@@ -633,6 +647,8 @@ pub struct ServerChild {
     child: Child,
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
+    /// Milliseconds from a `change` command to the published snapshot, one per change.
+    published: std::sync::mpsc::Receiver<f64>,
 }
 
 impl ServerChild {
@@ -661,9 +677,16 @@ impl ServerChild {
             }
         };
         // Keep draining stdout (a libtest host prints its own lines).
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let (tx, published) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if let Some(us) = l.strip_prefix(PUBLISHED).and_then(|v| v.trim().parse::<f64>().ok()) {
+                    let _ = tx.send(us / 1000.0);
+                }
+            }
+        });
         let stdin = child.stdin.take();
-        ServerChild { kind, child, stdin, addr }
+        ServerChild { kind, child, stdin, addr, published }
     }
 
     fn command(&mut self, cmd: &str) {
@@ -674,6 +697,11 @@ impl ServerChild {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Server-side time of the last change (ms), once the child has reported it.
+    fn published_ms(&self) -> f64 {
+        self.published.recv_timeout(Duration::from_secs(300)).expect("the server reports each published change")
     }
 }
 
@@ -853,6 +881,48 @@ async fn istiod_clients(chans: &[Channel]) -> (mpsc::UnboundedReceiver<Event>, V
 // The run
 // ---------------------------------------------------------------------------------------------
 
+/// Changes one service at a time on `ours` and waits until each of `n` clients has the push.
+/// Returns per change: ms until the last client had it, ms until the first had it, and the
+/// server's own ms from the command to the published snapshot.
+async fn changes(
+    ours: &mut ServerChild,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    n: usize,
+    cfg: &Config,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while events.try_recv().is_ok() {}
+    let (mut all, mut first, mut built) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for _ in 0..cfg.changes {
+        if all.len() >= 5 && started.elapsed() > cfg.change_budget {
+            break;
+        }
+        let t0 = Instant::now();
+        ours.command("change");
+        let mut got = vec![false; n];
+        let mut firsts = None;
+        let mut last = t0;
+        while got.iter().any(|g| !g) {
+            let ev = tokio::time::timeout(Duration::from_secs(300), events.recv())
+                .await
+                .expect("every client receives the change")
+                .expect("event");
+            assert_eq!(ev.type_url, SE_V1, "a change pushes the ServiceEntry kind only");
+            assert!(!got[ev.client], "one push per change per client");
+            got[ev.client] = true;
+            firsts.get_or_insert(ev.at);
+            last = last.max(ev.at);
+        }
+        all.push(ms(last - t0));
+        first.push(ms(firsts.unwrap() - t0));
+        built.push(ours.published_ms());
+        // Let the ACKs land before the next change.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (all, first, built)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     Ms,
@@ -927,10 +997,11 @@ impl Report {
             if n == 0 {
                 out.push('|');
                 for (i, w) in widths.iter().enumerate() {
-                    out.push_str(&format!("{}{}|", if i == 0 { ":" } else { "-" }, "-".repeat(w + 1)));
-                    if i > 0 {
-                        out.pop();
-                        out.push_str(":|");
+                    let dashes = "-".repeat(w + 1);
+                    if i == 0 {
+                        out.push_str(&format!(":{dashes}|"));
+                    } else {
+                        out.push_str(&format!("{dashes}:|"));
                     }
                 }
                 out.push('\n');
@@ -960,7 +1031,11 @@ pub mod labels {
     pub fn change_first(n: usize) -> String {
         format!("change→receipt at first of {n} clients p50 (ms)")
     }
-    pub const CHANGES: &str = "changes measured";
+    pub const CHANGES: &str = "changes measured (per client count)";
+    pub const CHANGE_BUILT: &str = "server: change → new snapshot published p50 (ms)";
+    pub fn change_one(p: &str) -> String {
+        format!("change→receipt, 1 client {p} (ms)")
+    }
     pub const RSS_OURS: &str = "server peak RSS, ours (MB)";
     pub const RSS_OURS_START: &str = "server RSS before any client, ours (MB)";
     pub const RSS_FLOOR: &str = "server peak RSS, floor (MB)";
@@ -1043,6 +1118,27 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
     for (col, &size) in cfg.sizes.iter().enumerate() {
         progress(&format!("== {} services × {} endpoints", size.services, size.endpoints));
 
+        // In-process: heap held by each stage (when the executable counts allocations).
+        if let Some(live) = cfg.live_heap {
+            let base = live();
+            let model = synthetic_model(size);
+            let m = live().wrapping_sub(base);
+            let tr = translate::translate(&model, &translate::Options::default());
+            let t = live().wrapping_sub(base).wrapping_sub(m);
+            drop(tr);
+            let mut cache = ResourceCache::new(translate::Options::default());
+            let before = live();
+            let (snap, _) = cache.build(&model);
+            let c = live().wrapping_sub(before);
+            progress(&format!(
+                "  live heap: model {:.1} MB, one translation {:.1} MB, cache + snapshot after a full build {:.1} MB (encoded resources {:.1} MB)",
+                mb(m as u64),
+                mb(t as u64),
+                mb(c as u64),
+                mb(snap.service_entries.resources_len as u64)
+            ));
+        }
+
         // In-process: translate and encode.
         let (bytes_expected, resources_expected) = {
             let mut model = synthetic_model(size);
@@ -1108,6 +1204,8 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
                 }
             }
         }
+        let hwm = |s: &ServerChild| mb(memory_of(s.pid()).0);
+        progress(&format!("  peak RSS after full pushes: ours {:.1} MB, floor {:.1} MB, naive {:.1} MB", hwm(&servers[2]), hwm(&servers[0]), hwm(&servers[1])));
         for &n in &cfg.clients {
             let get = |k: usize, times: &mut BTreeMap<(usize, usize), Vec<f64>>| median(times.get_mut(&(n, k)).unwrap());
             let (floor, naive, ours) = (get(0, &mut times), get(1, &mut times), get(2, &mut times));
@@ -1118,41 +1216,22 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
             set(labels::push(n, labels::VS_NAIVE), Unit::Ratio, col, ours / naive);
         }
 
-        // Change → receipt with `change_clients` istiod-like clients on `ours`, then idle.
-        let n = cfg.change_clients;
+        // Change → receipt: first with one istiod-like client on `ours`, then with `change_clients`;
+        // then idle with those connected.
         let ours = &mut servers[2];
-        let (mut all, mut first, idle_pushes, idle_ticks) = rt.block_on(async {
-            let (mut events, tasks) = istiod_clients(&chans[2][..n]).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while events.try_recv().is_ok() {}
-            let mut all = Vec::new();
-            let mut first = Vec::new();
-            let started = Instant::now();
-            for _ in 0..cfg.changes {
-                if all.len() >= 5 && started.elapsed() > cfg.change_budget {
-                    break;
-                }
-                let t0 = Instant::now();
-                ours.command("change");
-                let mut got = vec![false; n];
-                let mut firsts = None;
-                let mut last = t0;
-                while got.iter().any(|g| !g) {
-                    let ev = tokio::time::timeout(Duration::from_secs(300), events.recv())
-                        .await
-                        .expect("every client receives the change")
-                        .expect("event");
-                    assert_eq!(ev.type_url, SE_V1, "a change pushes the ServiceEntry kind only");
-                    assert!(!got[ev.client], "one push per change per client");
-                    got[ev.client] = true;
-                    firsts.get_or_insert(ev.at);
-                    last = last.max(ev.at);
-                }
-                all.push(ms(last - t0));
-                first.push(ms(firsts.unwrap() - t0));
-                // Let the ACKs land before the next change.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let (mut one, _, mut built) = rt.block_on(async {
+            let (mut events, tasks) = istiod_clients(&chans[2][..1]).await;
+            let r = changes(ours, &mut events, 1, cfg).await;
+            for t in tasks {
+                t.abort();
             }
+            r
+        });
+        progress(&format!("  peak RSS after 1-client changes: ours {:.1} MB", mb(memory_of(ours.pid()).0)));
+        let n = cfg.change_clients;
+        let (mut all, mut first, mut built_n, idle_pushes, idle_ticks) = rt.block_on(async {
+            let (mut events, tasks) = istiod_clients(&chans[2][..n]).await;
+            let (all, first, built) = changes(ours, &mut events, n, cfg).await;
             // Idle: clients connected and ACKed, nothing changes.
             tokio::time::sleep(Duration::from_millis(300)).await;
             while events.try_recv().is_ok() {}
@@ -1166,8 +1245,13 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
             for t in tasks {
                 t.abort();
             }
-            (all, first, pushes, c1 - c0)
+            (all, first, built, pushes, c1 - c0)
         });
+        built.append(&mut built_n);
+        progress(&format!("  peak RSS after changes: ours {:.1} MB", mb(memory_of(servers[2].pid()).0)));
+        set(labels::CHANGE_BUILT.into(), Unit::Ms, col, percentile(&mut built, 50.0));
+        set(labels::change_one("p50"), Unit::Ms, col, percentile(&mut one, 50.0));
+        set(labels::change_one("p99"), Unit::Ms, col, percentile(&mut one, 99.0));
         let changes = all.len();
         set(labels::change_all(n, "p50"), Unit::Ms, col, percentile(&mut all, 50.0));
         set(labels::change_all(n, "p99"), Unit::Ms, col, percentile(&mut all, 99.0));
@@ -1199,6 +1283,9 @@ pub fn expected_labels(cfg: &Config) -> Vec<String> {
     }
     let n = cfg.change_clients;
     v.extend([
+        labels::CHANGE_BUILT.into(),
+        labels::change_one("p50"),
+        labels::change_one("p99"),
         labels::change_all(n, "p50"),
         labels::change_all(n, "p99"),
         labels::change_first(n),

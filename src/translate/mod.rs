@@ -330,7 +330,8 @@ fn translate_service(
         };
         let (labels, bad) = endpoint_labels(&c.inst.attributes);
         ignored.extend(bad);
-        endpoints.push(Endpoint { address: c.address.clone(), ports, labels, locality: locality(&c.inst.attributes) });
+        let ep = Endpoint { address: c.address.clone(), ports, labels, locality: locality(&c.inst.attributes) };
+        endpoints.push((ep, c.inst.id.as_str()));
     }
     if !ignored.is_empty() {
         let keys: Vec<_> = ignored.into_iter().collect();
@@ -340,8 +341,30 @@ fn translate_service(
             message: format!("attributes not usable as Kubernetes labels were not copied: {}", keys.join(", ")),
         });
     }
-    endpoints.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.ports.cmp(&b.ports)));
-    endpoints.dedup();
+    // One endpoint per address and ports. Two instances registered with the same address and port
+    // (a re-registration under a new id) are one network endpoint: keep the first by instance id
+    // (stable sort; instances come sorted by id) and say so when their labels or locality differ.
+    // (Found by the `translate` fuzz target: such duplicates used to be served side by side.)
+    endpoints.sort_by(|(a, _), (b, _)| a.address.cmp(&b.address).then_with(|| a.ports.cmp(&b.ports)));
+    let mut kept: Vec<(Endpoint, &str)> = Vec::with_capacity(endpoints.len());
+    for (ep, id) in endpoints {
+        if let Some((last, last_id)) = kept.last() {
+            if last.address == ep.address && last.ports == ep.ports {
+                if *last != ep {
+                    notes.push(Note {
+                        source: source.clone(),
+                        instance: Some(id.to_string()),
+                        message: format!(
+                            "same address and ports as instance {last_id} but different labels or locality; only {last_id}'s endpoint is served"
+                        ),
+                    });
+                }
+                continue;
+            }
+        }
+        kept.push((ep, id));
+    }
+    let endpoints: Vec<Endpoint> = kept.into_iter().map(|(ep, _)| ep).collect();
 
     // SPEC 2.7: a VIP only for a single STATIC endpoint, never derived from a changing order.
     let addresses = match (resolution, endpoints.as_slice()) {

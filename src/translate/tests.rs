@@ -230,3 +230,42 @@ fn host_template_fills_placeholders_once() {
     let t = HostTemplate::new("{namespace}-{service}.{service}.mesh").unwrap();
     assert_eq!(t.render("s", "n"), "n-s.s.mesh");
 }
+
+#[test]
+fn instances_at_the_same_address_and_port_become_one_endpoint() {
+    use crate::model::{Instance, Namespace, NamespaceType, Service, Snapshot};
+    let inst = |id: &str, ip: &str, version: &str| Instance {
+        id: id.into(),
+        attributes: [("AWS_INSTANCE_IPV4", ip), ("AWS_INSTANCE_PORT", "8080"), ("version", version)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        health: Default::default(),
+    };
+    let snap = Snapshot {
+        namespaces: vec![Namespace {
+            name: "ns".into(),
+            id: None,
+            arn: None,
+            kind: NamespaceType::Http,
+            http_name: "ns".into(),
+            services: vec![Service {
+                name: "api".into(),
+                id: None,
+                arn: None,
+                create_date: None,
+                instances: vec![inst("a", "10.0.0.1", "blue"), inst("b", "10.0.0.1", "green"), inst("c", "10.0.0.1", "blue"), inst("d", "10.0.0.2", "blue")],
+            }],
+        }],
+    };
+    let t = translate(&snap, &Options::default());
+    let eps = &t.entries[0].spec.endpoints;
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    assert_eq!((eps[0].address.as_str(), eps[0].labels["version"].as_str()), ("10.0.0.1", "blue"));
+    assert_eq!(eps[1].address, "10.0.0.2");
+    validate::service_entry(&t.entries[0].spec).unwrap();
+    // The conflicting duplicate is reported; the identical one is not.
+    let notes: Vec<_> = t.notes.iter().filter_map(|n| n.instance.as_deref()).collect();
+    assert_eq!(notes, ["b"]);
+    assert!(t.notes[0].message.contains("same address and ports as instance a"));
+}

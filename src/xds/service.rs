@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,14 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use super::codec::{self, AdsCodec};
+use super::codec;
 use super::stream::{Action, Limits, Outgoing, RequestBudget, StreamState, TypeState};
 use crate::cache::ResourceRx;
 use crate::metrics::Metrics;
@@ -113,11 +110,7 @@ impl tower::Service<http::Request<Body>> for AdsServer {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(AdsCodec::new(inner.control_plane.clone()))
-                    .apply_max_message_size_config(Some(inner.config.max_request_bytes), Some(usize::MAX));
-                Ok(grpc.streaming(Sotw(inner), req).await)
-            }),
+            SOTW_PATH => Box::pin(async move { Ok(sotw(inner, req)) }),
             DELTA_PATH => Box::pin(async {
                 Ok(Status::unimplemented(
                     "DeltaAggregatedResources is not served: use StreamAggregatedResources (state of the world), as istiod does",
@@ -132,36 +125,33 @@ impl tower::Service<http::Request<Body>> for AdsServer {
     }
 }
 
-/// Responses, then (if the stream ends with an error) its final status. The status travels on its own
-/// channel so a full response channel can never swallow it.
-type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<Outgoing, Status>> + Send>>;
-
-struct Sotw(Arc<Inner>);
-
-impl tower::Service<tonic::Request<Streaming<DiscoveryRequest>>> for Sotw {
-    type Response = tonic::Response<ResponseStream>;
-    type Error = Status;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Status>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
+/// Starts one SotW stream. Requests are decoded by tonic (prost); responses are written by
+/// [`codec::ResponseBody`] in chunks straight from the shared pre-encoded resources, so a stream never
+/// holds a copy of a whole response, however many streams receive one at once. The response channel
+/// has capacity 1: at most one response waits beside the one being written. If the stream ends with
+/// an error, its status travels on its own channel so a full response channel can never swallow it.
+fn sotw(inner: Arc<Inner>, req: http::Request<Body>) -> http::Response<Body> {
+    // No request compression is accepted (what tonic answers without compression enabled).
+    if let Some(enc) = req.headers().get("grpc-encoding").filter(|e| *e != "identity") {
+        let msg = format!("request compression {:?} is not supported", enc.to_str().unwrap_or("?"));
+        let mut resp = Status::unimplemented(msg).into_http::<Body>();
+        resp.headers_mut().insert("grpc-accept-encoding", http::HeaderValue::from_static("identity"));
+        return resp;
     }
-
-    fn call(&mut self, req: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            let peer = req.remote_addr();
-            // Capacity 1: at most one response waits beside the one the transport is writing.
-            let (tx, rx) = mpsc::channel(1);
-            let (done_tx, done_rx) = oneshot::channel::<Status>();
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!("ads", stream = id, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
-            tokio::spawn(run_stream(inner, id, peer, req.into_inner(), tx, done_tx).instrument(span));
-            let end = futures::stream::once(done_rx).filter_map(|r| futures::future::ready(r.ok().map(Err)));
-            let stream: ResponseStream = Box::pin(ReceiverStream::new(rx).map(Ok).chain(end));
-            Ok(tonic::Response::new(stream))
-        })
-    }
+    let max = inner.config.max_request_bytes;
+    let req = tonic::Request::from_http(
+        req.map(|body| Streaming::new_request(tonic_prost::ProstDecoder::<DiscoveryRequest>::default(), body, None, Some(max))),
+    );
+    let peer = req.remote_addr();
+    let (tx, rx) = mpsc::channel(1);
+    let (done_tx, done_rx) = oneshot::channel::<Status>();
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("ads", stream = id, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
+    let body = codec::ResponseBody::new(rx, done_rx, inner.control_plane.clone());
+    tokio::spawn(run_stream(inner, id, peer, req.into_inner(), tx, done_tx).instrument(span));
+    let mut resp = http::Response::new(Body::new(body));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    resp
 }
 
 /// Longest a stream's entry in [`Clients`] lags behind its state.
