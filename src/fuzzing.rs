@@ -306,21 +306,14 @@ pub fn decode_snapshot(u: &mut Unstructured<'_>) -> model::Snapshot {
 }
 
 pub fn decode_options(u: &mut Unstructured<'_>) -> Options {
-    let mut opts = Options::default();
-    opts.host_template = HostTemplate::new(u.pick(HOST_TEMPLATES)).expect("dictionary templates are valid");
-    opts.health_filter =
+    let host_template = HostTemplate::new(u.pick(HOST_TEMPLATES)).expect("dictionary templates are valid");
+    let health_filter =
         u.pick(&[HealthFilter::HealthyOrElseAll, HealthFilter::Healthy, HealthFilter::Unhealthy, HealthFilter::All]);
-    opts.location = u.pick(&[Location::MeshExternal, Location::MeshInternal]);
-    if u.bool() {
-        opts.revision = Some("canary".into());
-    }
-    if u.bool() {
-        opts.labels.insert("team".into(), "mesh".into());
-    }
-    if u.bool() {
-        opts.export_to = vec![".".into()];
-    }
-    opts
+    let location = u.pick(&[Location::MeshExternal, Location::MeshInternal]);
+    let revision = u.bool().then(|| "canary".to_string());
+    let labels = if u.bool() { BTreeMap::from([("team".to_string(), "mesh".to_string())]) } else { BTreeMap::new() };
+    let export_to = if u.bool() { vec![".".to_string()] } else { Vec::new() };
+    Options { host_template, health_filter, location, revision, labels, export_to, ..Options::default() }
 }
 
 /// Decodes a snapshot and options from the bytes and checks the translation.
@@ -545,7 +538,7 @@ pub fn stream(data: &[u8]) {
                     ..Default::default()
                 });
                 let resource_names = (0..u.below(12)).map(|i| format!("r{i}")).collect();
-                DiscoveryRequest { type_url, response_nonce, version_info, error_detail, node, resource_names, ..Default::default() }
+                DiscoveryRequest { type_url, response_nonce, version_info, error_detail, node, resource_names }
             }
         };
 

@@ -11,7 +11,6 @@ fn bench_server_child() {
 }
 
 #[test]
-#[ignore = "hangs while starting the benchmark server child in the debug profile; see BENCHMARKS.md / issue 6 note"]
 fn scale_bench_runs_at_tiny_size() {
     let cfg = scale::Config::from_args_and_env(&["--tiny".to_string()], |_| None).unwrap();
     let exe = std::env::current_exe().unwrap();

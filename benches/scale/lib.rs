@@ -662,29 +662,27 @@ impl ServerChild {
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start benchmark server child");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(l)) => {
-                    if let Some(a) = l.strip_prefix(READY) {
-                        break a.trim().parse().expect("server address");
-                    }
-                }
-                _ => {
-                    let _ = child.kill();
-                    panic!("benchmark server {kind:?} exited before it was ready");
-                }
-            }
-        };
-        // Keep draining stdout (a libtest host prints its own lines).
+        // One thread reads the child's stdout to its end (a libtest host prints its own lines too).
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<SocketAddr>();
         let (tx, published) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                if let Some(us) = l.strip_prefix(PUBLISHED).and_then(|v| v.trim().parse::<f64>().ok()) {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Found anywhere in the line: a libtest host prints "test NAME ... " before it.
+                if let Some(addr) = l.split_once(READY).and_then(|(_, a)| a.trim().parse().ok()) {
+                    let _ = ready_tx.send(addr);
+                } else if let Some(us) = l.split_once(PUBLISHED).and_then(|(_, v)| v.trim().parse::<f64>().ok()) {
                     let _ = tx.send(us / 1000.0);
                 }
             }
         });
+        let addr = match ready_rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("benchmark server {kind:?} did not report ready ({e}); its stderr is above");
+            }
+        };
         let stdin = child.stdin.take();
         ServerChild { kind, child, stdin, addr, published }
     }
@@ -815,7 +813,11 @@ async fn full_push(chans: &[Channel]) -> (Duration, usize, usize) {
         .into_iter()
         .map(|mut s| {
             tokio::spawn(async move {
-                let r = s.rx.message().await.expect("response").expect("a response");
+                let r = tokio::time::timeout(Duration::from_secs(300), s.rx.message())
+                    .await
+                    .expect("a response within 5 minutes")
+                    .expect("response")
+                    .expect("a response");
                 let at = Instant::now();
                 let out = (at, r.encoded_len(), r.resources.len());
                 drop(r);

@@ -40,7 +40,7 @@ impl HealthFilter {
         }
     }
 
-    fn select<'a>(self, instances: &'a [model::Instance]) -> Vec<&'a model::Instance> {
+    fn select(self, instances: &[model::Instance]) -> Vec<&model::Instance> {
         let healthy = || instances.iter().filter(|i| i.health.counts_as_healthy());
         match self {
             HealthFilter::All => instances.iter().collect(),

@@ -211,7 +211,7 @@ fn validation_rules() {
 
 #[test]
 fn long_names_get_a_stable_hash_suffix() {
-    let host = format!("{}.example", "a".repeat(63).repeat(1) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(60));
+    let host = format!("{}.example", "a".repeat(63) + "." + &"b".repeat(63) + "." + &"c".repeat(63) + "." + &"d".repeat(60));
     let n1 = object_name(&host);
     assert!(n1.len() <= MAX_NAME_LEN, "{}", n1.len());
     assert_eq!(n1, object_name(&host));
