@@ -64,11 +64,14 @@ async fn serviceentries(State(s): State<AdminState>, Query(q): Query<FormatQuery
     let Some(snap) = s.snapshots.borrow().clone() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "# not ready: no snapshot yet\n").into_response();
     };
-    let t = &snap.translation;
+    // Translated again off the async threads: the snapshot keeps only the encoded entries.
+    let Ok(t) = tokio::task::spawn_blocking(move || snap.translation()).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "# translation failed\n").into_response();
+    };
     match q.format.as_deref() {
         Some("json") => ([(header::CONTENT_TYPE, "application/json")], render::json(&t.entries)).into_response(),
         None | Some("yaml") => {
-            let body = format!("{}{}", render::yaml(&t.entries), render::report_comments(t));
+            let body = format!("{}{}", render::yaml(&t.entries), render::report_comments(&t));
             ([(header::CONTENT_TYPE, "application/yaml")], body).into_response()
         }
         Some(other) => (StatusCode::BAD_REQUEST, format!("unknown format {other:?}: use yaml or json\n")).into_response(),
@@ -80,8 +83,8 @@ async fn rejected(State(s): State<AdminState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"not ready\"}\n").into_response();
     };
     let body = serde_json::json!({
-        "rejected": snap.translation.rejected,
-        "notes": snap.translation.notes,
+        "rejected": *snap.rejected,
+        "notes": *snap.notes,
     });
     axum::Json(body).into_response()
 }

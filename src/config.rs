@@ -76,12 +76,18 @@ pub struct CloudMapArgs {
     /// Only namespaces of these types (repeatable; comma-separated in the env var). Empty: all types.
     #[arg(long = "namespace-type", value_name = "TYPE", env = "CLOUDMAP_MCP_NAMESPACE_TYPES", value_delimiter = ',', value_parser = parse_namespace_type)]
     pub namespace_types: Vec<NamespaceType>,
-    /// Full resync: list namespaces and services and re-discover every service's instances.
+    /// Full resync: list namespaces and services (removals, additions); reads the instances of new or re-created services only.
     #[arg(long, env = "CLOUDMAP_MCP_RESYNC_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
     pub resync_interval: Duration,
-    /// How often each service's DiscoverInstancesRevision is polled (instances are re-read when it moves).
+    /// How often a service's DiscoverInstancesRevision is polled after a change (instances are re-read when it moves).
     #[arg(long, env = "CLOUDMAP_MCP_REVISION_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub revision_poll_interval: Duration,
+    /// A quiet service's poll interval doubles after each unchanged poll up to this; any change resets it. Equal to --revision-poll-interval: constant polling.
+    #[arg(long, env = "CLOUDMAP_MCP_REVISION_POLL_MAX_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub revision_poll_max_interval: Duration,
+    /// Each service's instances are re-read at least this often, whatever the revision says (a safety net: the revision is a hint).
+    #[arg(long, env = "CLOUDMAP_MCP_INSTANCES_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub instances_refresh_interval: Duration,
     /// Services with health checks are re-read this often (health changes do not move the revision).
     #[arg(long, env = "CLOUDMAP_MCP_HEALTH_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
     pub health_refresh_interval: Duration,

@@ -283,13 +283,13 @@ pub fn decode_snapshot(u: &mut Unstructured<'_>) -> model::Snapshot {
                 let health = u.pick(&[HealthStatus::Healthy, HealthStatus::Unhealthy, HealthStatus::Unknown]);
                 instances.push(model::Instance { id, attributes, health });
             }
-            services.push(model::Service {
+            services.push(Arc::new(model::Service {
                 name: svc_name,
                 id: u.bool().then(|| format!("srv-{}", u.byte())),
                 arn: u.bool().then(|| u.string(STRINGS)),
                 create_date: decode_timestamp(u),
                 instances,
-            });
+            }));
         }
         namespaces.push(model::Namespace {
             http_name: name.clone(),
@@ -349,7 +349,7 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
     for ns in &mut shuffled.namespaces {
         ns.services.reverse();
         for s in &mut ns.services {
-            s.instances.reverse();
+            Arc::make_mut(s).instances.reverse();
         }
     }
     shuffled.normalize();
@@ -388,12 +388,14 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
     assert!(t.rejected.windows(2).all(|w| w[0] <= w[1]), "rejections sorted");
 
     // Encoding: deterministic, reusable across snapshots, and decodes to what was translated.
-    let (a, _) = ResourceCache::new(opts.clone()).build(snap);
+    let (a, _) = ResourceCache::new(opts.clone()).build(&Arc::new(snap.clone()));
     let mut warm = ResourceCache::new(opts.clone());
-    warm.build(&model::Snapshot::default());
-    warm.build(&shuffled);
-    let (b, reencoded) = warm.build(snap);
-    assert_eq!(reencoded, 0, "unchanged entries are not re-encoded");
+    warm.build(&Arc::new(model::Snapshot::default()));
+    let (s, _) = warm.build(&Arc::new(shuffled.clone()));
+    assert_eq!(s.service_entries.resources, a.service_entries.resources, "incremental build of a shuffled input");
+    warm.build(&Arc::new(snap.clone()));
+    let (b, reencoded) = warm.build(&Arc::new(snap.clone()));
+    assert_eq!(reencoded, 0, "unchanged services are not re-encoded");
     assert_eq!(a.service_entries.version, b.service_entries.version);
     assert_eq!(a.service_entries.resources, b.service_entries.resources);
     assert_eq!(a.service_entries.names.len(), t.entries.len());
@@ -424,10 +426,10 @@ fn stream_snapshots() -> &'static [ResourceSnapshot; 3] {
         let text = include_str!("../examples/registry.yaml");
         let mut model = crate::source::file::parse(Path::new("examples/registry.yaml"), text).expect("example parses");
         let mut cache = ResourceCache::new(Options::default());
-        let (full, _) = cache.build(&model);
+        let (full, _) = cache.build(&Arc::new(model.clone()));
         model.namespaces.retain(|n| n.name == "my-namespace");
-        let (one, _) = cache.build(&model);
-        let (empty, _) = cache.build(&model::Snapshot::default());
+        let (one, _) = cache.build(&Arc::new(model));
+        let (empty, _) = cache.build(&Arc::default());
         [full, one, empty]
     })
 }

@@ -5,6 +5,7 @@
 //! has one canonical form and everything derived from it is deterministic.
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Cloud Map namespace types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
@@ -102,8 +103,10 @@ pub struct Namespace {
     pub kind: NamespaceType,
     /// The name DiscoverInstances takes; not always equal to `name`.
     pub http_name: String,
-    /// Services sorted by name.
-    pub services: Vec<Service>,
+    /// Services sorted by name. Shared between snapshots: a source that publishes a new snapshot
+    /// reuses the `Arc` of every service that did not change, so a snapshot costs a pointer per
+    /// service to copy, and the resource cache skips unchanged services by pointer comparison.
+    pub services: Vec<Arc<Service>>,
 }
 
 /// A complete view of the selected part of Cloud Map at one moment.
@@ -120,7 +123,9 @@ impl Snapshot {
         for ns in &mut self.namespaces {
             ns.services.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
             for svc in &mut ns.services {
-                svc.instances.sort_by(|a, b| a.id.cmp(&b.id));
+                if !svc.instances.is_sorted_by(|a, b| a.id <= b.id) {
+                    Arc::make_mut(svc).instances.sort_by(|a, b| a.id.cmp(&b.id));
+                }
             }
         }
     }

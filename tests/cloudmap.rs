@@ -29,6 +29,10 @@ const FAST: &[&str] = &[
     "1s",
     "--revision-poll-interval",
     "200ms",
+    "--revision-poll-max-interval",
+    "400ms",
+    "--instances-refresh-interval",
+    "1s",
     "--health-refresh-interval",
     "300ms",
 ];
@@ -43,6 +47,17 @@ fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         }
     }
     v
+}
+
+/// No resync and no refresh while a test runs: every call is a revision poll or the read it triggers.
+const POLLS_ONLY: &[&str] = &["--resync-interval", "1h", "--instances-refresh-interval", "1h"];
+
+/// The server on `endpoint` with `FAST` and `flags`, and an ADS client that has received `n` ServiceEntries.
+async fn serving(endpoint: &str, flags: &[&str], n: usize) -> (Server, Ads) {
+    let server = Server::cloudmap(endpoint, &args(FAST, flags)).await;
+    let mut ads = Ads::connect(server.grpc).await;
+    ads.wait_for(&format!("{n} services"), WAIT, |e| e.len() == n).await;
+    (server, ads)
 }
 
 fn host_of(e: &common::ads::Entries, host: &str) -> cloudmap_mcp::proto::istio::networking::v1alpha3::ServiceEntry {
@@ -443,33 +458,18 @@ async fn quiet_services_stay_within_the_api_budget() {
     let seed = Seed::new(&moto.endpoint()).await;
     let ns = seed.http_namespace("quiet").await;
     const N: usize = 20;
-    for i in 0..N {
-        let id = seed.service(&ns, &format!("s{i}")).await;
-        seed.register(&id, "i", &[("AWS_INSTANCE_IPV4", "10.4.0.1")]).await;
-    }
+    seed.services_with_one_instance(&ns, N, "10.4.0.1").await;
     let proxy = Proxy::start(moto.addr(), proxy::forward_all()).await;
-    // 20 services polled every 100 ms would want 200 calls/s; the budget allows 10/s (burst 5).
+    // 20 services polled every 100 ms (constant: max = base) would want 200 calls/s; the budget
+    // allows 10/s (burst 5).
     const RATE: f64 = 10.0;
     const BURST: f64 = 5.0;
-    let server = Server::cloudmap(
-        &proxy.endpoint(),
-        &args(
-            FAST,
-            &[
-                "--revision-poll-interval",
-                "100ms",
-                "--resync-interval",
-                "2s",
-                "--aws-api-rate",
-                "10",
-                "--aws-api-burst",
-                "5",
-            ],
-        ),
-    )
-    .await;
-    let mut ads = Ads::connect(server.grpc).await;
-    ads.wait_for("all services", WAIT, |e| e.len() == N).await;
+    let flags = [
+        ["--revision-poll-interval", "100ms", "--revision-poll-max-interval", "100ms"],
+        ["--resync-interval", "2s", "--aws-api-rate", "10"],
+    ]
+    .concat();
+    let (server, _ads) = serving(&proxy.endpoint(), &args(&flags, &["--aws-api-burst", "5"]), N).await;
 
     let window = Duration::from_secs(4);
     tokio::time::sleep(window).await;
@@ -497,30 +497,160 @@ async fn quiet_services_cost_one_revision_call_per_poll() {
     let seed = Seed::new(&moto.endpoint()).await;
     let ns = seed.http_namespace("calm").await;
     const N: usize = 10;
-    for i in 0..N {
-        let id = seed.service(&ns, &format!("s{i}")).await;
-        seed.register(&id, "i", &[("AWS_INSTANCE_IPV4", "10.5.0.1")]).await;
-    }
+    seed.services_with_one_instance(&ns, N, "10.5.0.1").await;
     let proxy = Proxy::start(moto.addr(), proxy::forward_all()).await;
-    let server = Server::cloudmap(
-        &proxy.endpoint(),
-        &args(FAST, &["--revision-poll-interval", "250ms", "--resync-interval", "1h"]),
-    )
-    .await;
-    let mut ads = Ads::connect(server.grpc).await;
-    ads.wait_for("all services", WAIT, |e| e.len() == N).await;
+    // Constant polling (max = base), and neither resyncs nor refreshes during the test.
+    let constant = ["--revision-poll-interval", "250ms", "--revision-poll-max-interval", "250ms"];
+    let (server, _ads) = serving(&proxy.endpoint(), &args(POLLS_ONLY, &constant), N).await;
     proxy.clear();
     let window = Duration::from_secs(2);
     tokio::time::sleep(window).await;
     let revisions = proxy.count("DiscoverInstancesRevision");
     let others = proxy.calls().len() - revisions;
-    assert_eq!(others, 0, "quiet services need no other call between resyncs: {:?}", proxy.calls());
+    assert_eq!(others, 0, "quiet services need no other call between resyncs and refreshes: {:?}", proxy.calls());
     let expected = N as f64 * window.as_secs_f64() / 0.25;
     // Upper bound: at most about one call per service and interval. Lower bound (generous): it polls.
     assert!(
         (revisions as f64) >= expected * 0.25 && (revisions as f64) <= expected * 1.5,
         "{revisions} revision calls, about {expected} expected"
     );
+    server.shutdown().await;
+}
+
+/// When the proxy saw `op` calls about `service` (by `ServiceName`), in order.
+fn calls_about(proxy: &Proxy, op: &str, service: &str) -> Vec<tokio::time::Instant> {
+    proxy.calls().iter().filter(|c| c.op == op && c.body["ServiceName"] == service).map(|c| c.at).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_services_back_off_and_a_change_brings_the_base_interval_back() {
+    init();
+    let Some(moto) = Moto::start("adaptive_polling").await else { return };
+    let seed = Seed::new(&moto.endpoint()).await;
+    let ns = seed.http_namespace("idle").await;
+    const N: usize = 5;
+    let ids = seed.services_with_one_instance(&ns, N, "10.11.0.1").await;
+    let proxy = Proxy::start(moto.addr(), proxy::forward_all()).await;
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_millis(800);
+    let backoff = ["--revision-poll-interval", "100ms", "--revision-poll-max-interval", "800ms"];
+    let (server, mut ads) = serving(&proxy.endpoint(), &args(POLLS_ONLY, &backoff), N).await;
+
+    // 100, 200, 400, then 800 ms between polls.
+    eventually("every service polled at the max interval", WAIT, || async {
+        let d = server.debug().await;
+        let services = d["namespaces"][0]["services"].as_array()?.clone();
+        (services.len() == N && services.iter().all(|s| s["poll_interval_ms"] == 800)).then_some(())
+    })
+    .await;
+    proxy.clear();
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let revisions = proxy.count("DiscoverInstancesRevision");
+    assert_eq!(proxy.calls().len(), revisions, "quiet: nothing but revision polls: {:?}", proxy.calls());
+    let at_base = N as f64 * window.as_secs_f64() / BASE.as_secs_f64();
+    let at_max = N as f64 * window.as_secs_f64() / MAX.as_secs_f64();
+    assert!(
+        revisions >= N && (revisions as f64) <= at_max * 1.5,
+        "{revisions} revision calls in {window:?}: about {at_max} at the max interval ({at_base} at the base)"
+    );
+
+    // A change to a backed-off service arrives within about the max interval...
+    let t0 = tokio::time::Instant::now();
+    seed.register(&ids[0], "b", &[("AWS_INSTANCE_IPV4", "10.11.0.2")]).await;
+    ads.wait_for("the new instance", WAIT, |e| addresses(e, "s0.idle").is_some_and(|a| a.len() == 2)).await;
+    let took = t0.elapsed();
+    // (The next poll within MAX + 10 %, then the read, the 100 ms publication debounce and the push.)
+    assert!(took <= MAX * 3, "a change to a backed-off service took {took:?} (max interval {MAX:?})");
+
+    // ...and the service is polled at the base interval again (then backs off anew: 100, 200, 400 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reads = calls_about(&proxy, "DiscoverInstances", "s0");
+    assert_eq!(reads.len(), 1, "one read, after the revision moved");
+    let polls = calls_about(&proxy, "DiscoverInstancesRevision", "s0");
+    let (before, after): (Vec<tokio::time::Instant>, Vec<_>) = polls.into_iter().partition(|t| *t < reads[0]);
+    for w in before.windows(2) {
+        assert!(w[1] - w[0] >= MAX.mul_f64(0.85), "backed off before the change: {before:?}");
+    }
+    assert!(after.len() >= 3, "{} polls in 1.5 s after the change: {after:?}", after.len());
+    assert!(after[0] - reads[0] <= MAX / 2, "first poll {:?} after the read", after[0] - reads[0]);
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "cloudmap_mcp_cloudmap_instance_reads_total", &[("reason", "revision")]), 1.0, "{m}");
+    eprintln!("ADAPTIVE {revisions} revision calls in {window:?} for {N} quiet services; a change arrived in {took:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_read_only_new_services_and_refreshes_reread_quiet_ones() {
+    init();
+    let Some(moto) = Moto::start("instances_refresh").await else { return };
+    let seed = Seed::new(&moto.endpoint()).await;
+    let ns = seed.http_namespace("steady").await;
+    let ids = seed.services_with_one_instance(&ns, 3, "10.12.0.1").await;
+    let proxy = Proxy::start(moto.addr(), proxy::forward_all()).await;
+    let reads_of = |proxy: &Proxy| -> Vec<String> {
+        proxy
+            .calls()
+            .iter()
+            .filter(|c| c.op == "DiscoverInstances")
+            .map(|c| c.body["ServiceName"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    // 1. Frequent resyncs, no refresh: resyncs read no known service's instances...
+    let (server, mut ads) = serving(&proxy.endpoint(), &args(POLLS_ONLY, &["--resync-interval", "300ms"]), 3).await;
+    proxy.clear();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(proxy.count("ListNamespaces") >= 3, "resyncs ran: {:?}", proxy.calls());
+    assert_eq!(reads_of(&proxy), Vec::<String>::new(), "a resync reads no known service");
+    // ...only new ones.
+    let id = seed.service(&ns, "s3").await;
+    seed.register(&id, "a", &[("AWS_INSTANCE_IPV4", "10.12.0.1")]).await;
+    ads.wait_for("the new service", WAIT, |e| e.len() == 4).await;
+    let reads = reads_of(&proxy);
+    assert!(!reads.is_empty() && reads.iter().all(|s| s == "s3"), "{reads:?}");
+    server.shutdown().await;
+    // (The stopped server's poller may still run until the test ends: its proxy goes away.)
+    drop(proxy);
+
+    // 2. No resync during the test, a short refresh interval, and a revision that never moves (the
+    //    proxy answers it): the refresh alone re-reads the quiet services, and sees their changes.
+    let proxy = Proxy::start(
+        moto.addr(),
+        Arc::new(|c: &proxy::Call| {
+            if c.op == "DiscoverInstancesRevision" {
+                Action::Reply { status: 200, body: json!({"InstancesRevision": 1}) }
+            } else {
+                Action::Forward
+            }
+        }),
+    )
+    .await;
+    const REFRESH: Duration = Duration::from_millis(600);
+    let flags = [
+        ["--instances-refresh-interval", "600ms", "--revision-poll-interval", "100ms"],
+        ["--revision-poll-max-interval", "200ms", "--resync-interval", "1h"],
+    ]
+    .concat();
+    let (server, mut ads) = serving(&proxy.endpoint(), &flags, 4).await;
+    proxy.clear();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(proxy.count("ListNamespaces"), 0, "no resync");
+    for s in ["s0", "s1", "s2", "s3"] {
+        let reads = calls_about(&proxy, "DiscoverInstances", s);
+        // One read per refresh interval, at the first poll after it is up: 3 to 5 in 3 s.
+        assert!((2..=6).contains(&reads.len()), "{s}: {} reads in 3 s: {reads:?}", reads.len());
+        for w in reads.windows(2) {
+            assert!(w[1] - w[0] >= REFRESH.mul_f64(0.95), "{s}: reads closer than the refresh interval: {reads:?}");
+        }
+    }
+    seed.register(&ids[0], "b", &[("AWS_INSTANCE_IPV4", "10.12.0.2")]).await;
+    ads.wait_for("a change the revision does not show", WAIT, |e| {
+        addresses(e, "s0.steady").is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let m = server.metrics().await;
+    assert!(metric(&m, "cloudmap_mcp_cloudmap_instance_reads_total", &[("reason", "refresh")]) >= 8.0, "{m}");
     server.shutdown().await;
 }
 
@@ -560,12 +690,7 @@ async fn mass_removals_are_held_until_consecutive_resyncs_confirm_them() {
     let Some(moto) = Moto::start("removal_guard").await else { return };
     let seed = Seed::new(&moto.endpoint()).await;
     let ns = seed.http_namespace("fleet").await;
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        let id = seed.service(&ns, &format!("s{i}")).await;
-        seed.register(&id, "i", &[("AWS_INSTANCE_IPV4", "10.6.0.1")]).await;
-        ids.push(id);
-    }
+    let ids = seed.services_with_one_instance(&ns, 4, "10.6.0.1").await;
     let server = Server::cloudmap(
         &moto.endpoint(),
         &args(FAST, &["--resync-interval", "500ms", "--removal-confirmations", "3", "--max-removal-ratio", "30%"]),
@@ -681,7 +806,8 @@ async fn namespaces_sharing_a_name_serve_one_and_report_the_other() {
 /// Measures the AWS calls per minute for 1,000 quiet services with the default settings (see
 /// docs/cloudmap.md). Slow: `cargo test --test cloudmap -- --ignored --nocapture measure`.
 /// `CLOUDMAP_MCP_MEASURE_SERVICES` and `CLOUDMAP_MCP_MEASURE_SECONDS` change the size and window;
-/// `CLOUDMAP_MCP_MEASURE_RATE` the API budget.
+/// `CLOUDMAP_MCP_MEASURE_WARMUP_SECONDS` waits before the window (the polls of a freshly synced
+/// service back off over about two minutes); `CLOUDMAP_MCP_MEASURE_RATE` the API budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_calls_per_minute_for_quiet_services() {
@@ -689,6 +815,8 @@ async fn measure_calls_per_minute_for_quiet_services() {
     let Some(moto) = Moto::start("measure").await else { return };
     let n: usize = std::env::var("CLOUDMAP_MCP_MEASURE_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let secs: u64 = std::env::var("CLOUDMAP_MCP_MEASURE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let warmup: u64 =
+        std::env::var("CLOUDMAP_MCP_MEASURE_WARMUP_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let rate = std::env::var("CLOUDMAP_MCP_MEASURE_RATE").unwrap_or_else(|_| "100".into());
     let seed = Seed::new(&moto.endpoint()).await;
     let namespaces = n.div_ceil(250);
@@ -709,7 +837,12 @@ async fn measure_calls_per_minute_for_quiet_services() {
     let mut ads = Ads::connect(server.grpc).await;
     ads.wait_for("every service", Duration::from_secs(600), |e| e.len() == n).await;
     eprintln!("first complete sync: {:?}, {} calls", started.elapsed(), proxy.calls().len());
+    if warmup > 0 {
+        tokio::time::sleep(Duration::from_secs(warmup)).await;
+        eprintln!("after {warmup}s of warm-up: {} calls", proxy.calls().len());
+    }
     proxy.clear();
+    let t0 = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let calls = proxy.calls();
     let per_minute = |c: usize| c as f64 * 60.0 / secs as f64;
@@ -723,6 +856,17 @@ async fn measure_calls_per_minute_for_quiet_services() {
     );
     for (op, c) in &by_op {
         eprintln!("  {op}: {c} calls, {:.0}/min", per_minute(*c));
+    }
+    // Minute by minute: the back-off after the first sync, then the refresh waves.
+    for minute in 0..secs.div_ceil(60) {
+        let from = t0 + Duration::from_secs(minute * 60);
+        let in_minute: Vec<_> =
+            calls.iter().filter(|c| c.at >= from && c.at < from + Duration::from_secs(60)).collect();
+        let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &in_minute {
+            *ops.entry(c.op.as_str()).or_default() += 1;
+        }
+        eprintln!("  minute {}: {} calls {ops:?}", minute + 1, in_minute.len());
     }
     let per_ns = n.div_ceil(namespaces);
     let naive = 12 * (1 + namespaces * per_ns.div_ceil(100).max(1) + n);

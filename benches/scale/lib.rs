@@ -285,13 +285,13 @@ pub fn synthetic_model(size: Size) -> model::Snapshot {
                 let name = format!("svc-{s:05}");
                 let id = format!("srv-{:016x}", 0xab_0000_0000u64 + s as u64);
                 let instances = (0..size.endpoints).map(|e| instance(s, e, size.endpoints, &name)).collect();
-                model::Service {
+                Arc::new(model::Service {
                     arn: Some(format!("arn:aws:servicediscovery:us-east-1:123456789012:service/{id}")),
                     id: Some(id),
                     name,
                     create_date: Some(Timestamp { seconds: 1_600_000_000 + s as i64, nanos: 0 }),
                     instances,
-                }
+                })
             })
             .collect();
         let name = format!("ns-{n:04}.prod.internal");
@@ -338,7 +338,7 @@ pub fn change_one_service(snap: &mut model::Snapshot, seq: usize) {
     let total = snap.service_count();
     let target = (seq * 7919) % total;
     let ns = &mut snap.namespaces[target / SERVICES_PER_NAMESPACE];
-    let svc = &mut ns.services[target % SERVICES_PER_NAMESPACE];
+    let svc = Arc::make_mut(&mut ns.services[target % SERVICES_PER_NAMESPACE]);
     let addr = format!("172.{}.{}.{}", 16 + ((seq >> 16) & 15), (seq >> 8) & 255, seq & 255);
     svc.instances[0].attributes.insert("AWS_INSTANCE_IPV4".into(), addr);
 }
@@ -429,16 +429,18 @@ async fn serve_child(kind: Kind, size: Size) {
                 if cmd.trim() == "change" {
                     let t0 = Instant::now();
                     seq += 1;
-                    // What a source does on a change: a complete new model snapshot.
+                    // What a source does on a change: a complete new model snapshot, sharing the
+                    // unchanged services with the previous one.
                     let mut next = (*current).clone();
                     change_one_service(&mut next, seq);
+                    let cloned = t0.elapsed();
                     current = Arc::new(next);
                     model_tx.send_replace(Some(current.clone()));
                     // Time until the cache has published the new resources (streams start sending).
                     if published.changed().await.is_ok() {
                         published.borrow_and_update();
                         let mut out = std::io::stdout().lock();
-                        writeln!(out, "{PUBLISHED} {}", t0.elapsed().as_micros()).unwrap();
+                        writeln!(out, "{PUBLISHED} {} {}", t0.elapsed().as_micros(), cloned.as_micros()).unwrap();
                         out.flush().unwrap();
                     }
                 }
@@ -446,7 +448,7 @@ async fn serve_child(kind: Kind, size: Size) {
         }
         Kind::Floor => {
             let bytes = {
-                let model = synthetic_model(size);
+                let model = Arc::new(synthetic_model(size));
                 let (snap, _) = ResourceCache::new(translate::Options::default()).build(&model);
                 prebuilt_response(&snap)
             };
@@ -457,10 +459,10 @@ async fn serve_child(kind: Kind, size: Size) {
         }
         Kind::Naive => {
             let typed = {
-                let model = synthetic_model(size);
+                let model = Arc::new(synthetic_model(size));
                 let (snap, _) = ResourceCache::new(translate::Options::default()).build(&model);
                 let entries: Vec<_> = snap
-                    .translation
+                    .translation()
                     .entries
                     .iter()
                     .zip(&snap.service_entries.names)
@@ -647,8 +649,9 @@ pub struct ServerChild {
     child: Child,
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
-    /// Milliseconds from a `change` command to the published snapshot, one per change.
-    published: std::sync::mpsc::Receiver<f64>,
+    /// Per change: ms from the `change` command to the published snapshot, and ms of that spent
+    /// cloning the model (the source's part).
+    published: std::sync::mpsc::Receiver<(f64, f64)>,
 }
 
 impl ServerChild {
@@ -670,8 +673,11 @@ impl ServerChild {
                 // Found anywhere in the line: a libtest host prints "test NAME ... " before it.
                 if let Some(addr) = l.split_once(READY).and_then(|(_, a)| a.trim().parse().ok()) {
                     let _ = ready_tx.send(addr);
-                } else if let Some(us) = l.split_once(PUBLISHED).and_then(|(_, v)| v.trim().parse::<f64>().ok()) {
-                    let _ = tx.send(us / 1000.0);
+                } else if let Some((_, v)) = l.split_once(PUBLISHED) {
+                    let us: Vec<f64> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                    if let [total, clone] = us[..] {
+                        let _ = tx.send((total / 1000.0, clone / 1000.0));
+                    }
                 }
             }
         });
@@ -697,8 +703,8 @@ impl ServerChild {
         self.child.id()
     }
 
-    /// Server-side time of the last change (ms), once the child has reported it.
-    fn published_ms(&self) -> f64 {
+    /// Server-side time of the last change (ms, and ms of it in the source), once reported.
+    fn published_ms(&self) -> (f64, f64) {
         self.published.recv_timeout(Duration::from_secs(300)).expect("the server reports each published change")
     }
 }
@@ -723,6 +729,37 @@ pub fn memory_of(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Samples a process's VmRSS every 2 ms on a thread until finished; gives how far the largest value
+/// seen rose above the value at the start, in bytes.
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let base = memory_of(pid).1;
+        let thread = std::thread::spawn(move || {
+            let mut max = base;
+            loop {
+                max = max.max(memory_of(pid).1);
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return max - base;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        RssSampler { stop, thread }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -891,7 +928,7 @@ async fn changes(
     events: &mut mpsc::UnboundedReceiver<Event>,
     n: usize,
     cfg: &Config,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>, Vec<(f64, f64)>) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     while events.try_recv().is_ok() {}
     let (mut all, mut first, mut built) = (Vec::new(), Vec::new(), Vec::new());
@@ -1035,13 +1072,23 @@ pub mod labels {
     }
     pub const CHANGES: &str = "changes measured (per client count)";
     pub const CHANGE_BUILT: &str = "server: change → new snapshot published p50 (ms)";
+    pub const CHANGE_CLONE: &str = "server: of which the source's new model snapshot p50 (ms)";
+    /// Change latency over the transport floor's full push to as many clients (SotW sends the
+    /// whole state on every change, so that push is its lower bound).
+    pub fn change_vs_floor(n: usize) -> String {
+        format!("change→receipt at {} p50 ÷ floor {n}-client full push", if n == 1 { "1 client".to_string() } else { format!("all {n} clients") })
+    }
     pub fn change_one(p: &str) -> String {
         format!("change→receipt, 1 client {p} (ms)")
     }
     pub const RSS_OURS: &str = "server peak RSS, ours (MB)";
     pub const RSS_OURS_START: &str = "server RSS before any client, ours (MB)";
-    pub const RSS_FLOOR: &str = "server peak RSS, floor (MB)";
-    pub const RSS_NAIVE: &str = "server peak RSS, naive (MB)";
+    pub fn push_rss(n: usize, what: &str) -> String {
+        format!("server RSS added by the {n}-client full push, {what} (MB)")
+    }
+    pub const PUSH_RSS_OURS: &str = "ours";
+    pub const PUSH_RSS_FLOOR: &str = "floor";
+    pub const PUSH_RSS_NAIVE: &str = "naive";
     pub fn idle_cpu(n: usize) -> String {
         format!("idle CPU with {n} clients, ours (% of a core)")
     }
@@ -1123,7 +1170,7 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
         // In-process: heap held by each stage (when the executable counts allocations).
         if let Some(live) = cfg.live_heap {
             let base = live();
-            let model = synthetic_model(size);
+            let model = Arc::new(synthetic_model(size));
             let m = live().wrapping_sub(base);
             let tr = translate::translate(&model, &translate::Options::default());
             let t = live().wrapping_sub(base).wrapping_sub(m);
@@ -1155,8 +1202,9 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
                 translate_ms.push(ms(t.elapsed()));
                 drop(tr);
                 let mut cache = ResourceCache::new(opts.clone());
+                let full = Arc::new(model.clone());
                 let t = Instant::now();
-                let (snap, encoded) = cache.build(&model);
+                let (snap, encoded) = cache.build(&full);
                 full_ms.push(ms(t.elapsed()));
                 assert_eq!(encoded, size.services);
                 if rep == 0 {
@@ -1164,8 +1212,9 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
                 }
                 drop(snap);
                 change_one_service(&mut model, 1_000_000 + rep);
+                let changed = Arc::new(model.clone());
                 let t = Instant::now();
-                let (snap, encoded) = cache.build(&model);
+                let (snap, encoded) = cache.build(&changed);
                 one_ms.push(ms(t.elapsed()));
                 assert_eq!(encoded, 1, "one changed service re-encodes one entry");
                 drop(snap);
@@ -1193,10 +1242,16 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
 
         // Full pushes, interleaved.
         let mut times: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+        let top = cfg.clients.iter().copied().max().unwrap_or(1);
+        let mut push_rss = [0u64; 3];
         for rep in 0..cfg.reps {
             for &n in &cfg.clients {
                 for (k, kind) in Kind::ALL.iter().enumerate() {
+                    let sampler = (n == top).then(|| RssSampler::start(servers[k].pid()));
                     let (d, bytes, resources) = rt.block_on(full_push(&chans[k][..n]));
+                    if let Some(s) = sampler {
+                        push_rss[k] = push_rss[k].max(s.finish());
+                    }
                     assert_eq!(resources, size.services, "{kind:?}: every ServiceEntry in the push");
                     if *kind != Kind::Naive {
                         assert_eq!(bytes, bytes_expected, "{kind:?} sends the response `ours` encodes");
@@ -1208,6 +1263,9 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
         }
         let hwm = |s: &ServerChild| mb(memory_of(s.pid()).0);
         progress(&format!("  peak RSS after full pushes: ours {:.1} MB, floor {:.1} MB, naive {:.1} MB", hwm(&servers[2]), hwm(&servers[0]), hwm(&servers[1])));
+        for (k, label) in [(2, labels::PUSH_RSS_OURS), (0, labels::PUSH_RSS_FLOOR), (1, labels::PUSH_RSS_NAIVE)] {
+            set(labels::push_rss(top, label), Unit::Mb, col, mb(push_rss[k]));
+        }
         for &n in &cfg.clients {
             let get = |k: usize, times: &mut BTreeMap<(usize, usize), Vec<f64>>| median(times.get_mut(&(n, k)).unwrap());
             let (floor, naive, ours) = (get(0, &mut times), get(1, &mut times), get(2, &mut times));
@@ -1250,20 +1308,25 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
             (all, first, built, pushes, c1 - c0)
         });
         built.append(&mut built_n);
+        let (mut built, mut cloned): (Vec<f64>, Vec<f64>) = built.into_iter().unzip();
         progress(&format!("  peak RSS after changes: ours {:.1} MB", mb(memory_of(servers[2].pid()).0)));
         set(labels::CHANGE_BUILT.into(), Unit::Ms, col, percentile(&mut built, 50.0));
+        set(labels::CHANGE_CLONE.into(), Unit::Ms, col, percentile(&mut cloned, 50.0));
         set(labels::change_one("p50"), Unit::Ms, col, percentile(&mut one, 50.0));
         set(labels::change_one("p99"), Unit::Ms, col, percentile(&mut one, 99.0));
         let changes = all.len();
         set(labels::change_all(n, "p50"), Unit::Ms, col, percentile(&mut all, 50.0));
         set(labels::change_all(n, "p99"), Unit::Ms, col, percentile(&mut all, 99.0));
         set(labels::change_first(n), Unit::Ms, col, percentile(&mut first, 50.0));
+        for (clients, p50) in [(1, percentile(&mut one, 50.0)), (n, percentile(&mut all, 50.0))] {
+            if let Some(floor) = times.get_mut(&(clients, 0)).map(|t| median(t)) {
+                set(labels::change_vs_floor(clients), Unit::Ratio, col, p50 / floor);
+            }
+        }
         set(labels::CHANGES.into(), Unit::Count, col, changes as f64);
         set(labels::idle_cpu(n), Unit::Percent, col, idle_ticks as f64 / tck / cfg.idle.as_secs_f64() * 100.0);
         set(labels::IDLE_PUSHES.into(), Unit::Count, col, idle_pushes as f64);
         set(labels::RSS_OURS.into(), Unit::Mb, col, mb(memory_of(servers[2].pid()).0));
-        set(labels::RSS_FLOOR.into(), Unit::Mb, col, mb(memory_of(servers[0].pid()).0));
-        set(labels::RSS_NAIVE.into(), Unit::Mb, col, mb(memory_of(servers[1].pid()).0));
         drop(chans);
         drop(servers);
     }
@@ -1284,18 +1347,28 @@ pub fn expected_labels(cfg: &Config) -> Vec<String> {
         }
     }
     let n = cfg.change_clients;
+    let top = cfg.clients.iter().copied().max().unwrap_or(1);
     v.extend([
         labels::CHANGE_BUILT.into(),
+        labels::CHANGE_CLONE.into(),
         labels::change_one("p50"),
         labels::change_one("p99"),
         labels::change_all(n, "p50"),
         labels::change_all(n, "p99"),
         labels::change_first(n),
+    ]);
+    for clients in [1, n] {
+        if cfg.clients.contains(&clients) && !v.contains(&labels::change_vs_floor(clients)) {
+            v.push(labels::change_vs_floor(clients));
+        }
+    }
+    v.extend([
         labels::CHANGES.into(),
         labels::RSS_OURS_START.into(),
+        labels::push_rss(top, labels::PUSH_RSS_OURS),
+        labels::push_rss(top, labels::PUSH_RSS_FLOOR),
+        labels::push_rss(top, labels::PUSH_RSS_NAIVE),
         labels::RSS_OURS.into(),
-        labels::RSS_FLOOR.into(),
-        labels::RSS_NAIVE.into(),
         labels::idle_cpu(n),
         labels::IDLE_PUSHES.into(),
     ]);

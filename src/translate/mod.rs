@@ -262,43 +262,103 @@ pub fn translate(snapshot: &model::Snapshot, opts: &Options) -> Translation {
     let mut candidates = Vec::new();
     for ns in &snapshot.namespaces {
         for svc in &ns.services {
-            let source = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
-            match translate_service(ns, svc, opts, &source, &mut out.notes) {
+            let (result, mut notes) = translate_service(ns, svc, opts);
+            out.notes.append(&mut notes);
+            match result {
                 Ok(se) => candidates.push(se),
-                Err(reason) => out.rejected.push(Rejection { source, reason }),
+                Err(reason) => out.rejected.push(Rejection { source: source_of(ns, svc), reason }),
             }
         }
     }
-    // Two services may map to the same host (names differing only in case, or a template that drops
-    // the namespace). Keep the oldest, as istiod would, and say why the others are missing.
-    candidates.sort_by(|a: &ServiceEntry, b| {
-        a.name.cmp(&b.name).then(a.create_time.cmp(&b.create_time)).then_with(|| a.source.cmp(&b.source))
-    });
-    let mut by_host: HashMap<String, ServiceRef> = HashMap::new();
-    for se in candidates {
-        if let Some(winner) = by_host.get(&se.spec.hosts[0]) {
-            out.rejected.push(Rejection {
-                reason: format!("host {:?} is already served for the older service {winner}", se.spec.hosts[0]),
-                source: se.source,
-            });
-            continue;
-        }
-        if out.entries.last().is_some_and(|last: &ServiceEntry| last.name == se.name) {
-            out.rejected.push(Rejection {
-                reason: format!("resource name {:?} is already used by {}", se.name, out.entries.last().unwrap().source),
-                source: se.source,
-            });
-            continue;
-        }
-        by_host.insert(se.spec.hosts[0].clone(), se.source.clone());
-        out.entries.push(se);
-    }
+    out.entries = resolve_collisions(candidates, &mut out.rejected);
     out.rejected.sort();
     out.notes.sort();
     out
 }
 
-fn translate_service(
+/// The reference to a model service.
+pub fn source_of(ns: &model::Namespace, svc: &model::Service) -> ServiceRef {
+    ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() }
+}
+
+/// What the collision pass of [`resolve_collisions`] looks at in a candidate ServiceEntry (the
+/// typed one here, or a pre-encoded one in the resource cache).
+pub trait CollisionCandidate {
+    /// Kubernetes object name.
+    fn object_name(&self) -> &str;
+    fn create_time(&self) -> Timestamp;
+    fn source(&self) -> &ServiceRef;
+    fn host(&self) -> &str;
+}
+
+impl CollisionCandidate for ServiceEntry {
+    fn object_name(&self) -> &str {
+        &self.name
+    }
+    fn create_time(&self) -> Timestamp {
+        self.create_time
+    }
+    fn source(&self) -> &ServiceRef {
+        &self.source
+    }
+    fn host(&self) -> &str {
+        &self.spec.hosts[0]
+    }
+}
+
+/// Two services may map to the same host (names differing only in case, or a template that drops
+/// the namespace) or the same object name. Keeps the oldest, as istiod would, adds a rejection
+/// saying why for each other one, and returns the kept candidates sorted by object name.
+pub fn resolve_collisions<T: CollisionCandidate>(mut candidates: Vec<T>, rejected: &mut Vec<Rejection>) -> Vec<T> {
+    candidates.sort_by(|a, b| {
+        a.object_name()
+            .cmp(b.object_name())
+            .then(a.create_time().cmp(&b.create_time()))
+            .then_with(|| a.source().cmp(b.source()))
+    });
+    // Decided on borrowed names first (no copies: this runs over every service on every build).
+    let mut keep = vec![false; candidates.len()];
+    {
+        let mut by_host: HashMap<&str, &ServiceRef> = HashMap::with_capacity(candidates.len());
+        let mut last_kept: Option<&T> = None;
+        for (i, c) in candidates.iter().enumerate() {
+            if let Some(winner) = by_host.get(c.host()) {
+                rejected.push(Rejection {
+                    reason: format!("host {:?} is already served for the older service {winner}", c.host()),
+                    source: c.source().clone(),
+                });
+                continue;
+            }
+            if let Some(last) = last_kept.filter(|last| last.object_name() == c.object_name()) {
+                rejected.push(Rejection {
+                    reason: format!("resource name {:?} is already used by {}", c.object_name(), last.source()),
+                    source: c.source().clone(),
+                });
+                continue;
+            }
+            by_host.insert(c.host(), c.source());
+            last_kept = Some(c);
+            keep[i] = true;
+        }
+    }
+    candidates.into_iter().zip(keep).filter_map(|(c, k)| k.then_some(c)).collect()
+}
+
+/// Translates one service: its ServiceEntry or the reason it has none, and notes on what was left
+/// out of it. Depends only on the namespace, the service and the options (not on other services:
+/// collisions between services are [`resolve_collisions`]' job).
+pub fn translate_service(
+    ns: &model::Namespace,
+    svc: &model::Service,
+    opts: &Options,
+) -> (Result<ServiceEntry, String>, Vec<Note>) {
+    let source = source_of(ns, svc);
+    let mut notes = Vec::new();
+    let result = translate_one(ns, svc, opts, &source, &mut notes);
+    (result, notes)
+}
+
+fn translate_one(
     ns: &model::Namespace,
     svc: &model::Service,
     opts: &Options,

@@ -86,7 +86,7 @@ fn output_is_deterministic_whatever_the_input_order() {
     for ns in &mut b.namespaces {
         ns.services.reverse();
         for s in &mut ns.services {
-            s.instances.reverse();
+            std::sync::Arc::make_mut(s).instances.reverse();
         }
     }
     let ta = translate(&a, &Options::default());
@@ -141,7 +141,7 @@ fn health_filters() {
             arn: None,
             kind: NamespaceType::Http,
             http_name: "ns".into(),
-            services: vec![Service {
+            services: vec![std::sync::Arc::new(Service {
                 name: "s".into(),
                 id: None,
                 arn: None,
@@ -151,7 +151,7 @@ fn health_filters() {
                     inst("b", "10.0.0.2", HealthStatus::Unhealthy),
                     inst("c", "10.0.0.3", HealthStatus::Unknown),
                 ],
-            }],
+            })],
         }],
     };
     let addrs = |f| {
@@ -249,13 +249,13 @@ fn instances_at_the_same_address_and_port_become_one_endpoint() {
             arn: None,
             kind: NamespaceType::Http,
             http_name: "ns".into(),
-            services: vec![Service {
+            services: vec![std::sync::Arc::new(Service {
                 name: "api".into(),
                 id: None,
                 arn: None,
                 create_date: None,
                 instances: vec![inst("a", "10.0.0.1", "blue"), inst("b", "10.0.0.1", "green"), inst("c", "10.0.0.1", "blue"), inst("d", "10.0.0.2", "blue")],
-            }],
+            })],
         }],
     };
     let t = translate(&snap, &Options::default());

@@ -57,6 +57,17 @@ impl Seed {
         out.service().and_then(|s| s.id()).expect("service id").to_string()
     }
 
+    /// `n` services `s0`, `s1`, ... in `namespace_id`, each with one instance `i` at `ip`. Returns their ids.
+    pub async fn services_with_one_instance(&self, namespace_id: &str, n: usize, ip: &str) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = self.service(namespace_id, &format!("s{i}")).await;
+            self.register(&id, "i", &[("AWS_INSTANCE_IPV4", ip)]).await;
+            ids.push(id);
+        }
+        ids
+    }
+
     pub async fn register(&self, service_id: &str, instance_id: &str, attributes: &[(&str, &str)]) {
         let mut req = self.client.register_instance().service_id(service_id).instance_id(instance_id);
         for (k, v) in attributes {

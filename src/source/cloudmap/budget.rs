@@ -83,9 +83,14 @@ impl Budget {
 /// Exponential backoff with "equal jitter": attempt `n` (0-based) waits between half and all of
 /// `min(cap, base × 2^n)`, so waits grow even with the randomness.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let full = base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(cap);
+    let full = doubled(base, attempt, cap);
     let half = full / 2;
     half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+/// `min(cap, base × 2^n)`.
+pub fn doubled(base: Duration, n: u32, cap: Duration) -> Duration {
+    base.saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX)).min(cap)
 }
 
 /// Multiplies `d` by a random factor in `[1 - spread, 1 + spread]`.

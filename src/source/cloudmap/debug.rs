@@ -42,6 +42,8 @@ pub struct GuardView {
 pub struct SettingsView {
     pub resync_interval_ms: u64,
     pub revision_poll_interval_ms: u64,
+    pub revision_poll_max_interval_ms: u64,
+    pub instances_refresh_interval_ms: u64,
     pub health_refresh_interval_ms: u64,
     pub health_filter: &'static str,
     pub budget: BudgetConfig,
@@ -79,6 +81,10 @@ pub struct ServiceView {
     pub arn: Option<String>,
     /// Last DiscoverInstancesRevision seen.
     pub revision: Option<i64>,
+    /// Current revision poll interval (doubles with each poll that saw no change, up to the max).
+    pub poll_interval_ms: u64,
+    /// Consecutive polls that saw no change.
+    pub unchanged_polls: u32,
     pub health_checked: bool,
     /// False until a DiscoverInstances call succeeded.
     pub served: bool,
@@ -134,6 +140,8 @@ pub(super) fn view(p: &Poller) -> DebugView {
             id: e.id.clone(),
             arn: e.arn.clone(),
             revision: e.revision_seen,
+            poll_interval_ms: e.poll_interval(s).as_millis() as u64,
+            unchanged_polls: e.unchanged_polls,
             health_checked: e.health_checked,
             served: e.data.is_some(),
             last_refresh: e.refreshed_at.map(rfc3339),
@@ -160,6 +168,8 @@ pub(super) fn view(p: &Poller) -> DebugView {
         settings: SettingsView {
             resync_interval_ms: s.resync_interval.as_millis() as u64,
             revision_poll_interval_ms: s.revision_poll_interval.as_millis() as u64,
+            revision_poll_max_interval_ms: s.revision_poll_max_interval.as_millis() as u64,
+            instances_refresh_interval_ms: s.instances_refresh_interval.as_millis() as u64,
             health_refresh_interval_ms: s.health_refresh_interval.as_millis() as u64,
             health_filter: s.health.as_str(),
             budget: s.budget,
@@ -190,7 +200,7 @@ async fn handler(State(s): State<DebugState>) -> Response {
     let mut view = s.poller.debug_view();
     if let Some(snap) = s.snapshots.borrow().clone() {
         let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
-        for n in &snap.translation.notes {
+        for n in snap.notes.iter() {
             if let Some(id) = &n.instance {
                 by_service
                     .entry(n.source.clone())

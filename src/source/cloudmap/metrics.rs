@@ -23,6 +23,7 @@ pub struct CloudMapMetrics {
     pub budget_waits: Counter,
     pub budget_wait_seconds: Counter<f64, AtomicU64>,
     pub resyncs: Family<Labels, Counter>,
+    pub instance_reads: Family<Labels, Counter>,
     pub namespaces: Gauge,
     pub services: Gauge,
     pub instances: Gauge,
@@ -68,6 +69,7 @@ impl CloudMapMetrics {
             budget_waits: Counter::default(),
             budget_wait_seconds: Counter::default(),
             resyncs: Family::default(),
+            instance_reads: Family::default(),
             namespaces: Gauge::default(),
             services: Gauge::default(),
             instances: Gauge::default(),
@@ -101,6 +103,11 @@ impl CloudMapMetrics {
             "cloudmap_mcp_cloudmap_resyncs",
             "Cloud Map resyncs, by result (complete, incomplete)",
             m.resyncs.clone(),
+        );
+        r.register(
+            "cloudmap_mcp_cloudmap_instance_reads",
+            "DiscoverInstances reads of one service, by reason: new (never read, re-created, or failed before; by a resync), revision (the revision moved), refresh (the periodic safety net), health (health-checked services)",
+            m.instance_reads.clone(),
         );
         r.register("cloudmap_mcp_cloudmap_namespaces", "Cloud Map namespaces selected", m.namespaces.clone());
         r.register("cloudmap_mcp_cloudmap_services", "Cloud Map services known with instance data", m.services.clone());
@@ -136,6 +143,10 @@ impl CloudMapMetrics {
     pub fn resync(&self, complete: bool) {
         let result = if complete { "complete" } else { "incomplete" };
         self.resyncs.get_or_create(&vec![("result", result.to_string())]).inc();
+    }
+
+    pub fn instance_read(&self, reason: &'static str) {
+        self.instance_reads.get_or_create(&vec![("reason", reason.to_string())]).inc();
     }
 
     pub fn set_held_back(&self, reason: &'static str, n: usize) {

@@ -52,7 +52,12 @@ pub struct Settings {
     /// DiscoverInstances' HealthStatus filter (the translation's health filter).
     pub health: HealthFilter,
     pub resync_interval: Duration,
+    /// Revision poll interval of a service that just changed.
     pub revision_poll_interval: Duration,
+    /// Longest revision poll interval of a quiet service (the interval doubles up to it).
+    pub revision_poll_max_interval: Duration,
+    /// Longest time a service's instances go without a read (safety net under the revision).
+    pub instances_refresh_interval: Duration,
     pub health_refresh_interval: Duration,
     pub budget: BudgetConfig,
     pub max_attempts: u32,
@@ -65,12 +70,21 @@ impl Settings {
         for (flag, d) in [
             ("--resync-interval", a.resync_interval),
             ("--revision-poll-interval", a.revision_poll_interval),
+            ("--revision-poll-max-interval", a.revision_poll_max_interval),
+            ("--instances-refresh-interval", a.instances_refresh_interval),
             ("--health-refresh-interval", a.health_refresh_interval),
             ("--aws-call-timeout", a.aws_call_timeout),
         ] {
             if d < Duration::from_millis(10) {
                 return Err(CloudMapError::Config(format!("{flag} must be at least 10ms")));
             }
+        }
+        if a.revision_poll_max_interval < a.revision_poll_interval {
+            return Err(CloudMapError::Config(format!(
+                "--revision-poll-max-interval ({}) must be at least --revision-poll-interval ({})",
+                humantime::format_duration(a.revision_poll_max_interval),
+                humantime::format_duration(a.revision_poll_interval)
+            )));
         }
         if let Some(url) = &a.aws_endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -95,6 +109,8 @@ impl Settings {
             health,
             resync_interval: a.resync_interval,
             revision_poll_interval: a.revision_poll_interval,
+            revision_poll_max_interval: a.revision_poll_max_interval,
+            instances_refresh_interval: a.instances_refresh_interval,
             health_refresh_interval: a.health_refresh_interval,
             budget: BudgetConfig { rate: a.aws_api_rate, burst: a.aws_api_burst, concurrency: a.aws_api_concurrency },
             max_attempts: a.aws_max_attempts,
@@ -135,6 +151,9 @@ pub async fn start(
         endpoint = settings.client.endpoint_url.as_deref().unwrap_or("(default)"),
         resync_interval = ?settings.resync_interval,
         revision_poll_interval = ?settings.revision_poll_interval,
+        revision_poll_max_interval = ?settings.revision_poll_max_interval,
+        instances_refresh_interval = ?settings.instances_refresh_interval,
+        health_refresh_interval = ?settings.health_refresh_interval,
         api_rate = settings.budget.rate,
         "starting the Cloud Map source; nothing is served until the first complete sync"
     );
@@ -158,4 +177,38 @@ pub async fn sync_once(settings: Settings, attempts: u32) -> Result<Snapshot, Cl
     }
     let errors = poller.lock().last_resync.as_ref().map(|r| r.errors.join("; ")).unwrap_or_default();
     Err(CloudMapError::SyncFailed { attempts, errors })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn settings(flags: &[&str]) -> Result<Settings, CloudMapError> {
+        let argv = [&["cloudmap-mcp", "serve", "--cloudmap"], flags].concat();
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+        Settings::from_args(&args.source.cloudmap, HealthFilter::HealthyOrElseAll)
+    }
+
+    #[test]
+    fn poll_intervals_default_adaptive_and_are_validated() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.revision_poll_interval, Duration::from_secs(5));
+        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(60));
+        assert_eq!(s.instances_refresh_interval, Duration::from_secs(300));
+        // max = base: constant polling.
+        let s = settings(&["--revision-poll-max-interval", "5s"]).unwrap();
+        assert_eq!(s.revision_poll_max_interval, s.revision_poll_interval);
+
+        let e = settings(&["--revision-poll-interval", "10s", "--revision-poll-max-interval", "5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--revision-poll-max-interval (5s)") && e.contains("--revision-poll-interval (10s)"), "{e}");
+        for flag in ["--revision-poll-max-interval", "--instances-refresh-interval"] {
+            let e = settings(&["--revision-poll-interval", "10ms", flag, "5ms"]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{flag} must be at least 10ms")), "{e}");
+        }
+    }
 }

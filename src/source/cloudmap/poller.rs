@@ -3,10 +3,19 @@
 //!
 //! - **Resync** (every `resync_interval`): ListNamespaces, ListServices per namespace (every page),
 //!   GetService once per new service id (its namespace is learned from there, never from the
-//!   ListServices filter, which an emulator ignores), then DiscoverInstances for every service.
-//! - **Revision poll** (every `revision_poll_interval` per service, spread with jitter):
-//!   DiscoverInstancesRevision, and DiscoverInstances when the number moved. Services with health
-//!   checks are re-read every `health_refresh_interval` (health changes do not move the revision).
+//!   ListServices filter, which an emulator ignores), then DiscoverInstances only for services with
+//!   no data yet, re-created under a new id, or whose last call failed. Known services are kept
+//!   fresh by the poll loop, not re-read at every resync.
+//! - **Revision poll** (per service, spread with jitter): DiscoverInstancesRevision, and
+//!   DiscoverInstances when the number moved. The interval adapts: `revision_poll_interval` after a
+//!   change, doubled after each poll that saw none, up to `revision_poll_max_interval`; any change
+//!   (revision moved, or instances read that differ) brings it back to the base at once. Errors
+//!   leave it as it is. Max = base gives constant polling.
+//! - **Refresh** (from the poll schedule): a poll whose service's instances are older than
+//!   `instances_refresh_interval` reads them instead (DiscoverInstances): the revision is a hint,
+//!   not proof that nothing changed. Spread like the polls, never a burst at resync time. Services
+//!   with health checks are re-read every `health_refresh_interval` (health changes do not move the
+//!   revision).
 //!
 //! Safety rules: nothing is published before the first complete sync; a failed call keeps the last
 //! good data; a service is removed only when a complete listing of its namespace (or a complete
@@ -22,7 +31,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::budget::{backoff, jittered};
+use super::budget::{backoff, doubled, jittered};
 use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary};
 use super::debug::{self, DebugView};
 use super::metrics::CloudMapMetrics;
@@ -84,15 +93,83 @@ pub(super) struct SvcEntry {
     pub last_error: Option<ErrorRecord>,
     /// Last DiscoverInstancesRevision seen (compared with the next poll).
     pub revision_seen: Option<i64>,
+    /// Consecutive polls that saw no change (the poll interval doubles with each, up to the max).
+    pub unchanged_polls: u32,
     /// Not listed any more, kept because the mass-removal guard holds the removal.
     pub removal_held: bool,
     pub next_poll: Instant,
     pub next_health: Instant,
+    /// The model form of this service in the last published snapshot, reused by the next one
+    /// while nothing in it changed (snapshots then share it, and the resource cache skips it).
+    pub published: Option<Arc<model::Service>>,
 }
 
 impl SvcEntry {
     fn served(&self) -> bool {
         self.data.is_some()
+    }
+
+    /// The current revision poll interval: `base × 2^unchanged_polls`, at most the max.
+    pub(super) fn poll_interval(&self, s: &Settings) -> Duration {
+        doubled(s.revision_poll_interval, self.unchanged_polls, s.revision_poll_max_interval)
+    }
+
+    /// A poll saw no change: the next one comes later.
+    fn note_quiet(&mut self, s: &Settings, now: Instant) {
+        self.unchanged_polls = self.unchanged_polls.saturating_add(1);
+        self.next_poll = now + jittered(self.poll_interval(s), 0.1);
+    }
+
+    /// A change: back to the base interval, starting now (a later scheduled poll is pulled in).
+    fn note_change(&mut self, s: &Settings, now: Instant) {
+        self.unchanged_polls = 0;
+        self.next_poll = self.next_poll.min(now + jittered(s.revision_poll_interval, 0.1));
+    }
+
+    /// A call about this service succeeded: a previous error is over.
+    fn clear_error(&mut self, key: &SvcKey) {
+        if let Some(err) = self.last_error.take() {
+            tracing::info!(namespace = %key.0, service = %key.1, previous_error = %err.error, "Cloud Map service readable again");
+        }
+    }
+
+    /// A call about this service failed: the last good data is kept.
+    fn record_error(&mut self, key: &SvcKey, err: ApiError) {
+        let first = self.last_error.as_ref().is_none_or(|p| p.error.kind != err.kind);
+        if first {
+            if self.data.is_some() {
+                tracing::warn!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service; keeping its last good instances");
+            } else {
+                tracing::warn!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service; not served until it can be read");
+            }
+        } else {
+            tracing::debug!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service");
+        }
+        self.last_error = Some(ErrorRecord::new(err));
+    }
+}
+
+/// Why a service's instances are read (DiscoverInstances).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// Never read, re-created, or the last call failed (by a resync, or a poll of a never-read service).
+    New,
+    /// The polled revision moved to this.
+    Revision(i64),
+    /// Not read for `instances_refresh_interval`: the safety net under the revision.
+    Refresh,
+    /// A health-checked service's `health_refresh_interval` is up.
+    Health,
+}
+
+impl Read {
+    fn label(self) -> &'static str {
+        match self {
+            Read::New => "new",
+            Read::Revision(_) => "revision",
+            Read::Refresh => "refresh",
+            Read::Health => "health",
+        }
     }
 }
 
@@ -138,23 +215,40 @@ impl State {
         self.seq
     }
 
-    /// The served view, in canonical order.
-    pub fn snapshot(&self) -> model::Snapshot {
+    /// The served view, in canonical order. Services that did not change since the previous call
+    /// are the same `Arc`s as in the snapshot it returned.
+    pub fn snapshot(&mut self) -> model::Snapshot {
         let mut namespaces = Vec::with_capacity(self.namespaces.len());
         for (name, ns) in &self.namespaces {
             let services = self
                 .services
-                .range((name.clone(), String::new())..)
+                .range_mut((name.clone(), String::new())..)
                 .take_while(|((n, _), _)| n == name)
                 .filter_map(|((_, svc), e)| {
                     let d = e.data.as_ref()?;
-                    Some(model::Service {
-                        name: svc.clone(),
-                        id: Some(e.id.clone()),
-                        arn: e.arn.clone(),
-                        create_date: e.create_date,
-                        instances: d.instances.clone(),
-                    })
+                    let current = e.published.as_ref().filter(|p| {
+                        p.name == *svc
+                            && p.id.as_deref() == Some(e.id.as_str())
+                            && p.arn == e.arn
+                            && p.create_date == e.create_date
+                            && p.instances == d.instances
+                    });
+                    let service = match current {
+                        Some(p) => p.clone(),
+                        None => {
+                            let mut instances = d.instances.clone();
+                            instances.sort_by(|a, b| a.id.cmp(&b.id));
+                            Arc::new(model::Service {
+                                name: svc.clone(),
+                                id: Some(e.id.clone()),
+                                arn: e.arn.clone(),
+                                create_date: e.create_date,
+                                instances,
+                            })
+                        }
+                    };
+                    e.published = Some(service.clone());
+                    Some(service)
                 })
                 .collect();
             namespaces.push(model::Namespace {
@@ -189,8 +283,8 @@ struct Job {
     key: SvcKey,
     http_name: String,
     owner: Option<String>,
-    /// Read instances directly (health refresh due, or no data yet); else poll the revision first.
-    discover: bool,
+    /// Read instances directly (no data yet, refresh or health refresh due); else poll the revision first.
+    read: Option<Read>,
     revision_seen: Option<i64>,
 }
 
@@ -458,7 +552,6 @@ impl Poller {
                     }
                 }
             }
-            let synced = st.synced;
             let now = Instant::now();
             let mut jobs = Vec::new();
             for (key, l) in &listed {
@@ -476,10 +569,12 @@ impl Poller {
                         loaded_at: None,
                         last_error: None,
                         revision_seen: None,
+                        unchanged_polls: 0,
                         removal_held: false,
                         // A random place in the interval, so the polls of many services spread out.
                         next_poll: now + self.settings.revision_poll_interval.mul_f64(rand::random::<f64>()),
                         next_health: now,
+                        published: None,
                     }
                 });
                 let id_changed = entry.id != l.id;
@@ -487,6 +582,7 @@ impl Poller {
                     tracing::info!(namespace = %key.0, service = %key.1, old_id = %entry.id, new_id = %l.id, "Cloud Map service re-created");
                     entry.id = l.id.clone();
                     entry.revision_seen = None;
+                    entry.note_change(&self.settings, now);
                 }
                 entry.arn = l.arn.clone();
                 entry.create_date = l.create_date;
@@ -495,8 +591,9 @@ impl Poller {
                     tracing::info!(namespace = %key.0, service = %key.1, "service listed again: its held removal is cancelled");
                     entry.removal_held = false;
                 }
-                // Before the first complete sync, a retry only reads what it is still missing.
-                if synced || entry.data.is_none() || id_changed {
+                // Only what is missing, re-created, or failed last time (so that completeness below
+                // reflects fresh answers); the poll loop keeps the others fresh.
+                if entry.data.is_none() || id_changed || entry.last_error.is_some() {
                     jobs.push((key.clone(), ns.http_name.clone(), ns.owner.clone()));
                 }
             }
@@ -508,11 +605,11 @@ impl Poller {
                 .collect()
         };
 
-        // 6. Instances of every listed service. One bad service never blocks the others.
+        // 6. Instances of those services. One bad service never blocks the others.
         stream::iter(to_discover)
             .map(|(key, http_name, owner, seq)| async move {
                 let r = self.api.discover_instances(&http_name, &key.1, owner.as_deref()).await;
-                self.apply_discovered(&key, seq, r, None);
+                self.apply_discovered(&key, seq, r, Read::New);
             })
             .buffer_unordered(self.concurrency())
             .for_each(|()| async {})
@@ -650,45 +747,39 @@ impl Poller {
     }
 
     /// Applies a DiscoverInstances answer (or failure). Returns whether the served data changed.
-    fn apply_discovered(
-        &self,
-        key: &SvcKey,
-        seq: u64,
-        r: Result<Discovered, ApiError>,
-        polled_revision: Option<i64>,
-    ) -> bool {
+    fn apply_discovered(&self, key: &SvcKey, seq: u64, r: Result<Discovered, ApiError>, read: Read) -> bool {
+        self.metrics.instance_read(read.label());
         let mut st = self.lock();
-        let health_interval = self.settings.health_refresh_interval;
+        let now = Instant::now();
         let Some(e) = st.services.get_mut(key) else { return false };
+        let polled_revision = match read {
+            Read::Revision(r) => Some(r),
+            _ => None,
+        };
+        if polled_revision.is_some() {
+            // A moved revision is a change, whether or not this read succeeds.
+            e.note_change(&self.settings, now);
+        }
         let changed = match r {
             Ok(d) => {
                 if seq < e.loaded_seq {
                     return false;
                 }
-                if let Some(err) = e.last_error.take() {
-                    tracing::info!(namespace = %key.0, service = %key.1, previous_error = %err.error, "Cloud Map service readable again");
-                }
+                e.clear_error(key);
                 e.revision_seen = polled_revision.or(e.revision_seen).or(d.revision);
                 e.loaded_seq = seq;
                 e.refreshed_at = Some(SystemTime::now());
-                e.loaded_at = Some(Instant::now());
-                e.next_health = Instant::now() + jittered(health_interval, 0.1);
-                let changed = log_instance_changes(key, e.data.as_ref(), &d);
+                e.loaded_at = Some(now);
+                e.next_health = now + jittered(self.settings.health_refresh_interval, 0.1);
+                let changed = log_instance_changes(key, e.data.as_ref(), &d, read);
+                if changed {
+                    e.note_change(&self.settings, now);
+                }
                 e.data = Some(d);
                 changed
             }
             Err(err) => {
-                let first = e.last_error.as_ref().is_none_or(|p| p.error.kind != err.kind);
-                if first {
-                    if e.data.is_some() {
-                        tracing::warn!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service; keeping its last good instances");
-                    } else {
-                        tracing::warn!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service; not served until it can be read");
-                    }
-                } else {
-                    tracing::debug!(namespace = %key.0, service = %key.1, error = %err, "cannot read Cloud Map service");
-                }
-                e.last_error = Some(ErrorRecord::new(err));
+                e.record_error(key, err);
                 false
             }
         };
@@ -696,6 +787,21 @@ impl Poller {
             st.dirty = true;
         }
         changed
+    }
+
+    /// Applies a DiscoverInstancesRevision answer that needs no read: the revision seen before (a
+    /// quiet poll: the next one comes later, and a previous error is over), or a failure (kept; the
+    /// poll interval stays as it is).
+    fn apply_revision(&self, key: &SvcKey, r: Result<(), ApiError>) {
+        let mut st = self.lock();
+        let Some(e) = st.services.get_mut(key) else { return };
+        match r {
+            Ok(()) => {
+                e.clear_error(key);
+                e.note_quiet(&self.settings, Instant::now());
+            }
+            Err(err) => e.record_error(key, err),
+        }
     }
 
     /// Polls revisions of the services that are due, in batches, forever.
@@ -741,31 +847,40 @@ impl Poller {
     fn due_jobs(&self) -> Vec<Job> {
         let mut st = self.lock();
         let now = Instant::now();
-        let interval = self.settings.revision_poll_interval;
+        let settings = &self.settings;
         let mut jobs = Vec::new();
         let State { services, namespaces, .. } = &mut *st;
         for (key, e) in services.iter_mut() {
-            if e.next_poll > now {
+            let health_due = e.health_checked && e.next_health <= now;
+            if e.next_poll > now && !health_due {
                 continue;
             }
-            // Instances read less than an interval ago (by a resync) are as fresh as a poll.
-            if let Some(t) = e.loaded_at.filter(|t| now.duration_since(*t) < interval.mul_f64(0.8)) {
+            let interval = e.poll_interval(settings);
+            // Instances read less than an interval ago (by a resync or a refresh) are as fresh as a poll.
+            if let Some(t) = e.loaded_at.filter(|t| !health_due && now.duration_since(*t) < interval.mul_f64(0.8)) {
                 e.next_poll = t + jittered(interval, 0.1);
                 continue;
             }
+            // Also when this poll is retried if it fails.
             e.next_poll = now + jittered(interval, 0.1);
+            if health_due {
+                e.next_health = now + jittered(settings.health_refresh_interval, 0.1);
+            }
             let Some(ns) = namespaces.get(&key.0) else { continue };
-            let discover = match (&e.data, &e.last_error) {
+            let stale = e.loaded_at.is_none_or(|t| now.duration_since(t) >= settings.instances_refresh_interval);
+            let read = match (&e.data, &e.last_error) {
                 // Never read: retry transient failures; permanent ones wait for the next resync.
                 (None, Some(err)) if !err.error.kind.is_transient() => continue,
-                (None, _) => true,
-                (Some(_), _) => e.health_checked && e.next_health <= now,
+                (None, _) => Some(Read::New),
+                (Some(_), _) if health_due => Some(Read::Health),
+                (Some(_), _) if stale => Some(Read::Refresh),
+                (Some(_), _) => None,
             };
             jobs.push(Job {
                 key: key.clone(),
                 http_name: ns.info.http_name.clone(),
                 owner: ns.info.owner.clone(),
-                discover,
+                read,
                 revision_seen: e.revision_seen,
             });
         }
@@ -773,22 +888,26 @@ impl Poller {
     }
 
     async fn run_job(&self, job: Job) -> bool {
-        let mut polled = None;
-        if !job.discover {
-            match self.api.discover_revision(&job.http_name, &job.key.1, job.owner.as_deref()).await {
-                Ok(r) if Some(r) == job.revision_seen => return false,
+        let read = match job.read {
+            Some(read) => read,
+            None => match self.api.discover_revision(&job.http_name, &job.key.1, job.owner.as_deref()).await {
+                Ok(r) if Some(r) == job.revision_seen => {
+                    self.apply_revision(&job.key, Ok(()));
+                    return false;
+                }
                 Ok(r) => {
                     tracing::debug!(namespace = %job.key.0, service = %job.key.1, old = ?job.revision_seen, new = r, "instances revision moved");
-                    polled = Some(r);
+                    Read::Revision(r)
                 }
                 Err(e) => {
-                    return self.apply_discovered(&job.key, 0, Err(e), None);
+                    self.apply_revision(&job.key, Err(e));
+                    return false;
                 }
-            }
-        }
+            },
+        };
         let seq = self.lock().next_seq();
         let r = self.api.discover_instances(&job.http_name, &job.key.1, job.owner.as_deref()).await;
-        self.apply_discovered(&job.key, seq, r, polled)
+        self.apply_discovered(&job.key, seq, r, read)
     }
 
     /// Publishes coalesced changes from the poll loop.
@@ -834,7 +953,7 @@ impl Poller {
 }
 
 /// Logs what changed in a service's instances; returns whether anything did.
-fn log_instance_changes(key: &SvcKey, old: Option<&Discovered>, new: &Discovered) -> bool {
+fn log_instance_changes(key: &SvcKey, old: Option<&Discovered>, new: &Discovered, read: Read) -> bool {
     let Some(old) = old else {
         tracing::info!(namespace = %key.0, service = %key.1, instances = new.instances.len(), "Cloud Map service added");
         return true;
@@ -867,6 +986,7 @@ fn log_instance_changes(key: &SvcKey, old: Option<&Discovered>, new: &Discovered
         removed,
         health_changed = health,
         attributes_changed = attributes,
+        read = read.label(),
         "Cloud Map instances changed"
     );
     true
@@ -883,18 +1003,29 @@ mod tests {
     use crate::translate::HealthFilter;
 
     fn poller(ratio: f64, confirmations: u32) -> Poller {
-        let settings = Settings {
+        poller_with(|s| {
+            s.max_removal_ratio = ratio;
+            s.removal_confirmations = confirmations;
+        })
+    }
+
+    /// The default settings, changed by `f`.
+    fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
+        let mut settings = Settings {
             client: ClientConfig::default(),
             selection: Selection::default(),
             health: HealthFilter::HealthyOrElseAll,
             resync_interval: Duration::from_secs(60),
             revision_poll_interval: Duration::from_secs(5),
+            revision_poll_max_interval: Duration::from_secs(60),
+            instances_refresh_interval: Duration::from_secs(300),
             health_refresh_interval: Duration::from_secs(15),
             budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
             max_attempts: 3,
-            max_removal_ratio: ratio,
-            removal_confirmations: confirmations,
+            max_removal_ratio: 0.5,
+            removal_confirmations: 3,
         };
+        f(&mut settings);
         // Never called: these tests drive the state directly.
         let conf = aws_sdk_servicediscovery::Config::builder()
             .behavior_version(aws_sdk_servicediscovery::config::BehaviorVersion::latest())
@@ -934,9 +1065,11 @@ mod tests {
             loaded_at: None,
             last_error: None,
             revision_seen: Some(1),
+            unchanged_polls: 0,
             removal_held: false,
             next_poll: now,
             next_health: now,
+            published: None,
         }
     }
 
@@ -1022,7 +1155,7 @@ mod tests {
             code: None,
             message: "down".into(),
         };
-        assert!(!p.apply_discovered(&key, 5, Err(err), None));
+        assert!(!p.apply_discovered(&key, 5, Err(err), Read::New));
         {
             let st = p.lock();
             let e = &st.services[&key];
@@ -1034,9 +1167,9 @@ mod tests {
             revision: Some(2),
             duplicates: vec![],
         };
-        assert!(p.apply_discovered(&key, 7, Ok(newer), Some(2)));
+        assert!(p.apply_discovered(&key, 7, Ok(newer), Read::Revision(2)));
         let older = Discovered { instances: vec![], revision: Some(0), duplicates: vec![] };
-        assert!(!p.apply_discovered(&key, 6, Ok(older), None), "an answer to an older request is dropped");
+        assert!(!p.apply_discovered(&key, 6, Ok(older), Read::New), "an answer to an older request is dropped");
         let st = p.lock();
         let e = &st.services[&key];
         assert_eq!(e.data.as_ref().unwrap().instances.len(), 2);
@@ -1058,5 +1191,161 @@ mod tests {
         assert_eq!(names, vec!["a-first", "s0"]);
         let ids: Vec<_> = snap.namespaces[0].services[0].instances.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, vec!["b", "z"]);
+    }
+
+    #[test]
+    fn snapshots_share_the_services_that_did_not_change() {
+        let mut st = state_with(3);
+        let a = st.snapshot();
+        let b = st.snapshot();
+        for (x, y) in a.namespaces[0].services.iter().zip(&b.namespaces[0].services) {
+            assert!(Arc::ptr_eq(x, y), "{} is shared", x.name);
+        }
+        st.services.get_mut(&keys(&[1])[0]).unwrap().data.as_mut().unwrap().instances[0]
+            .attributes
+            .insert(model::attr::IPV4.into(), "10.9.9.9".into());
+        let c = st.snapshot();
+        let shared: Vec<bool> = b.namespaces[0].services.iter().zip(&c.namespaces[0].services).map(|(x, y)| Arc::ptr_eq(x, y)).collect();
+        assert_eq!(shared, [true, false, true]);
+        assert_eq!(c.namespaces[0].services[1].instances[0].attributes[model::attr::IPV4], "10.9.9.9");
+    }
+
+    fn unavailable(op: Op) -> ApiError {
+        ApiError { operation: op, kind: ErrorKind::Unavailable, code: None, message: "down".into() }
+    }
+
+    /// Whether `t` is `d` from `from`, give or take the ±10 % jitter (and the test's own time).
+    fn about(t: Instant, from: Instant, d: Duration) -> bool {
+        t >= from + d.mul_f64(0.89) && t <= from + d.mul_f64(1.11) + Duration::from_millis(100)
+    }
+
+    #[test]
+    fn the_poll_interval_doubles_with_each_quiet_poll_up_to_the_max() {
+        let p = poller_with(|_| {});
+        let mut e = served("srv-1", vec![]);
+        let secs: Vec<u64> = (0..7)
+            .map(|n| {
+                e.unchanged_polls = n;
+                e.poll_interval(&p.settings).as_secs()
+            })
+            .collect();
+        assert_eq!(secs, vec![5, 10, 20, 40, 60, 60, 60]);
+        e.unchanged_polls = u32::MAX;
+        assert_eq!(e.poll_interval(&p.settings), Duration::from_secs(60), "no overflow");
+
+        // max = base: constant polling.
+        let p = poller_with(|s| s.revision_poll_max_interval = s.revision_poll_interval);
+        e.unchanged_polls = 3;
+        assert_eq!(e.poll_interval(&p.settings), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn quiet_polls_back_off_and_a_change_resets_at_once() {
+        let p = poller_with(|_| {});
+        let mut e = served("srv-1", vec![]);
+        let now = Instant::now();
+        e.note_quiet(&p.settings, now);
+        assert_eq!(e.unchanged_polls, 1);
+        assert!(about(e.next_poll, now, Duration::from_secs(10)));
+        for _ in 0..5 {
+            e.note_quiet(&p.settings, now);
+        }
+        assert_eq!(e.unchanged_polls, 6);
+        assert!(about(e.next_poll, now, Duration::from_secs(60)), "capped");
+
+        // A change pulls the next poll in to the base interval...
+        e.note_change(&p.settings, now);
+        assert_eq!(e.unchanged_polls, 0);
+        assert!(about(e.next_poll, now, Duration::from_secs(5)));
+        // ...and never pushes an earlier one back.
+        e.next_poll = now + Duration::from_secs(1);
+        e.note_change(&p.settings, now);
+        assert_eq!(e.next_poll, now + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn revision_answers_drive_the_backoff_and_clear_old_errors() {
+        let p = poller_with(|_| {});
+        *p.lock() = state_with(1);
+        let key = keys(&[0]).remove(0);
+        let level = |p: &Poller| p.lock().services[&key].unchanged_polls;
+
+        p.apply_revision(&key, Ok(()));
+        p.apply_revision(&key, Ok(()));
+        assert_eq!(level(&p), 2);
+        // An error is kept, and leaves the level as it is.
+        p.apply_revision(&key, Err(unavailable(Op::DiscoverInstancesRevision)));
+        assert_eq!(level(&p), 2);
+        assert!(p.lock().services[&key].last_error.is_some());
+        // The next good answer (same revision) clears it.
+        p.apply_revision(&key, Ok(()));
+        assert_eq!(level(&p), 3);
+        assert!(p.lock().services[&key].last_error.is_none(), "an OK revision answer clears the error");
+
+        // A read that finds the same instances changes nothing; one that finds others resets.
+        let same = Discovered { instances: vec![instance("a", "10.0.0.1")], revision: Some(1), duplicates: vec![] };
+        assert!(!p.apply_discovered(&key, 2, Ok(same), Read::Refresh));
+        assert_eq!(level(&p), 3);
+        let other = Discovered { instances: vec![instance("a", "10.0.0.9")], revision: Some(1), duplicates: vec![] };
+        assert!(p.apply_discovered(&key, 3, Ok(other), Read::Refresh));
+        assert_eq!(level(&p), 0);
+        let now = Instant::now();
+        assert!(p.lock().services[&key].next_poll <= now + Duration::from_secs(6));
+
+        // A moved revision resets, even when the read that follows fails.
+        p.apply_revision(&key, Ok(()));
+        p.lock().services.get_mut(&key).unwrap().next_poll = now + Duration::from_secs(3600);
+        assert!(!p.apply_discovered(&key, 4, Err(unavailable(Op::DiscoverInstances)), Read::Revision(2)));
+        let st = p.lock();
+        let e = &st.services[&key];
+        assert_eq!(e.unchanged_polls, 0);
+        assert!(e.next_poll <= Instant::now() + Duration::from_secs(6), "pulled in to the base interval");
+        assert_eq!(e.revision_seen, Some(1), "not read yet: the next poll sees the move again");
+    }
+
+    #[test]
+    fn due_polls_read_instances_when_the_refresh_or_health_interval_is_up() {
+        let p = poller_with(|s| {
+            s.revision_poll_interval = Duration::from_millis(200);
+            s.revision_poll_max_interval = Duration::from_millis(200);
+            s.instances_refresh_interval = Duration::from_secs(1);
+        });
+        let mut st = state_with(6);
+        let now = Instant::now();
+        let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms)).expect("a monotonic clock past 2 s");
+        for e in st.services.values_mut() {
+            e.next_poll = now;
+            e.next_health = now + Duration::from_secs(3600);
+        }
+        let mut set = |i: usize, f: &dyn Fn(&mut SvcEntry)| f(st.services.get_mut(&keys(&[i])[0]).unwrap());
+        set(0, &|e| e.loaded_at = Some(ago(1500))); // not read for longer than the refresh interval
+        set(1, &|e| e.data = None); // never read
+        set(2, &|e| {
+            // health-checked, due, and read recently
+            e.loaded_at = Some(now);
+            e.health_checked = true;
+            e.next_health = now;
+        });
+        set(3, &|e| e.loaded_at = Some(ago(500))); // read a while ago, within the refresh interval
+        set(4, &|e| e.loaded_at = Some(now)); // read just now: as fresh as a poll
+        set(5, &|e| e.next_poll = now + Duration::from_secs(3600)); // not due
+        *p.lock() = st;
+        let reads = |p: &Poller| p.due_jobs().into_iter().map(|j| (j.key.1, j.read)).collect::<Vec<_>>();
+        assert_eq!(
+            reads(&p),
+            vec![
+                ("s0".into(), Some(Read::Refresh)),
+                ("s1".into(), Some(Read::New)),
+                ("s2".into(), Some(Read::Health)),
+                ("s3".into(), None),
+            ]
+        );
+        assert!(reads(&p).is_empty(), "nothing due right after: every poll is scheduled");
+        let st = p.lock();
+        assert!(
+            about(st.services[&keys(&[4])[0]].next_poll, now, Duration::from_millis(200)),
+            "skipped to a poll after the read"
+        );
+        assert!(st.services[&keys(&[2])[0]].next_health > now, "the next health refresh is scheduled");
     }
 }

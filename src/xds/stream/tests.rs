@@ -14,9 +14,9 @@ const MESH: &str = "core/v1alpha1/MeshConfig";
 fn snapshots() -> (ResourceSnapshot, ResourceSnapshot) {
     let mut model = file::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml")).unwrap();
     let mut cache = ResourceCache::new(Options::default());
-    let (a, _) = cache.build(&model);
+    let (a, _) = cache.build(&std::sync::Arc::new(model.clone()));
     model.namespaces.retain(|n| n.name == "my-namespace");
-    let (b, _) = cache.build(&model);
+    let (b, _) = cache.build(&std::sync::Arc::new(model));
     (a, b)
 }
 
