@@ -3,7 +3,7 @@
 //! [`translate`] takes a [`model::Snapshot`] and [`Options`] and returns every ServiceEntry the server
 //! will serve plus the reasons for everything it left out. It does no I/O, reads no clock, and sorts
 //! every collection, so the same snapshot gives byte-identical output on every replica and every poll.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::model::{self, attr, HealthStatus, Timestamp};
@@ -316,29 +316,25 @@ pub fn resolve_collisions<T: CollisionCandidate>(mut candidates: Vec<T>, rejecte
             .then(a.create_time().cmp(&b.create_time()))
             .then_with(|| a.source().cmp(b.source()))
     });
-    // Decided on borrowed names first (no copies: this runs over every service on every build).
+    // The object name is a function of the host, so entries sharing a host (or only an object
+    // name) are adjacent now, the oldest first: it is kept and the others are rejected. Decided on
+    // borrowed names (no copies: this runs over every service on every build).
     let mut keep = vec![false; candidates.len()];
-    {
-        let mut by_host: HashMap<&str, &ServiceRef> = HashMap::with_capacity(candidates.len());
-        let mut last_kept: Option<&T> = None;
-        for (i, c) in candidates.iter().enumerate() {
-            if let Some(winner) = by_host.get(c.host()) {
-                rejected.push(Rejection {
-                    reason: format!("host {:?} is already served for the older service {winner}", c.host()),
-                    source: c.source().clone(),
-                });
-                continue;
+    let mut winner: Option<&T> = None;
+    for (i, c) in candidates.iter().enumerate() {
+        match winner.filter(|w| w.object_name() == c.object_name()) {
+            Some(w) if w.host() == c.host() => rejected.push(Rejection {
+                reason: format!("host {:?} is already served for the older service {}", c.host(), w.source()),
+                source: c.source().clone(),
+            }),
+            Some(w) => rejected.push(Rejection {
+                reason: format!("resource name {:?} is already used by {}", c.object_name(), w.source()),
+                source: c.source().clone(),
+            }),
+            None => {
+                winner = Some(c);
+                keep[i] = true;
             }
-            if let Some(last) = last_kept.filter(|last| last.object_name() == c.object_name()) {
-                rejected.push(Rejection {
-                    reason: format!("resource name {:?} is already used by {}", c.object_name(), last.source()),
-                    source: c.source().clone(),
-                });
-                continue;
-            }
-            by_host.insert(c.host(), c.source());
-            last_kept = Some(c);
-            keep[i] = true;
         }
     }
     candidates.into_iter().zip(keep).filter_map(|(c, k)| k.then_some(c)).collect()
