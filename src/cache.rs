@@ -499,7 +499,7 @@ mod tests {
             id: Some(format!("srv-{name}")),
             arn: None,
             create_date: Some(Timestamp { seconds: created, nanos: 0 }),
-            instances: ips.iter().enumerate().map(|(i, ip)| instance(&format!("i-{i}"), ip)).collect(),
+            instances: ips.iter().enumerate().map(|(i, ip)| instance(&format!("i-{i}"), ip)).collect::<Vec<_>>().into(),
         }
     }
 
@@ -553,7 +553,9 @@ mod tests {
 
         // One instance changes: one entry is encoded again.
         let team = m.namespaces.iter().position(|n| n.name == "team").unwrap();
-        Arc::make_mut(&mut m.namespaces[team].services[0]).instances[1].attributes.insert("AWS_INSTANCE_IPV4".into(), "10.0.0.9".into());
+        Service::edit_instances(&mut m.namespaces[team].services[0], |v| {
+            v[1].attributes.insert("AWS_INSTANCE_IPV4".into(), "10.0.0.9".into());
+        });
         assert_eq!(check(&mut cache, &m), 1);
 
         // A newer service colliding on a host (names differing in case) is rejected; when the older
@@ -573,9 +575,13 @@ mod tests {
         assert_eq!(check(&mut cache, &m), in_team, "every entry of the namespace carries its id annotation");
 
         // A service that cannot be translated, then fixed.
-        Arc::make_mut(&mut m.namespaces[team].services[0]).instances[0].attributes.insert("AWS_INSTANCE_PORT".into(), "not-a-port".into());
+        Service::edit_instances(&mut m.namespaces[team].services[0], |v| {
+            v[0].attributes.insert("AWS_INSTANCE_PORT".into(), "not-a-port".into());
+        });
         check(&mut cache, &m);
-        Arc::make_mut(&mut m.namespaces[team].services[0]).instances[0].attributes.insert("AWS_INSTANCE_PORT".into(), "80".into());
+        Service::edit_instances(&mut m.namespaces[team].services[0], |v| {
+            v[0].attributes.insert("AWS_INSTANCE_PORT".into(), "80".into());
+        });
         assert_eq!(check(&mut cache, &m), 1);
 
         // Two namespaces of one name (the key is ambiguous): never reused, always correct.

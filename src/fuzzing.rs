@@ -61,7 +61,7 @@ pub fn registry_file(data: &[u8]) {
             assert!(!svc.name.trim().is_empty());
             assert!(svc_names.insert(&svc.name), "duplicate service survived parsing");
             let mut ids = HashSet::new();
-            for i in &svc.instances {
+            for i in svc.instances.iter() {
                 assert!(!i.id.trim().is_empty());
                 assert!(ids.insert(&i.id), "duplicate instance survived parsing");
             }
@@ -288,7 +288,7 @@ pub fn decode_snapshot(u: &mut Unstructured<'_>) -> model::Snapshot {
                 id: u.bool().then(|| format!("srv-{}", u.byte())),
                 arn: u.bool().then(|| u.string(STRINGS)),
                 create_date: decode_timestamp(u),
-                instances,
+                instances: instances.into(),
             }));
         }
         namespaces.push(model::Namespace {
@@ -349,7 +349,7 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
     for ns in &mut shuffled.namespaces {
         ns.services.reverse();
         for s in &mut ns.services {
-            Arc::make_mut(s).instances.reverse();
+            model::Service::edit_instances(s, |v| v.reverse());
         }
     }
     shuffled.normalize();

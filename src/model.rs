@@ -90,8 +90,19 @@ pub struct Service {
     pub arn: Option<String>,
     /// Cloud Map's `CreateDate`; used as the resource's stable create time.
     pub create_date: Option<Timestamp>,
-    /// Instances sorted by id.
-    pub instances: Vec<Instance>,
+    /// Instances sorted by id. Shared: the Cloud Map poller's own copy and every snapshot that
+    /// serves the same instances are one allocation.
+    pub instances: Arc<[Instance]>,
+}
+
+impl Service {
+    /// Edits the instances of a shared service, copy on write: snapshots holding the old `Arc`
+    /// keep the old instances.
+    pub fn edit_instances(svc: &mut Arc<Service>, f: impl FnOnce(&mut Vec<Instance>)) {
+        let mut v = svc.instances.to_vec();
+        f(&mut v);
+        Arc::make_mut(svc).instances = v.into();
+    }
 }
 
 /// One Cloud Map namespace with its services.
@@ -124,7 +135,7 @@ impl Snapshot {
             ns.services.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
             for svc in &mut ns.services {
                 if !svc.instances.is_sorted_by(|a, b| a.id <= b.id) {
-                    Arc::make_mut(svc).instances.sort_by(|a, b| a.id.cmp(&b.id));
+                    Service::edit_instances(svc, |v| v.sort_by(|a, b| a.id.cmp(&b.id)));
                 }
             }
         }

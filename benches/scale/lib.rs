@@ -284,7 +284,7 @@ pub fn synthetic_model(size: Size) -> model::Snapshot {
             .map(|s| {
                 let name = format!("svc-{s:05}");
                 let id = format!("srv-{:016x}", 0xab_0000_0000u64 + s as u64);
-                let instances = (0..size.endpoints).map(|e| instance(s, e, size.endpoints, &name)).collect();
+                let instances = (0..size.endpoints).map(|e| instance(s, e, size.endpoints, &name)).collect::<Vec<_>>().into();
                 Arc::new(model::Service {
                     arn: Some(format!("arn:aws:servicediscovery:us-east-1:123456789012:service/{id}")),
                     id: Some(id),
@@ -338,9 +338,10 @@ pub fn change_one_service(snap: &mut model::Snapshot, seq: usize) {
     let total = snap.service_count();
     let target = (seq * 7919) % total;
     let ns = &mut snap.namespaces[target / SERVICES_PER_NAMESPACE];
-    let svc = Arc::make_mut(&mut ns.services[target % SERVICES_PER_NAMESPACE]);
     let addr = format!("172.{}.{}.{}", 16 + ((seq >> 16) & 15), (seq >> 8) & 255, seq & 255);
-    svc.instances[0].attributes.insert("AWS_INSTANCE_IPV4".into(), addr);
+    model::Service::edit_instances(&mut ns.services[target % SERVICES_PER_NAMESPACE], |v| {
+        v[0].attributes.insert("AWS_INSTANCE_IPV4".into(), addr);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

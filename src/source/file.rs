@@ -228,7 +228,7 @@ pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileErr
                     health: inst.health_status.unwrap_or_default(),
                 });
             }
-            services.push(Arc::new(model::Service { name: svc.name, id: svc.id, arn: svc.arn, create_date, instances }));
+            services.push(Arc::new(model::Service { name: svc.name, id: svc.id, arn: svc.arn, create_date, instances: instances.into() }));
         }
         namespaces.push(model::Namespace {
             http_name: ns.http_name.unwrap_or_else(|| ns.name.clone()),

@@ -86,7 +86,7 @@ fn output_is_deterministic_whatever_the_input_order() {
     for ns in &mut b.namespaces {
         ns.services.reverse();
         for s in &mut ns.services {
-            std::sync::Arc::make_mut(s).instances.reverse();
+            model::Service::edit_instances(s, |v| v.reverse());
         }
     }
     let ta = translate(&a, &Options::default());
@@ -150,7 +150,8 @@ fn health_filters() {
                     inst("a", "10.0.0.1", HealthStatus::Healthy),
                     inst("b", "10.0.0.2", HealthStatus::Unhealthy),
                     inst("c", "10.0.0.3", HealthStatus::Unknown),
-                ],
+                ]
+                .into(),
             })],
         }],
     };
@@ -254,7 +255,7 @@ fn instances_at_the_same_address_and_port_become_one_endpoint() {
                 id: None,
                 arn: None,
                 create_date: None,
-                instances: vec![inst("a", "10.0.0.1", "blue"), inst("b", "10.0.0.1", "green"), inst("c", "10.0.0.1", "blue"), inst("d", "10.0.0.2", "blue")],
+                instances: vec![inst("a", "10.0.0.1", "blue"), inst("b", "10.0.0.1", "green"), inst("c", "10.0.0.1", "blue"), inst("d", "10.0.0.2", "blue")].into(),
             })],
         }],
     };

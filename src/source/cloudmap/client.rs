@@ -136,8 +136,8 @@ pub struct ServiceMeta {
 /// The result of DiscoverInstances.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Discovered {
-    /// Sorted by id, one per id.
-    pub instances: Vec<model::Instance>,
+    /// Sorted by id, one per id. Shared with the snapshots that serve them.
+    pub instances: Arc<[model::Instance]>,
     pub revision: Option<i64>,
     /// Instance ids that appeared more than once (one was kept).
     pub duplicates: Vec<String>,
@@ -527,7 +527,7 @@ impl Api {
         }
         duplicates.sort();
         duplicates.dedup();
-        Ok(Discovered { instances: by_id.into_values().collect(), revision: out.instances_revision(), duplicates })
+        Ok(Discovered { instances: by_id.into_values().collect::<Vec<_>>().into(), revision: out.instances_revision(), duplicates })
     }
 
     pub async fn discover_revision(

@@ -231,13 +231,19 @@ impl State {
                             && p.id.as_deref() == Some(e.id.as_str())
                             && p.arn == e.arn
                             && p.create_date == e.create_date
-                            && p.instances == d.instances
+                            && (Arc::ptr_eq(&p.instances, &d.instances) || p.instances == d.instances)
                     });
                     let service = match current {
                         Some(p) => p.clone(),
                         None => {
-                            let mut instances = d.instances.clone();
-                            instances.sort_by(|a, b| a.id.cmp(&b.id));
+                            // Sorted by the client already: then the very same allocation.
+                            let instances = if d.instances.is_sorted_by(|a, b| a.id <= b.id) {
+                                d.instances.clone()
+                            } else {
+                                let mut v = d.instances.to_vec();
+                                v.sort_by(|a, b| a.id.cmp(&b.id));
+                                v.into()
+                            };
                             Arc::new(model::Service {
                                 name: svc.clone(),
                                 id: Some(e.id.clone()),
@@ -1059,7 +1065,7 @@ mod tests {
             arn: None,
             create_date: None,
             health_checked: false,
-            data: Some(Discovered { instances, revision: Some(1), duplicates: Vec::new() }),
+            data: Some(Discovered { instances: instances.into(), revision: Some(1), duplicates: Vec::new() }),
             loaded_seq: 1,
             refreshed_at: None,
             loaded_at: None,
@@ -1163,12 +1169,12 @@ mod tests {
             assert!(e.last_error.is_some());
         }
         let newer = Discovered {
-            instances: vec![instance("a", "10.0.0.1"), instance("b", "10.0.0.2")],
+            instances: vec![instance("a", "10.0.0.1"), instance("b", "10.0.0.2")].into(),
             revision: Some(2),
             duplicates: vec![],
         };
         assert!(p.apply_discovered(&key, 7, Ok(newer), Read::Revision(2)));
-        let older = Discovered { instances: vec![], revision: Some(0), duplicates: vec![] };
+        let older = Discovered { instances: Vec::new().into(), revision: Some(0), duplicates: vec![] };
         assert!(!p.apply_discovered(&key, 6, Ok(older), Read::New), "an answer to an older request is dropped");
         let st = p.lock();
         let e = &st.services[&key];
@@ -1201,9 +1207,10 @@ mod tests {
         for (x, y) in a.namespaces[0].services.iter().zip(&b.namespaces[0].services) {
             assert!(Arc::ptr_eq(x, y), "{} is shared", x.name);
         }
-        st.services.get_mut(&keys(&[1])[0]).unwrap().data.as_mut().unwrap().instances[0]
-            .attributes
-            .insert(model::attr::IPV4.into(), "10.9.9.9".into());
+        let data = st.services.get_mut(&keys(&[1])[0]).unwrap().data.as_mut().unwrap();
+        let mut instances = data.instances.to_vec();
+        instances[0].attributes.insert(model::attr::IPV4.into(), "10.9.9.9".into());
+        data.instances = instances.into();
         let c = st.snapshot();
         let shared: Vec<bool> = b.namespaces[0].services.iter().zip(&c.namespaces[0].services).map(|(x, y)| Arc::ptr_eq(x, y)).collect();
         assert_eq!(shared, [true, false, true]);
@@ -1283,10 +1290,10 @@ mod tests {
         assert!(p.lock().services[&key].last_error.is_none(), "an OK revision answer clears the error");
 
         // A read that finds the same instances changes nothing; one that finds others resets.
-        let same = Discovered { instances: vec![instance("a", "10.0.0.1")], revision: Some(1), duplicates: vec![] };
+        let same = Discovered { instances: vec![instance("a", "10.0.0.1")].into(), revision: Some(1), duplicates: vec![] };
         assert!(!p.apply_discovered(&key, 2, Ok(same), Read::Refresh));
         assert_eq!(level(&p), 3);
-        let other = Discovered { instances: vec![instance("a", "10.0.0.9")], revision: Some(1), duplicates: vec![] };
+        let other = Discovered { instances: vec![instance("a", "10.0.0.9")].into(), revision: Some(1), duplicates: vec![] };
         assert!(p.apply_discovered(&key, 3, Ok(other), Read::Refresh));
         assert_eq!(level(&p), 0);
         let now = Instant::now();
