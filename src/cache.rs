@@ -183,12 +183,14 @@ impl ResourceCache {
         // order (sorted by namespace and service name), so one forward walk pairs each service
         // with its previous version. A service's outcome depends only on its namespace, itself and
         // the options, so it is reused whenever those are equal (an unchanged `Arc` is equal).
-        let prev: Vec<(&model::Namespace, &Arc<model::Service>)> = match &self.prev_model {
+        // Taken out, so that a build that panics leaves a cache that simply builds from scratch.
+        let prev_model = self.prev_model.take();
+        let old_memo = std::mem::take(&mut self.memo);
+        let prev: Vec<(&model::Namespace, &Arc<model::Service>)> = match &prev_model {
             Some(pm) => pm.namespaces.iter().flat_map(|ns| ns.services.iter().map(move |s| (ns, s))).collect(),
             None => Vec::new(),
         };
-        let old_memo = std::mem::take(&mut self.memo);
-        debug_assert!(prev.is_empty() || prev.len() == old_memo.len());
+        let prev = if prev.len() == old_memo.len() { prev } else { Vec::new() };
         let mut memo = Vec::with_capacity(model.service_count());
         let mut candidates = Vec::with_capacity(model.service_count());
         let mut rejected = Vec::new();
@@ -239,6 +241,7 @@ impl ResourceCache {
         }
         drop(prev);
         drop(old_memo);
+        drop(prev_model);
         let kept = translate::resolve_collisions(candidates, &mut rejected);
         rejected.sort();
         notes.sort();
@@ -360,7 +363,17 @@ pub async fn run(mut model_rx: SnapshotRx, mut cache: ResourceCache, tx: Resourc
         loop {
             let model = model_rx.borrow_and_update().clone();
             if let Some(model) = model {
-                publish(&mut cache, &model, &tx, &metrics);
+                // A bug in translation must not stop every future update: the last good snapshot
+                // stays served, the failure is logged and counted, and the next model is built
+                // from scratch.
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish(&mut cache, &model, &tx, &metrics)));
+                if built.is_err() {
+                    metrics.build_failures.inc();
+                    tracing::error!(
+                        services = model.service_count(),
+                        "building the ServiceEntry snapshot panicked (a bug: please report it with this log); still serving the last good snapshot"
+                    );
+                }
             }
             // Waiting on a watch channel needs no I/O or timer driver: fine from outside the runtime.
             if handle.block_on(model_rx.changed()).is_err() {
@@ -592,6 +605,13 @@ mod tests {
         check(&mut cache, &m);
         check(&mut cache, &m);
         m.namespaces.retain(|n| n.id.as_deref() != Some("ns-team-2"));
+        check(&mut cache, &m);
+
+        // A cache whose memo does not match its previous model (as after a build that panicked
+        // half-way) builds from scratch, correctly.
+        cache.memo.clear();
+        assert_eq!(check(&mut cache, &m), translate::translate(&m, &Options::default()).entries.len());
+        cache.prev_model = None;
         check(&mut cache, &m);
 
         // Everything removed, then back.

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub rejected_services: Gauge,
     pub skipped_instances: Gauge,
     pub snapshots_built: Counter,
+    pub build_failures: Counter,
     pub translate_seconds: Histogram,
     pub source_loads: Family<Labels, Counter>,
     pub source_errors: Family<Labels, Counter>,
@@ -65,6 +66,7 @@ impl Metrics {
             rejected_services: Gauge::default(),
             skipped_instances: Gauge::default(),
             snapshots_built: Counter::default(),
+            build_failures: Counter::default(),
             translate_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             source_loads: Family::default(),
             source_errors: Family::default(),
@@ -104,7 +106,12 @@ impl Metrics {
         );
         reg!("skipped_instances", "Instances currently left out (no usable address or port)", Box::new(m.skipped_instances.clone()));
         reg!("snapshots_built", "Resource snapshots built (translate + encode)", Box::new(m.snapshots_built.clone()));
-        reg!("translate_seconds", "Time to translate and encode one snapshot", Box::new(m.translate_seconds.clone()));
+        reg!(
+            "snapshot_build_failures",
+            "Snapshot builds that panicked (a bug); the last good snapshot stays served",
+            Box::new(m.build_failures.clone()),
+        );
+        reg!("translate_seconds", "Time to build one snapshot (translate and encode what changed)", Box::new(m.translate_seconds.clone()));
         reg!("source_loads", "Successful loads of a source, by source", Box::new(m.source_loads.clone()));
         reg!("source_errors", "Failed loads of a source, by source", Box::new(m.source_errors.clone()));
         reg!(

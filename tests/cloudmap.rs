@@ -869,9 +869,38 @@ async fn measure_calls_per_minute_for_quiet_services() {
         eprintln!("  minute {}: {} calls {ops:?}", minute + 1, in_minute.len());
     }
     let per_ns = n.div_ceil(namespaces);
-    let naive = 12 * (1 + namespaces * per_ns.div_ceil(100).max(1) + n);
+    let list_pages = 1 + namespaces * per_ns.div_ceil(100).max(1);
+    let naive = 12 * (list_pages + n);
     eprintln!(
         "re-listing everything every 5 s (ListNamespaces + ListServices pages + DiscoverInstances per service): {naive} calls/min"
+    );
+    // One table (stdout): the whole window, and after the first minute (the back-off from the base
+    // interval is over by then), against the naive relist (computed: its calls are fixed).
+    let row = |label: &str, from: Duration| {
+        let start = t0 + from;
+        let mins = (secs as f64 - from.as_secs_f64()) / 60.0;
+        let sel: Vec<_> = calls.iter().filter(|c| c.at >= start).collect();
+        let count = |pred: &dyn Fn(&str) -> bool| sel.iter().filter(|c| pred(&c.op)).count() as f64 / mins;
+        let total = sel.len() as f64 / mins;
+        format!(
+            "| {label} | {total:.0} | {:.0} | {:.0} | {:.0} | {:.1} % |",
+            count(&|op| op == "DiscoverInstancesRevision"),
+            count(&|op| op == "DiscoverInstances"),
+            count(&|op| op.starts_with("List")),
+            total / naive as f64 * 100.0
+        )
+    };
+    println!("\nAWS calls per minute, {n} quiet services in {namespaces} namespaces, --aws-api-rate {rate}, {secs} s window after the first sync");
+    println!("| | calls/min | DiscoverInstancesRevision | DiscoverInstances | List* | of naive |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!("{}", row("cloudmap-mcp, whole window", Duration::ZERO));
+    if secs > 120 {
+        println!("{}", row("cloudmap-mcp, after the first minute", Duration::from_secs(60)));
+    }
+    println!(
+        "| re-list everything every 5 s (computed) | {naive} | 0 | {} | {} | 100.0 % |",
+        12 * n,
+        12 * list_pages
     );
     server.shutdown().await;
 }
