@@ -126,35 +126,42 @@ fn host_template_rejects_unknown_placeholders() {
     assert!(HostTemplate::new("{service}.svc").is_ok());
 }
 
+/// A snapshot of one HTTP namespace `ns` holding one service.
+fn one_service(name: &str, instances: Vec<model::Instance>) -> model::Snapshot {
+    model::Snapshot {
+        namespaces: vec![model::Namespace {
+            name: "ns".into(),
+            id: None,
+            arn: None,
+            kind: model::NamespaceType::Http,
+            http_name: "ns".into(),
+            services: vec![std::sync::Arc::new(model::Service {
+                name: name.into(),
+                id: None,
+                arn: None,
+                create_date: None,
+                instances: instances.into(),
+            })],
+        }],
+    }
+}
+
 #[test]
 fn health_filters() {
-    use model::{Instance, Namespace, NamespaceType, Service, Snapshot};
+    use model::Instance;
     let inst = |id: &str, ip: &str, h| Instance {
         id: id.into(),
         attributes: BTreeMap::from([(attr::IPV4.into(), ip.into())]),
         health: h,
     };
-    let snap = Snapshot {
-        namespaces: vec![Namespace {
-            name: "ns".into(),
-            id: None,
-            arn: None,
-            kind: NamespaceType::Http,
-            http_name: "ns".into(),
-            services: vec![std::sync::Arc::new(Service {
-                name: "s".into(),
-                id: None,
-                arn: None,
-                create_date: None,
-                instances: vec![
-                    inst("a", "10.0.0.1", HealthStatus::Healthy),
-                    inst("b", "10.0.0.2", HealthStatus::Unhealthy),
-                    inst("c", "10.0.0.3", HealthStatus::Unknown),
-                ]
-                .into(),
-            })],
-        }],
-    };
+    let snap = one_service(
+        "s",
+        vec![
+            inst("a", "10.0.0.1", HealthStatus::Healthy),
+            inst("b", "10.0.0.2", HealthStatus::Unhealthy),
+            inst("c", "10.0.0.3", HealthStatus::Unknown),
+        ],
+    );
     let addrs = |f| {
         let t = translate(&snap, &Options { health_filter: f, ..Options::default() });
         t.entries[0].spec.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>()
@@ -234,7 +241,7 @@ fn host_template_fills_placeholders_once() {
 
 #[test]
 fn instances_at_the_same_address_and_port_become_one_endpoint() {
-    use crate::model::{Instance, Namespace, NamespaceType, Service, Snapshot};
+    use crate::model::Instance;
     let inst = |id: &str, ip: &str, version: &str| Instance {
         id: id.into(),
         attributes: [("AWS_INSTANCE_IPV4", ip), ("AWS_INSTANCE_PORT", "8080"), ("version", version)]
@@ -243,22 +250,10 @@ fn instances_at_the_same_address_and_port_become_one_endpoint() {
             .collect(),
         health: Default::default(),
     };
-    let snap = Snapshot {
-        namespaces: vec![Namespace {
-            name: "ns".into(),
-            id: None,
-            arn: None,
-            kind: NamespaceType::Http,
-            http_name: "ns".into(),
-            services: vec![std::sync::Arc::new(Service {
-                name: "api".into(),
-                id: None,
-                arn: None,
-                create_date: None,
-                instances: vec![inst("a", "10.0.0.1", "blue"), inst("b", "10.0.0.1", "green"), inst("c", "10.0.0.1", "blue"), inst("d", "10.0.0.2", "blue")].into(),
-            })],
-        }],
-    };
+    let snap = one_service(
+        "api",
+        vec![inst("a", "10.0.0.1", "blue"), inst("b", "10.0.0.1", "green"), inst("c", "10.0.0.1", "blue"), inst("d", "10.0.0.2", "blue")],
+    );
     let t = translate(&snap, &Options::default());
     let eps = &t.entries[0].spec.endpoints;
     assert_eq!(eps.len(), 2, "{eps:?}");
