@@ -199,6 +199,14 @@ fn admin_endpoints() {
         .unwrap();
     assert!(rendered.status.success());
     assert_eq!(String::from_utf8(rendered.stdout).unwrap(), yaml, "debug view equals render");
+    let (code, json) = http_get(server.admin, "/debug/serviceentries?format=json");
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap().len(), 3, "{json}");
+    let (code, body) = http_get(server.admin, "/debug/serviceentries?format=xml");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("use yaml or json"), "{body}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
