@@ -249,7 +249,6 @@ impl State {
                                 id: Some(e.id.clone()),
                                 arn: e.arn.clone(),
                                 create_date: e.create_date,
-                                attributes: Default::default(),
                                 instances,
                             })
                         }
