@@ -512,6 +512,7 @@ mod tests {
             id: Some(format!("srv-{name}")),
             arn: None,
             create_date: Some(Timestamp { seconds: created, nanos: 0 }),
+            attributes: Default::default(),
             instances: ips.iter().enumerate().map(|(i, ip)| instance(&format!("i-{i}"), ip)).collect::<Vec<_>>().into(),
         }
     }

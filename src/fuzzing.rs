@@ -288,6 +288,7 @@ pub fn decode_snapshot(u: &mut Unstructured<'_>) -> model::Snapshot {
                 id: u.bool().then(|| format!("srv-{}", u.byte())),
                 arn: u.bool().then(|| u.string(STRINGS)),
                 create_date: decode_timestamp(u),
+                attributes: Default::default(),
                 instances: instances.into(),
             }));
         }

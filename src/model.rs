@@ -90,6 +90,9 @@ pub struct Service {
     pub arn: Option<String>,
     /// Cloud Map's `CreateDate`; used as the resource's stable create time.
     pub create_date: Option<Timestamp>,
+    /// Service-level attributes (Cloud Map `GetServiceAttributes`, the registry file's service
+    /// `attributes`). Keys under `cloudmap-mcp/` override the mapping for this service.
+    pub attributes: BTreeMap<String, String>,
     /// Instances sorted by id. Shared: the Cloud Map poller's own copy and every snapshot that
     /// serves the same instances are one allocation.
     pub instances: Arc<[Instance]>,

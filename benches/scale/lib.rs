@@ -290,6 +290,7 @@ pub fn synthetic_model(size: Size) -> model::Snapshot {
                     id: Some(id),
                     name,
                     create_date: Some(Timestamp { seconds: 1_600_000_000 + s as i64, nanos: 0 }),
+                    attributes: Default::default(),
                     instances,
                 })
             })

@@ -62,6 +62,9 @@ struct FileService {
     id: Option<String>,
     arn: Option<String>,
     create_date: Option<String>,
+    /// Service-level attributes (Cloud Map's per-service attributes).
+    #[serde(default, deserialize_with = "scalar_map")]
+    attributes: BTreeMap<String, String>,
     #[serde(default)]
     instances: Vec<FileInstance>,
 }
@@ -228,7 +231,14 @@ pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileErr
                     health: inst.health_status.unwrap_or_default(),
                 });
             }
-            services.push(Arc::new(model::Service { name: svc.name, id: svc.id, arn: svc.arn, create_date, instances: instances.into() }));
+            services.push(Arc::new(model::Service {
+                name: svc.name,
+                id: svc.id,
+                arn: svc.arn,
+                create_date,
+                attributes: svc.attributes,
+                instances: instances.into(),
+            }));
         }
         namespaces.push(model::Namespace {
             http_name: ns.http_name.unwrap_or_else(|| ns.name.clone()),

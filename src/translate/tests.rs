@@ -140,6 +140,7 @@ fn one_service(name: &str, instances: Vec<model::Instance>) -> model::Snapshot {
                 id: None,
                 arn: None,
                 create_date: None,
+                attributes: Default::default(),
                 instances: instances.into(),
             })],
         }],

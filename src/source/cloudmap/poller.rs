@@ -249,6 +249,7 @@ impl State {
                                 id: Some(e.id.clone()),
                                 arn: e.arn.clone(),
                                 create_date: e.create_date,
+                                attributes: Default::default(),
                                 instances,
                             })
                         }
