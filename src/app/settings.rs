@@ -88,7 +88,6 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
             region: a.aws_region.clone().filter(|r| !r.is_empty()),
             endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
             call_timeout: a.aws_call_timeout,
-            ..ClientConfig::default()
         },
         selection: Selection::new(
             &a.include_namespaces,
