@@ -16,6 +16,8 @@ use crate::source::{self, cloudmap, file, SnapshotRx};
 use crate::translate::HealthFilter;
 use crate::xds::{AdsServer, Clients};
 
+pub mod settings;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("invalid configuration: {0}")]
@@ -59,7 +61,7 @@ pub async fn start_source(
         (Some(_), true) => Err(AppError::Config("--registry-file and --cloudmap exclude each other: give one".into())),
         (None, false) => Err(AppError::Config("no source: give --registry-file FILE or --cloudmap".into())),
         (None, true) => {
-            let settings = cloudmap::Settings::from_args(&args.cloudmap, health)?;
+            let settings = settings::cloudmap_settings(&args.cloudmap, health)?;
             let src = cloudmap::start(settings, registry, metrics).await?;
             Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
         }
@@ -85,8 +87,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
-    let opts = args.translate.options().map_err(AppError::Config)?;
-    let mut grpc_limits = args.grpc_listener();
+    let opts = settings::translate_options(&args.translate).map_err(AppError::Config)?;
+    let mut grpc_limits = settings::grpc_listener(&args);
     match crate::net::raise_open_file_limit() {
         Ok((open_files, _)) => {
             let [grpc_cap] = crate::net::fit_connection_caps(open_files, &[grpc_limits.max_connections])[..] else {
@@ -115,7 +117,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(log_activity(metrics.clone(), args.activity_log_interval, stop_rx.clone()));
     let clients = Arc::new(Clients::default());
-    let ads = AdsServer::new(res_rx.clone(), metrics.clone(), clients.clone(), args.ads_config(), stop_rx.clone());
+    let ads = AdsServer::new(res_rx.clone(), metrics.clone(), clients.clone(), settings::ads_config(&args), stop_rx.clone());
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_not_serving::<AdsServer>().await;
@@ -149,7 +151,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| AppError::Config(format!("reflection: {e}")))?;
 
-    let tls = match args.tls_files() {
+    let tls = match settings::tls_files(&args) {
         Some(files) => {
             let cfg = crate::tls::load(&files)?;
             tracing::info!(cert = %files.cert.display(), client_ca = ?files.client_ca, "gRPC listener uses TLS");
@@ -177,7 +179,7 @@ pub async fn serve(
             .add_service(reflection_v1alpha)
             .prepare();
         let (h2, h2_errors, listener_metrics) =
-            (args.http2(), metrics.http2_connection_errors.clone(), metrics.listener("grpc"));
+            (settings::http2(&args), metrics.http2_connection_errors.clone(), metrics.listener("grpc"));
         let bind_err = |source| AppError::Bind { addr: args.grpc_addr, source };
         match tls {
             Some((files, cfg)) => {

@@ -1,6 +1,6 @@
 //! Command line and environment: one documented struct per command (every flag also reads a
-//! `CLOUDMAP_MCP_*` environment variable).
-use std::collections::BTreeMap;
+//! `CLOUDMAP_MCP_*` environment variable). Plain data: the composition root (`app::settings`)
+//! turns these into each module's own settings type.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::NamespaceType;
-use crate::translate::{self, render, HealthFilter, HostTemplate, Location};
-use crate::xds::{stream::Limits, AdsConfig};
+use crate::translate::{render, HealthFilter, Location};
 
 #[derive(Parser, Debug)]
 #[command(name = "cloudmap-mcp", version, about = "Serve AWS Cloud Map services to istiod as ServiceEntries over MCP-over-xDS")]
@@ -171,34 +170,10 @@ pub struct TranslateArgs {
     pub export_to: Vec<String>,
 }
 
+/// `KEY=VALUE`; the key and value are validated with the other translation options.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    translate::validate::label_key(k)?;
-    translate::validate::label_value(v)?;
     Ok((k.to_string(), v.to_string()))
-}
-
-impl TranslateArgs {
-    pub fn options(&self) -> Result<translate::Options, String> {
-        let istio_namespace = self
-            .istio_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "istio-system".to_string());
-        translate::validate::dns_label(&istio_namespace).map_err(|e| format!("--istio-namespace: {e}"))?;
-        if let Some(rev) = &self.istio_revision {
-            translate::validate::label_value(rev).map_err(|e| format!("--istio-revision: {e}"))?;
-        }
-        Ok(translate::Options {
-            istio_namespace,
-            host_template: HostTemplate::new(&self.host_template)?,
-            health_filter: self.health_filter,
-            location: self.location,
-            revision: self.istio_revision.clone(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            export_to: self.export_to.clone(),
-        })
-    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -269,56 +244,6 @@ pub struct ServeArgs {
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub tls_reload_interval: Duration,
-}
-
-impl ServeArgs {
-    /// The TLS files, when TLS is configured.
-    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
-        Some(crate::tls::TlsFiles {
-            cert: self.tls_cert_file.clone()?,
-            key: self.tls_key_file.clone()?,
-            client_ca: self.tls_client_ca_file.clone(),
-            client_auth: self.tls_client_auth,
-        })
-    }
-
-    pub fn ads_config(&self) -> AdsConfig {
-        AdsConfig {
-            limits: Limits {
-                max_types: self.max_types_per_stream,
-                max_resource_names: self.max_resource_names,
-                ..Limits::default()
-            },
-            max_request_bytes: self.max_request_bytes,
-            send_timeout: self.send_timeout,
-            max_streams: self.max_ads_streams as usize,
-        }
-    }
-
-    /// Limits of the gRPC listener.
-    pub fn grpc_listener(&self) -> crate::net::ListenerSettings {
-        crate::net::ListenerSettings {
-            name: "grpc",
-            max_connections: self.max_connections as usize,
-            handshake_timeout: self.handshake_timeout,
-            tcp_keepalive: Some(self.keepalive_interval),
-        }
-    }
-
-    /// HTTP/2 limits of each gRPC connection.
-    pub fn http2(&self) -> crate::net::http2::Http2Settings {
-        crate::net::http2::Http2Settings {
-            max_concurrent_streams: self.max_streams_per_connection,
-            // h2's default: more streams reset by the client before they were served → GOAWAY.
-            max_pending_accept_reset_streams: 20,
-            max_local_error_reset_streams: 1024,
-            keepalive_interval: Some(self.keepalive_interval),
-            keepalive_timeout: Duration::from_secs(20),
-            // One response chunk: the stream's body is asked for the next one when this drained.
-            max_send_buf_size: crate::xds::codec::CHUNK,
-            max_header_list_size: 16 * 1024,
-        }
-    }
 }
 
 #[derive(Args, Debug, Clone)]
