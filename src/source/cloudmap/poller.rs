@@ -1036,6 +1036,7 @@ pub(super) mod tests {
     /// The default settings, changed by `f`.
     pub(in crate::source::cloudmap) fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
         let mut settings = Settings {
+            name: "test".into(),
             client: ClientConfig::default(),
             selection: Selection::default(),
             health: HealthFilter::HealthyOrElseAll,
