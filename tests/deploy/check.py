@@ -46,6 +46,7 @@ READ_ONLY_ACTIONS = {
     "servicediscovery:GetService",
     "servicediscovery:DiscoverInstances",
     "servicediscovery:DiscoverInstancesRevision",
+    "servicediscovery:GetServiceAttributes",
 }
 
 
