@@ -76,7 +76,9 @@ impl ServerProcess {
 
     /// Like [`Self::start_env`], with the open-file limit (soft and hard) set to `open_files`.
     pub fn start_limited(args: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"));
+        // CLOUDMAP_MCP_BIN: another build of the server (e.g. release, for measured runs).
+        let bin = std::env::var_os("CLOUDMAP_MCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cloudmap-mcp").into());
+        let mut cmd = Command::new(bin);
         if let Some(n) = open_files {
             use std::os::unix::process::CommandExt;
             let rl = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
