@@ -238,7 +238,12 @@ impl Target {
         args.extend_from_slice(extra);
         // The log level as deployed: RUST_LOG unset, the binary's default filter.
         let server = ServerProcess::start_limited(&args, &[("RUST_LOG", "")], open_files);
-        // Idle: loaded, and one istiod served (the encoded state exists).
+        // Idle: loaded (ready), and one istiod served (the encoded state exists).
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while http_get(server.admin, "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "not ready:\n{}", server.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         istiod_answer(&server, services).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle_rss = mem(server.child.id()).0;
@@ -372,7 +377,7 @@ async fn never_reading_streams_are_dropped_at_the_send_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reset_flood_costs_little_and_logs_nothing_per_stream() {
-    let (t, _dir) = Target::start(&[]).await;
+    let (t, _dir) = Target::start(&["--activity-log-interval", "1s"]).await;
     let logs_before = t.log_lines();
     let cpu_before = cpu_seconds(t.pid());
     let stop = Arc::new(AtomicBool::new(false));
@@ -434,6 +439,8 @@ async fn reset_flood_costs_little_and_logs_nothing_per_stream() {
     );
     assert!(sent >= 1000, "the flood ran: {sent}");
     assert!(lines <= 50, "the flood wrote {lines} log lines:\n{}", t.server.logs());
+    // The flood shows up in the periodic summary instead.
+    assert!(t.server.wait_log("gRPC client activity", Duration::from_secs(3)), "{}", t.server.logs());
     t.assert_memory("reset flood");
     assert_answer_in_time(&t.server, t.services, "after the reset flood").await;
 }
@@ -481,19 +488,20 @@ async fn idle_connections_past_the_open_file_limit_neither_lock_out_clients_nor_
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cpu = cpu_seconds(t.pid()) - cpu_before;
+    let (rss_held, _) = mem(t.pid());
     let open = metric(&t.server, "cloudmap_mcp_connections_open");
     let took = assert_answer_in_time(&t.server, t.services, "600 idle connections").await;
     // The registry file can still be read: an edit reaches a held stream.
     let mut held = AdsStream::connect(&t.server.url()).await;
     let first = held.istiod_handshake(ISTIOD_130_KINDS).await;
     std::fs::write(dir.path().join("registry.yaml"), registry(t.services + 1)).unwrap();
-    let pushed = held.recv(Duration::from_secs(10)).await.expect("the edit is pushed");
+    let pushed = held.recv(Duration::from_secs(60)).await.expect("the edit is pushed");
     assert_eq!(pushed.resources.len(), t.services + 1);
     assert_ne!(pushed.version_info, first[SE].version_info);
     let evicted = metric(&t.server, "cloudmap_mcp_connections_evicted_total");
     let accept_errors = metric(&t.server, "cloudmap_mcp_accept_errors_total");
     eprintln!(
-        "idle connections: 600 opened with 256 descriptors: {open} open, {evicted} closed to make room, {accept_errors} accept errors, server CPU {cpu:.2}s over 1.5 s; new client answered in {took:?}"
+        "idle connections: 600 opened with 256 descriptors: {open} open, {evicted} closed to make room, {accept_errors} accept errors, server CPU {cpu:.2}s over 1.5 s; rss while held {rss_held} KiB (idle {}); new client answered in {took:?}", t.idle_rss
     );
     assert!(open <= 256.0 - 64.0, "{open} connections open");
     assert!(evicted >= 300.0, "idle connections gave way to new ones: {evicted}");
@@ -504,4 +512,32 @@ async fn idle_connections_past_the_open_file_limit_neither_lock_out_clients_nor_
     assert!(metric(&t.server, "cloudmap_mcp_handshake_timeouts_total") >= 1.0);
     t.assert_memory("idle connections");
     drop(idle);
+}
+
+#[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, registry(3)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"))
+        .args(["--log-format", "text", "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--registry-file"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        let done = line.contains("listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    assert!(text.contains("listening") && text.contains("open-file limit"), "{text}");
+    assert!(!text.contains('\x1b'), "colour codes in a pipe:\n{text:?}");
 }
