@@ -13,7 +13,7 @@
 //!   by requests that arrived before their render started, so an answer is never older than its
 //!   request.
 //!
-//! The render itself runs on a blocking thread and is not cancelled when the requester goes away:
+//! The render itself runs on a dedicated thread and is not cancelled when the requester goes away:
 //! the next one in line gets it.
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,10 +116,30 @@ impl ViewMetrics {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One thread for every render. Renders never overlap (the cache's lock), and running them all on
+/// the same thread keeps them in one malloc arena: a render reuses the memory the previous one
+/// freed instead of growing another arena (on the blocking pool, each render could leave its
+/// working set behind in a different thread's arena).
+fn render_thread() -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("debug-views".into())
+        .spawn(move || {
+            for job in rx {
+                job();
+            }
+        })
+        .expect("spawning the debug-view thread");
+    tx
+}
+
 /// See the module documentation.
 pub struct ViewCache {
     slots: Arc<Mutex<Vec<Rendered>>>,
     metrics: ViewMetrics,
+    thread: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
 }
 
 impl ViewCache {
@@ -127,11 +147,30 @@ impl ViewCache {
         ViewCache {
             slots: Arc::new(Mutex::new(Vec::new())),
             metrics,
+            thread: std::sync::Mutex::new(render_thread()),
         }
     }
 
+    /// Runs `render` on the render thread; a panic is an error.
+    fn run<F>(&self, render: F) -> tokio::sync::oneshot::Receiver<std::thread::Result<Bytes>>
+    where
+        F: FnOnce() -> Bytes + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)));
+        });
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(std::sync::mpsc::SendError(job)) = thread.send(job) {
+            // The thread is gone (only if a render aborted it): start another.
+            *thread = render_thread();
+            let _ = thread.send(job);
+        }
+        rx
+    }
+
     /// The body of `view`: shared if a render valid for this request exists, else rendered by
-    /// `render` (on a blocking thread) once the renders ahead of it are done.
+    /// `render` (on the render thread) once the renders ahead of it are done.
     pub async fn get<F>(
         &self,
         view: View,
@@ -153,17 +192,15 @@ impl ViewCache {
         self.metrics.renders.get_or_create(&labels).inc();
         // Detached: a requester that disconnects does not cancel the render; the lock is released
         // only once the result is stored, so the next in line finds it.
+        let started = Instant::now();
+        let rendered = self.run(render);
         let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let body = tokio::task::spawn_blocking(render)
-                .await
-                .map_err(|e| RenderError::Failed(e.to_string()))?;
-            slots.push(Rendered {
-                view,
-                freshness,
-                started,
-                body: body.clone(),
-            });
+            let body = match rendered.await {
+                Ok(Ok(body)) => body,
+                Ok(Err(_)) => return Err(RenderError::Failed(format!("rendering {} panicked", view.label()))),
+                Err(_) => return Err(RenderError::Failed("the render thread is gone".into())),
+            };
+            slots.push(Rendered { view, freshness, started, body: body.clone() });
             Ok(body)
         });
         task.await.map_err(|e| RenderError::Failed(e.to_string()))?
