@@ -22,6 +22,7 @@ use crate::translate::HealthFilter;
 pub mod budget;
 pub mod client;
 pub mod debug;
+pub mod events;
 pub mod metrics;
 pub mod poller;
 pub mod select;
@@ -29,6 +30,7 @@ pub mod select;
 pub use budget::BudgetConfig;
 pub use client::ClientConfig;
 pub use debug::DebugView;
+pub use events::EventsSettings;
 pub use poller::Poller;
 pub use select::Selection;
 
@@ -40,6 +42,8 @@ pub enum CloudMapError {
     Selection(#[from] select::SelectionError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Events(#[from] events::EventsError),
     #[error("Cloud Map sync failed after {attempts} attempts: {errors}")]
     SyncFailed { attempts: u32, errors: String },
 }
@@ -63,6 +67,8 @@ pub struct Settings {
     pub max_attempts: u32,
     pub max_removal_ratio: f64,
     pub removal_confirmations: u32,
+    /// The events queue, when one is configured.
+    pub events: Option<EventsSettings>,
 }
 
 impl Settings {
@@ -74,6 +80,8 @@ impl Settings {
             ("--instances-refresh-interval", a.instances_refresh_interval),
             ("--health-refresh-interval", a.health_refresh_interval),
             ("--aws-call-timeout", a.aws_call_timeout),
+            ("--events-revision-poll-max-interval", a.events_revision_poll_max_interval),
+            ("--events-instances-refresh-interval", a.events_instances_refresh_interval),
         ] {
             if d < Duration::from_millis(10) {
                 return Err(CloudMapError::Config(format!("{flag} must be at least 10ms")));
@@ -86,16 +94,36 @@ impl Settings {
                 humantime::format_duration(a.revision_poll_interval)
             )));
         }
-        if let Some(url) = &a.aws_endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(CloudMapError::Config(format!(
-                    "--aws-endpoint-url {url:?} must start with http:// or https://"
-                )));
+        for (flag, url) in [
+            ("--aws-endpoint-url", &a.aws_endpoint_url),
+            ("--events-queue-url", &a.events_queue_url),
+            ("--events-endpoint-url", &a.events_endpoint_url),
+        ] {
+            if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(CloudMapError::Config(format!("{flag} {url:?} must start with http:// or https://")));
+                }
             }
         }
+        if a.events_revision_poll_max_interval < a.revision_poll_interval {
+            return Err(CloudMapError::Config(format!(
+                "--events-revision-poll-max-interval ({}) must be at least --revision-poll-interval ({})",
+                humantime::format_duration(a.events_revision_poll_max_interval),
+                humantime::format_duration(a.revision_poll_interval)
+            )));
+        }
+        let region = a.aws_region.clone().filter(|r| !r.is_empty());
+        let events = a.events_queue_url.as_deref().filter(|u| !u.is_empty()).map(|url| EventsSettings {
+            queue_url: url.to_string(),
+            endpoint_url: a.events_endpoint_url.clone().filter(|u| !u.is_empty()),
+            region: events::region_of_queue_url(url).or_else(|| region.clone()),
+            revision_poll_max_interval: a.events_revision_poll_max_interval,
+            instances_refresh_interval: a.events_instances_refresh_interval,
+            call_timeout: a.aws_call_timeout,
+        });
         Ok(Settings {
             client: ClientConfig {
-                region: a.aws_region.clone().filter(|r| !r.is_empty()),
+                region,
                 endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
                 call_timeout: a.aws_call_timeout,
             },
@@ -116,6 +144,7 @@ impl Settings {
             max_attempts: a.aws_max_attempts,
             max_removal_ratio: a.max_removal_ratio,
             removal_confirmations: a.removal_confirmations,
+            events,
         })
     }
 }
@@ -157,7 +186,11 @@ pub async fn start(
         api_rate = settings.budget.rate,
         "starting the Cloud Map source; nothing is served until the first complete sync"
     );
+    let events = settings.events.clone();
     let (poller, rx) = build(settings, registry, Some(core)).await?;
+    if let Some(events) = events {
+        events::start(events, vec![poller.clone()], registry).await?;
+    }
     tokio::spawn(poller.clone().run());
     Ok(CloudMapSource { snapshots: rx, poller })
 }
@@ -196,7 +229,8 @@ mod tests {
     fn poll_intervals_default_adaptive_and_are_validated() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.revision_poll_interval, Duration::from_secs(5));
-        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(60));
+        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(15));
+        assert_eq!(s.events, None, "no queue by default");
         assert_eq!(s.instances_refresh_interval, Duration::from_secs(300));
         // max = base: constant polling.
         let s = settings(&["--revision-poll-max-interval", "5s"]).unwrap();
