@@ -315,7 +315,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 /// `cargo test --test cloudmap_events -- --ignored --nocapture measure`.
 /// `CLOUDMAP_MCP_MEASURE_SERVICES` (1000), `CLOUDMAP_MCP_MEASURE_PROBES` (20 services whose
 /// deregistrations are timed), `CLOUDMAP_MCP_MEASURE_SECONDS` (call-count window per mode, 360),
-/// `CLOUDMAP_MCP_MEASURE_EVENTS_WARMUP_SECONDS` (330: quiet services reach the 3 min ceiling).
+/// `CLOUDMAP_MCP_MEASURE_EVENTS_WARMUP_SECONDS` (330: quiet services reach the 3 min ceiling),
+/// `CLOUDMAP_MCP_MEASURE_MODES` (`default,events`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_deregistration_delay_and_calls_with_and_without_events() {
@@ -345,7 +346,11 @@ async fn measure_deregistration_delay_and_calls_with_and_without_events() {
     let naive = 12.0 * ((1 + namespaces * (n.div_ceil(namespaces)).div_ceil(100)) + n) as f64;
     let mut table = Vec::new();
 
+    let modes = std::env::var("CLOUDMAP_MCP_MEASURE_MODES").unwrap_or_else(|_| "default,events".into());
     for with_events in [false, true] {
+        if !modes.split(',').any(|m| m.trim() == if with_events { "events" } else { "default" }) {
+            continue;
+        }
         let mut flags = vec!["--istio-namespace".to_string(), "istio-system".to_string()];
         if with_events {
             flags.extend(
