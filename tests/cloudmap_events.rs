@@ -236,6 +236,12 @@ async fn malformed_foreign_duplicate_out_of_order_and_unknown_messages_are_harml
         )
         .await;
     wait_metric(&server, "cloudmap_mcp_events_skipped_total", &[("reason", "ecs_unmapped")], 1.0).await;
+
+    // Service attributes move no revision: their event re-reads them (GetServiceAttributes).
+    events
+        .cloudtrail("UpdateServiceAttributes", json!({"serviceId": cart, "attributes": {"team": "shop"}}), Value::Null)
+        .await;
+    wait_metric(&server, "cloudmap_mcp_cloudmap_service_attribute_reads_total", &[("reason", "event")], 1.0).await;
     server.shutdown().await;
 }
 

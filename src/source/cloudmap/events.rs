@@ -386,6 +386,24 @@ impl Consumer {
                 Err(skip) => self.skip(m, skip),
             }
         }
+        // Service-attribute calls: the attributes are re-read (they move no instances revision).
+        let (attribute_ids, ids): (BTreeMap<_, _>, BTreeMap<_, _>) = ids
+            .into_iter()
+            .partition(|(_, call)| matches!(*call, "UpdateServiceAttributes" | "DeleteServiceAttributes"));
+        for id in attribute_ids.keys() {
+            let mut known = false;
+            for p in &self.pollers {
+                if let Some(changed) = p.refresh_service_attributes(id).await {
+                    known = true;
+                    let label = if changed { "changed" } else { "unchanged" };
+                    EventsMetrics::inc(&self.metrics.reads, "result", label);
+                    break;
+                }
+            }
+            if !known {
+                resyncs.insert("unknown_service");
+            }
+        }
         // Which known service each names; the same service named twice is read once.
         let mut reads: BTreeMap<SvcKey, Arc<Poller>> = BTreeMap::new();
         for id in ids.keys() {
