@@ -241,20 +241,26 @@ pub async fn serve(
         (Some(d), None) => (health_app.merge(d), None),
         (None, _) => (health_app, None),
     };
-    let serve_http = |listener: TcpListener, app: axum::Router| {
-        let mut stop = stop_rx.clone();
-        axum::serve(listener, app).with_graceful_shutdown(async move {
-            crate::util::until_true(&mut stop).await;
-        })
+    let serve_http = |listener: TcpListener, app: axum::Router, name: &'static str| {
+        let addr = listener.local_addr().unwrap_or(args.admin_addr);
+        let incoming = net::incoming(listener, settings::admin_listener(&args, name), net::Plain, metrics.listener(name), stop_rx.clone())
+            .map_err(|source| AppError::Bind { addr, source })?;
+        Ok::<_, AppError>(admin::serve::serve(incoming, app, args.admin_header_timeout, stop_rx.clone()))
     };
-    let admin = serve_http(admin_listener, admin_app);
-    let debug = debug_app.map(|(app, listener)| serve_http(listener, app));
+    let admin = serve_http(admin_listener, admin_app, "admin")?;
+    let debug = match debug_app {
+        Some((app, listener)) => Some(serve_http(listener, app, "debug")?),
+        None => None,
+    };
     let grpc = tokio::spawn(grpc);
     let admin = tokio::spawn(async move {
         match debug {
-            Some(debug) => tokio::try_join!(admin, debug).map(|_| ()),
+            Some(debug) => {
+                tokio::join!(admin, debug);
+            }
             None => admin.await,
         }
+        Ok::<(), std::io::Error>(())
     });
 
     shutdown.await;
