@@ -60,10 +60,10 @@ pub fn grpc_listener(a: &ServeArgs) -> crate::net::ListenerSettings {
 }
 
 /// Limits of the admin listener (and of the --debug-addr one).
-pub fn admin_listener(a: &ServeArgs, name: &'static str) -> crate::net::ListenerSettings {
+pub fn admin_listener(a: &ServeArgs, name: &'static str, max_connections: usize) -> crate::net::ListenerSettings {
     crate::net::ListenerSettings {
         name,
-        max_connections: a.admin_max_connections as usize,
+        max_connections,
         handshake_timeout: a.admin_header_timeout,
         tcp_keepalive: Some(a.keepalive_interval),
     }
