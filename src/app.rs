@@ -92,11 +92,14 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let opts = settings::translate_options(&args.translate).map_err(AppError::Config)?;
     let mut grpc_limits = settings::grpc_listener(&args);
+    // The admin listener (and the --debug-addr one) share the descriptors too.
+    let admin_listeners = if args.debug_addr.is_some() { 2 } else { 1 };
+    let mut admin_cap = args.admin_max_connections as usize;
     match crate::net::raise_open_file_limit() {
         Ok((open_files, _)) => {
-            let [grpc_cap] = crate::net::fit_connection_caps(open_files, &[grpc_limits.max_connections])[..] else {
-                unreachable!("one cap in, one out")
-            };
+            let caps = crate::net::fit_connection_caps(open_files, &[grpc_limits.max_connections, admin_cap * admin_listeners]);
+            let [grpc_cap, admin_total] = caps[..] else { unreachable!("two caps in, two out") };
+            admin_cap = (admin_total / admin_listeners).max(1);
             if grpc_cap < grpc_limits.max_connections {
                 tracing::warn!(
                     open_files,
@@ -105,7 +108,7 @@ pub async fn serve(
                 );
             }
             grpc_limits.max_connections = grpc_cap;
-            tracing::info!(open_files, max_connections = grpc_limits.max_connections, "open-file limit");
+            tracing::info!(open_files, max_connections = grpc_limits.max_connections, admin_max_connections = admin_cap, "open-file limit");
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
@@ -241,20 +244,27 @@ pub async fn serve(
         (Some(d), None) => (health_app.merge(d), None),
         (None, _) => (health_app, None),
     };
-    let serve_http = |listener: TcpListener, app: axum::Router| {
-        let mut stop = stop_rx.clone();
-        axum::serve(listener, app).with_graceful_shutdown(async move {
-            crate::util::until_true(&mut stop).await;
-        })
+    let serve_http = |listener: TcpListener, app: axum::Router, name: &'static str| {
+        let addr = listener.local_addr().unwrap_or(args.admin_addr);
+        let limits = settings::admin_listener(&args, name, admin_cap);
+        let incoming = net::incoming(listener, limits, net::Plain, metrics.listener(name), stop_rx.clone())
+            .map_err(|source| AppError::Bind { addr, source })?;
+        Ok::<_, AppError>(admin::serve::serve(incoming, app, args.admin_header_timeout, stop_rx.clone()))
     };
-    let admin = serve_http(admin_listener, admin_app);
-    let debug = debug_app.map(|(app, listener)| serve_http(listener, app));
+    let admin = serve_http(admin_listener, admin_app, "admin")?;
+    let debug = match debug_app {
+        Some((app, listener)) => Some(serve_http(listener, app, "debug")?),
+        None => None,
+    };
     let grpc = tokio::spawn(grpc);
     let admin = tokio::spawn(async move {
         match debug {
-            Some(debug) => tokio::try_join!(admin, debug).map(|_| ()),
+            Some(debug) => {
+                tokio::join!(admin, debug);
+            }
             None => admin.await,
         }
+        Ok::<(), std::io::Error>(())
     });
 
     shutdown.await;

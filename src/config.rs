@@ -313,6 +313,13 @@ pub struct ServeArgs {
     /// within this time is closed.
     #[arg(long, env = "CLOUDMAP_MCP_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
+    /// Most admin (and --debug-addr) HTTP connections open at once, each listener; more are closed on accept.
+    #[arg(long, env = "CLOUDMAP_MCP_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_max_connections: u32,
+    /// Admin HTTP: a request's headers must arrive within this time, and a kept-alive connection is
+    /// closed after this long without a request.
+    #[arg(long, env = "CLOUDMAP_MCP_ADMIN_HEADER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub admin_header_timeout: Duration,
     /// Most concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS); istiod opens one.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,

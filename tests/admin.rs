@@ -261,3 +261,58 @@ fn debug_addr_with_debug_views_off_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--debug-views=false turns off"), "{err}");
 }
+
+/// Reads until the server closes the connection (EOF or reset); false if still open at `deadline`.
+fn closed_by_server(s: &mut std::net::TcpStream, deadline: Instant) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn silent_slow_and_idle_admin_connections_are_closed_and_capped() {
+    use std::io::Write;
+    let (_dir, server) = small_server(&["--admin-header-timeout", "3s", "--admin-max-connections", "8"]);
+    let t0 = Instant::now();
+    // The slow-loris connection sends a header line every second, so only a deadline on the whole
+    // head (not an idle timer) closes it.
+    // 6 connections that never send anything, one that sends half a header slowly, one kept alive
+    // after a request: all hold a slot until the header timeout closes them.
+    let mut silent: Vec<_> = (0..6).map(|_| std::net::TcpStream::connect(server.admin).unwrap()).collect();
+    let mut slow = std::net::TcpStream::connect(server.admin).unwrap();
+    slow.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut kept = std::net::TcpStream::connect(server.admin).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The cap (8) is reached: one more is closed at once.
+    let mut over = std::net::TcpStream::connect(server.admin).unwrap();
+    assert!(closed_by_server(&mut over, Instant::now() + Duration::from_secs(2)), "a connection over the cap is closed");
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = slow.write_all(b"X-Slow: 1\r\n"); // may already be cut off
+    }
+    let deadline = t0 + Duration::from_secs(8);
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(closed_by_server(s, deadline), "silent connection {i} still open after 8 s");
+    }
+    assert!(closed_by_server(&mut slow, deadline), "a slow header is cut off");
+    assert!(closed_by_server(&mut kept, deadline), "an idle kept-alive connection is closed");
+    let closed_after = t0.elapsed();
+    // The slots are free again.
+    assert_eq!(http_get(server.admin, "/readyz").0, 200);
+    let refused = metric(&server, "cloudmap_mcp_connections_refused_total", "listener=\"admin\"");
+    assert!(refused >= 1.0, "refusal counted: {refused}");
+    println!("8 silent/slow/idle admin connections closed within {closed_after:.2?} (--admin-header-timeout 3s); refused over the cap: {refused}");
+}

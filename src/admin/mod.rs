@@ -27,6 +27,7 @@ use crate::cache::ResourceRx;
 use crate::translate::render;
 use crate::xds::Clients;
 
+pub mod serve;
 pub mod views;
 
 use views::{Freshness, View, ViewCache};

@@ -59,6 +59,16 @@ pub fn grpc_listener(a: &ServeArgs) -> crate::net::ListenerSettings {
     }
 }
 
+/// Limits of the admin listener (and of the --debug-addr one).
+pub fn admin_listener(a: &ServeArgs, name: &'static str, max_connections: usize) -> crate::net::ListenerSettings {
+    crate::net::ListenerSettings {
+        name,
+        max_connections,
+        handshake_timeout: a.admin_header_timeout,
+        tcp_keepalive: Some(a.keepalive_interval),
+    }
+}
+
 /// HTTP/2 limits of each gRPC connection.
 pub fn http2(a: &ServeArgs) -> crate::net::http2::Http2Settings {
     crate::net::http2::Http2Settings {
