@@ -65,16 +65,18 @@ pub async fn start_source(
             Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
         }
         (Some(path), false) => {
-            let initial = file::load(path)?;
+            let limits = args.registry_limits();
+            let initial = file::Initial::load(path, &limits)?;
+            let snap = &initial.snapshot;
             tracing::info!(
                 path = %path.display(),
-                namespaces = initial.namespaces.len(),
-                services = initial.service_count(),
-                instances = initial.instance_count(),
+                namespaces = snap.namespaces.len(),
+                services = snap.service_count(),
+                instances = snap.instance_count(),
                 "registry file loaded"
             );
             let (tx, rx) = source::channel();
-            tokio::spawn(file::watch(path.clone(), args.registry_poll_interval, initial, tx, metrics));
+            tokio::spawn(file::watch(path.clone(), args.registry_poll_interval, limits, initial, tx, metrics));
             Ok(StartedSource { snapshots: rx, cloudmap: None })
         }
     }
@@ -91,7 +93,8 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::register(&mut registry));
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
-    let model_rx = source.snapshots;
+    // Pacing sits before the build: a change held back is neither built nor pushed until its window ends.
+    let model_rx = crate::pacing::paced(source.snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
     let (res_tx, res_rx) = watch::channel(None);
     tokio::spawn(cache::run(model_rx, ResourceCache::new(opts), res_tx, metrics.clone()));
 
