@@ -15,6 +15,8 @@ use crate::source::{self, cloudmap, file, SnapshotRx};
 use crate::translate::HealthFilter;
 use crate::xds::{AdsServer, Clients};
 
+pub mod settings;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("invalid configuration: {0}")]
@@ -60,7 +62,7 @@ pub async fn start_source(
         (Some(_), true) => Err(AppError::Config("--registry-file and --cloudmap exclude each other: give one".into())),
         (None, false) => Err(AppError::Config("no source: give --registry-file FILE or --cloudmap".into())),
         (None, true) => {
-            let settings = cloudmap::Settings::from_args(&args.cloudmap, health)?;
+            let settings = settings::cloudmap_settings(&args.cloudmap, health)?;
             let src = cloudmap::start(settings, registry, metrics).await?;
             Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
         }
@@ -88,7 +90,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
-    let opts = args.translate.options().map_err(AppError::Config)?;
+    let opts = settings::translate_options(&args.translate).map_err(AppError::Config)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
@@ -100,7 +102,7 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let clients = Arc::new(Clients::default());
-    let ads = AdsServer::new(res_rx.clone(), metrics.clone(), clients.clone(), args.ads_config(), stop_rx.clone());
+    let ads = AdsServer::new(res_rx.clone(), metrics.clone(), clients.clone(), settings::ads_config(&args), stop_rx.clone());
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_not_serving::<AdsServer>().await;
@@ -134,7 +136,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| AppError::Config(format!("reflection: {e}")))?;
 
-    let tls = match args.tls_files() {
+    let tls = match settings::tls_files(&args) {
         Some(files) => {
             let cfg = crate::tls::load(&files)?;
             tracing::info!(cert = %files.cert.display(), client_ca = ?files.client_ca, "gRPC listener uses TLS");

@@ -1,6 +1,6 @@
 //! Command line and environment: one documented struct per command (every flag also reads a
-//! `CLOUDMAP_MCP_*` environment variable).
-use std::collections::BTreeMap;
+//! `CLOUDMAP_MCP_*` environment variable). Plain data: the composition root (`app::settings`)
+//! turns these into each module's own settings type.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::NamespaceType;
-use crate::translate::{self, render, HealthFilter, HostTemplate, Location};
-use crate::xds::{stream::Limits, AdsConfig};
+use crate::translate::{render, HealthFilter, Location};
 
 #[derive(Parser, Debug)]
 #[command(name = "cloudmap-mcp", version, about = "Serve AWS Cloud Map services to istiod as ServiceEntries over MCP-over-xDS")]
@@ -191,34 +190,10 @@ pub struct TranslateArgs {
     pub export_to: Vec<String>,
 }
 
+/// `KEY=VALUE`; the key and value are validated with the other translation options.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    translate::validate::label_key(k)?;
-    translate::validate::label_value(v)?;
     Ok((k.to_string(), v.to_string()))
-}
-
-impl TranslateArgs {
-    pub fn options(&self) -> Result<translate::Options, String> {
-        let istio_namespace = self
-            .istio_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "istio-system".to_string());
-        translate::validate::dns_label(&istio_namespace).map_err(|e| format!("--istio-namespace: {e}"))?;
-        if let Some(rev) = &self.istio_revision {
-            translate::validate::label_value(rev).map_err(|e| format!("--istio-revision: {e}"))?;
-        }
-        Ok(translate::Options {
-            istio_namespace,
-            host_template: HostTemplate::new(&self.host_template)?,
-            health_filter: self.health_filter,
-            location: self.location,
-            revision: self.istio_revision.clone(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            export_to: self.export_to.clone(),
-        })
-    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -272,30 +247,6 @@ pub struct ServeArgs {
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub tls_reload_interval: Duration,
-}
-
-impl ServeArgs {
-    /// The TLS files, when TLS is configured.
-    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
-        Some(crate::tls::TlsFiles {
-            cert: self.tls_cert_file.clone()?,
-            key: self.tls_key_file.clone()?,
-            client_ca: self.tls_client_ca_file.clone(),
-            client_auth: self.tls_client_auth,
-        })
-    }
-
-    pub fn ads_config(&self) -> AdsConfig {
-        AdsConfig {
-            limits: Limits {
-                max_types: self.max_types_per_stream,
-                max_resource_names: self.max_resource_names,
-                ..Limits::default()
-            },
-            max_request_bytes: self.max_request_bytes,
-            send_timeout: self.send_timeout,
-        }
-    }
 }
 
 #[derive(Args, Debug, Clone)]

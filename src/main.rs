@@ -29,13 +29,13 @@ async fn shutdown_signal() {
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
-    let opts = args.translate.options().map_err(anyhow::Error::msg).context("invalid options")?;
+    let opts = app::settings::translate_options(&args.translate).map_err(anyhow::Error::msg).context("invalid options")?;
     let snapshot = match (&args.source.registry_file, args.source.cloudmap.enabled) {
         (Some(_), true) => anyhow::bail!("--registry-file and --cloudmap exclude each other: give one"),
         (None, false) => anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap"),
         (Some(path), false) => source::file::load_with(path, &args.source.registry_limits())?,
         (None, true) => {
-            let settings = source::cloudmap::Settings::from_args(&args.source.cloudmap, opts.health_filter)?;
+            let settings = app::settings::cloudmap_settings(&args.source.cloudmap, opts.health_filter)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             rt.block_on(source::cloudmap::sync_once(settings, 3))?
         }
