@@ -67,7 +67,7 @@ pub async fn start_source(
             Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
         }
         (Some(path), false) => {
-            let limits = args.registry_limits();
+            let limits = settings::registry_limits(args);
             let initial = file::Initial::load(path, &limits)?;
             let snap = &initial.snapshot;
             tracing::info!(

@@ -45,30 +45,19 @@ pub struct SourceArgs {
     #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "250ms")]
     pub registry_poll_interval: Duration,
     /// Largest registry file read, in bytes; a larger file is refused (at startup: an error; an edit: logged, the last good version stays).
-    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_BYTES", default_value_t = crate::source::file::DEFAULT_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_BYTES", default_value_t = 128 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub registry_max_bytes: u64,
     /// Most services in the registry file, counted after YAML alias expansion while it is read; more is refused like an oversized file.
-    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_SERVICES", default_value_t = crate::source::file::DEFAULT_MAX_SERVICES)]
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_SERVICES", default_value_t = 50_000)]
     pub registry_max_services: usize,
     /// Most instances in the registry file (all services together), counted after YAML alias expansion while it is read.
-    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_INSTANCES", default_value_t = crate::source::file::DEFAULT_MAX_INSTANCES)]
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_INSTANCES", default_value_t = 200_000)]
     pub registry_max_instances: usize,
     #[command(flatten)]
     pub cloudmap: CloudMapArgs,
 }
 
 /// The AWS Cloud Map source (`--cloudmap`); see docs/cloudmap.md.
-impl SourceArgs {
-    /// The registry file's caps.
-    pub fn registry_limits(&self) -> crate::source::file::Limits {
-        crate::source::file::Limits {
-            max_bytes: self.registry_max_bytes,
-            max_services: self.registry_max_services,
-            max_instances: self.registry_max_instances,
-        }
-    }
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct CloudMapArgs {
     /// Read services from the AWS Cloud Map API (credentials from the standard AWS chain).

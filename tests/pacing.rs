@@ -46,14 +46,8 @@ async fn rapid_edits_are_coalesced_into_one_push_per_interval() {
     let path = dir.path().join("registry.yaml");
     std::fs::write(&path, registry(0)).unwrap();
     let interval = Duration::from_millis(1000);
-    let server = ServerProcess::start(&[
-        "--registry-file",
-        path.to_str().unwrap(),
-        "--registry-poll-interval",
-        "20ms",
-        "--min-push-interval",
-        "1s",
-    ]);
+    let server =
+        ServerProcess::start(&["--registry-file", path.to_str().unwrap(), "--registry-poll-interval", "20ms", "--min-push-interval", "1s"]);
     let mut ads = AdsStream::connect(&server.url()).await;
     let first = ads.istiod_handshake(ISTIOD_130_KINDS).await;
     assert_eq!(addresses(&first[SE_V1]), expected_addresses(0));

@@ -1,5 +1,5 @@
 //! Attacks through the registry file, against the real binary: a huge file and a YAML alias bomb
-//! (a few KB that expand to 10⁹ instances), at startup and as live edits.
+//! (168 KB that expand to 10⁹ instances), at startup and as live edits.
 //!
 //! At startup the server must exit at once with a clear error (not abort out of memory); as an
 //! edit, the file is refused with a log line, the last good state keeps being served to old and
@@ -100,7 +100,7 @@ fn at_startup_an_oversized_file_or_an_alias_bomb_is_a_clear_error() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("is 1073741824 bytes, over the 134217728-byte cap"), "{err}");
 
-    // 1,000 × 1,000 × 1,000 = 10⁹ instances from 96 KB, with the default caps: a clean exit with
+    // 1,000 × 1,000 × 1,000 = 10⁹ instances from 168 KB, with the default caps: a clean exit with
     // the cap named, not an abort out of memory.
     std::fs::write(&path, alias_bomb(1000, 1000, 1000)).unwrap();
     let (code, err) = run_to_exit(&["--registry-file", p]);
@@ -160,7 +160,7 @@ async fn live_edits_over_the_caps_are_refused_and_memory_stays_bounded() {
     let (_, hwm) = memory(pid);
     assert!(hwm < idle_hwm + 16 * 1024, "peak {hwm} KiB after the 1 GiB file, idle peak {idle_hwm} KiB");
 
-    // 2. An alias bomb of 10⁹ instances (96 KB): refused at the instance cap, while it is read.
+    // 2. An alias bomb of 10⁹ instances (168 KB): refused at the instance cap, while it is read.
     let bomb = alias_bomb(1000, 1000, 1000);
     write_atomic(&path, &bomb);
     let needle = format!("more than {max_instances} instances after alias expansion");

@@ -97,15 +97,13 @@ fn charge<E: de::Error>(item: Option<Item>, bytes: usize) -> Result<(), E> {
             }
             Some(Item::Service) => {
                 b.services += 1;
-                (b.services > b.limits.max_services).then(|| {
-                    format!("more than {} services after alias expansion (--registry-max-services)", b.limits.max_services)
-                })
+                (b.services > b.limits.max_services)
+                    .then(|| format!("more than {} services after alias expansion (--registry-max-services)", b.limits.max_services))
             }
             Some(Item::Instance) => {
                 b.instances += 1;
-                (b.instances > b.limits.max_instances).then(|| {
-                    format!("more than {} instances after alias expansion (--registry-max-instances)", b.limits.max_instances)
-                })
+                (b.instances > b.limits.max_instances)
+                    .then(|| format!("more than {} instances after alias expansion (--registry-max-instances)", b.limits.max_instances))
             }
             None => None,
         };

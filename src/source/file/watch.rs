@@ -253,7 +253,19 @@ impl Watcher {
         let st = WatchState::new(Some(initial.bytes), served_model.service_count());
         tx.send_replace(Some(served_model.clone()));
         metrics.source_loaded("file");
-        Watcher { path, interval, limits, tx, metrics, st, served_model, stamp: initial.stamp, read_at: initial.read_at, refused: None, failing: false }
+        Watcher {
+            path,
+            interval,
+            limits,
+            tx,
+            metrics,
+            st,
+            served_model,
+            stamp: initial.stamp,
+            read_at: initial.read_at,
+            refused: None,
+            failing: false,
+        }
     }
 
     fn error(&mut self, log: impl FnOnce()) {
@@ -307,7 +319,7 @@ impl Watcher {
         }
         if Some(stamp) == self.stamp && self.unchanged_since_read(&stamp) {
             // Only a cut-off copy held long enough has anything left to do.
-            if !self.st.cut_since.is_some_and(|t| t.elapsed() >= hold) {
+            if self.st.cut_since.is_none_or(|t| t.elapsed() < hold) {
                 return;
             }
         }
@@ -423,7 +435,9 @@ impl Watcher {
             }
             Err(_) => {
                 self.failing = false;
-                self.error(|| tracing::error!("registry file parser panicked (a bug: please report it); still serving the last good version"));
+                self.error(|| {
+                    tracing::error!("registry file parser panicked (a bug: please report it); still serving the last good version")
+                });
             }
         }
     }
