@@ -108,7 +108,7 @@ pub async fn start(
 ) -> Result<CloudMapSource, CloudMapError> {
     tracing::info!(
         region = settings.client.region.as_deref().unwrap_or("(from the AWS configuration)"),
-        endpoint = settings.client.endpoint_url.as_deref().unwrap_or("(default)"),
+        endpoint = %client::endpoint_description(&settings.client),
         resync_interval = ?settings.resync_interval,
         revision_poll_interval = ?settings.revision_poll_interval,
         revision_poll_max_interval = ?settings.revision_poll_max_interval,
