@@ -66,18 +66,9 @@ pub async fn start_source(
             Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
         }
         (Some(path), false) => {
-            let limits = settings::registry_limits(args);
-            let initial = file::Initial::load(path, &limits)?;
-            let snap = &initial.snapshot;
-            tracing::info!(
-                path = %path.display(),
-                namespaces = snap.namespaces.len(),
-                services = snap.service_count(),
-                instances = snap.instance_count(),
-                "registry file loaded"
-            );
             let (tx, rx) = source::channel();
-            tokio::spawn(file::watch(path.clone(), args.registry_poll_interval, limits, initial, tx, metrics));
+            let limits = settings::registry_limits(args);
+            file::watch(path.clone(), args.registry_poll_interval, limits, tx, metrics).await?;
             Ok(StartedSource { snapshots: rx, cloudmap: None })
         }
     }

@@ -206,7 +206,7 @@ fn share_unchanged(next: &mut model::Snapshot, prev: &model::Snapshot) {
     }
 }
 
-/// Publishes `initial`, then checks the file every `interval` and publishes each new good version.
+/// Loads the file and publishes it, then checks it every `interval` and publishes each new good version.
 /// Returns when every receiver is gone. What is never published:
 /// - a file that does not parse (logged with its position), or over `limits`;
 /// - a file still being written: a changed file is used once it has stayed unmodified for
@@ -217,17 +217,42 @@ fn share_unchanged(next: &mut model::Snapshot, prev: &model::Snapshot) {
 ///
 /// In all these cases the last good snapshot stays, and `cloudmap_mcp_source_errors_total{source="file"}`
 /// counts the event.
-pub async fn watch(path: PathBuf, interval: Duration, limits: Limits, initial: Initial, tx: SnapshotTx, metrics: Arc<Metrics>) {
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+///
+/// The first load happens on the watcher's thread too (see the module doc: one arena for every
+/// parse); its error, if any, is returned and nothing is started.
+pub async fn watch(
+    path: PathBuf,
+    interval: Duration,
+    limits: Limits,
+    tx: SnapshotTx,
+    metrics: Arc<Metrics>,
+) -> Result<(), RegistryFileError> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), RegistryFileError>>();
+    let thread_path = path.clone();
     let spawned = std::thread::Builder::new().name("registry-file".into()).spawn(move || {
-        Watcher::new(path, interval, limits, initial, tx, metrics).run();
-        drop(done_tx);
+        let initial = match Initial::load(&thread_path, &limits) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = first_tx.send(Err(e));
+                return;
+            }
+        };
+        let snap = &initial.snapshot;
+        tracing::info!(
+            path = %thread_path.display(),
+            namespaces = snap.namespaces.len(),
+            services = snap.service_count(),
+            instances = snap.instance_count(),
+            "registry file loaded"
+        );
+        let watcher = Watcher::new(thread_path, interval, limits, initial, tx, metrics);
+        let _ = first_tx.send(Ok(()));
+        watcher.run();
     });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the registry file watcher thread");
-        return;
+    if let Err(source) = spawned {
+        return Err(RegistryFileError::Io { path, source });
     }
-    let _ = done_rx.await;
+    first_rx.await.unwrap_or(Ok(()))
 }
 
 struct Watcher {
