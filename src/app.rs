@@ -69,16 +69,9 @@ pub async fn start_source(
             Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
         }
         (Some(path), false) => {
-            let initial = file::load(path)?;
-            tracing::info!(
-                path = %path.display(),
-                namespaces = initial.namespaces.len(),
-                services = initial.service_count(),
-                instances = initial.instance_count(),
-                "registry file loaded"
-            );
             let (tx, rx) = source::channel();
-            tokio::spawn(file::watch(path.clone(), args.registry_poll_interval, initial, tx, metrics));
+            let limits = settings::registry_limits(args);
+            file::watch(path.clone(), args.registry_poll_interval, limits, tx, metrics).await?;
             Ok(StartedSource { snapshots: rx, cloudmap: None })
         }
     }
@@ -120,7 +113,8 @@ pub async fn serve(
     let view_metrics = ViewMetrics::register(&mut registry);
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
-    let model_rx = source.snapshots;
+    // Pacing sits before the build: a change held back is neither built nor pushed until its window ends.
+    let model_rx = crate::pacing::paced(source.snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
     let (res_tx, res_rx) = watch::channel(None);
     tokio::spawn(cache::run(model_rx, ResourceCache::new(opts), res_tx, metrics.clone()));
 

@@ -119,9 +119,18 @@ pub struct SourceArgs {
     /// A registry file (YAML mirroring Cloud Map) instead of the Cloud Map API. Re-read when it changes.
     #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_FILE", conflicts_with = "cloudmap")]
     pub registry_file: Option<PathBuf>,
-    /// How often the registry file is checked for changes.
-    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    /// How often the registry file is checked for changes (a `stat`; the contents are read only when it moved).
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "250ms")]
     pub registry_poll_interval: Duration,
+    /// Largest registry file read, in bytes; a larger file is refused (at startup: an error; an edit: logged, the last good version stays).
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_BYTES", default_value_t = 128 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub registry_max_bytes: u64,
+    /// Most services in the registry file, counted after YAML alias expansion while it is read; more is refused like an oversized file.
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_SERVICES", default_value_t = 50_000)]
+    pub registry_max_services: usize,
+    /// Most instances in the registry file (all services together), counted after YAML alias expansion while it is read.
+    #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_MAX_INSTANCES", default_value_t = 200_000)]
+    pub registry_max_instances: usize,
     #[command(flatten)]
     pub cloudmap: CloudMapArgs,
 }
@@ -335,6 +344,11 @@ pub struct ServeArgs {
     /// idle time before TCP keepalive probes.
     #[arg(long, env = "CLOUDMAP_MCP_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
     pub keepalive_interval: Duration,
+    /// Pushes to clients are at least this far apart: the first change after a quiet period is pushed at once, later
+    /// changes within this window are coalesced into one push at its end (each push costs every istiod a full decode).
+    /// 0 pushes every change at once.
+    #[arg(long, env = "CLOUDMAP_MCP_MIN_PUSH_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub min_push_interval: Duration,
     /// On SIGTERM, how long to wait for streams to close before exiting.
     #[arg(long, env = "CLOUDMAP_MCP_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,

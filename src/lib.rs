@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod pacing;
 pub mod proto;
 pub mod source;
 pub mod tls;

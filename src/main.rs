@@ -44,7 +44,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
         (None, false) => {
             anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap")
         }
-        (Some(path), false) => source::file::load(path)?,
+        (Some(path), false) => source::file::load_with(path, &app::settings::registry_limits(&args.source))?,
         (None, true) => {
             let settings = app::settings::cloudmap_settings(&args.source.cloudmap, opts.health_filter)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

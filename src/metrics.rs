@@ -69,6 +69,7 @@ pub struct Metrics {
     pub rejected_services: Gauge,
     pub skipped_instances: Gauge,
     pub snapshots_built: Counter,
+    pub delayed_pushes: Counter,
     pub build_failures: Counter,
     pub translate_seconds: Histogram,
     pub source_loads: Family<Labels, Counter>,
@@ -106,6 +107,7 @@ impl Metrics {
             rejected_services: Gauge::default(),
             skipped_instances: Gauge::default(),
             snapshots_built: Counter::default(),
+            delayed_pushes: Counter::default(),
             build_failures: Counter::default(),
             translate_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             source_loads: Family::default(),
@@ -156,6 +158,11 @@ impl Metrics {
         );
         reg!("skipped_instances", "Instances currently left out (no usable address or port)", Box::new(m.skipped_instances.clone()));
         reg!("snapshots_built", "Resource snapshots built (translate + encode)", Box::new(m.snapshots_built.clone()));
+        reg!(
+            "delayed_pushes",
+            "Pushes delayed by --min-push-interval: a change came within the window after the previous push and went out at its end, with any later changes of that window folded in",
+            Box::new(m.delayed_pushes.clone()),
+        );
         reg!(
             "snapshot_build_failures",
             "Snapshot builds that panicked (a bug); the last good snapshot stays served",

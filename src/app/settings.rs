@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{CloudMapArgs, ServeArgs, TranslateArgs};
+use crate::config::{CloudMapArgs, ServeArgs, SourceArgs, TranslateArgs};
 use crate::source::cloudmap::{self, BudgetConfig, ClientConfig, CloudMapError, Selection};
 use crate::translate::{self, HealthFilter, HostTemplate};
 use crate::xds::{stream::Limits, AdsConfig};
@@ -81,6 +81,15 @@ pub fn http2(a: &ServeArgs) -> crate::net::http2::Http2Settings {
         // One response chunk: the stream's body is asked for the next one when this drained.
         max_send_buf_size: crate::xds::codec::CHUNK,
         max_header_list_size: 16 * 1024,
+    }
+}
+
+/// The registry file's caps.
+pub fn registry_limits(a: &SourceArgs) -> crate::source::file::Limits {
+    crate::source::file::Limits {
+        max_bytes: a.registry_max_bytes,
+        max_services: a.registry_max_services,
+        max_instances: a.registry_max_instances,
     }
 }
 
@@ -188,6 +197,15 @@ mod tests {
     fn settings(flags: &[&str]) -> Result<cloudmap::Settings, CloudMapError> {
         let args = serve_args(&[&["--cloudmap"], flags].concat());
         cloudmap_settings(&args.source.cloudmap, HealthFilter::HealthyOrElseAll)
+    }
+
+    #[test]
+    fn registry_caps_default_to_the_parser_defaults() {
+        let a = serve_args(&["--registry-file", "r.yaml"]);
+        assert_eq!(super::registry_limits(&a.source), crate::source::file::Limits::default());
+        let a = serve_args(&["--registry-file", "r.yaml", "--registry-max-instances", "7", "--registry-max-bytes", "9"]);
+        let l = super::registry_limits(&a.source);
+        assert_eq!((l.max_instances, l.max_bytes), (7, 9));
     }
 
     #[test]

@@ -17,13 +17,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::SnapshotTx;
-use crate::metrics::Metrics;
 use crate::model::{self, HealthStatus, NamespaceType, Timestamp};
+
+mod budget;
+mod watch;
+
+use budget::Counted;
+pub use budget::{Limits, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_SERVICES};
+pub use watch::{cut_off_hold, settle_time, watch, Initial, Stamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryFileError {
@@ -33,12 +37,14 @@ pub enum RegistryFileError {
     Parse { path: PathBuf, message: String },
     #[error("registry file {path}: {at}: {message}")]
     Invalid { path: PathBuf, at: String, message: String },
+    #[error("registry file {path} is {bytes} bytes, over the {max}-byte cap (--registry-max-bytes)")]
+    TooLarge { path: PathBuf, bytes: u64, max: u64 },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRegistry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "budget::seq")]
     namespaces: Vec<FileNamespace>,
 }
 
@@ -51,7 +57,7 @@ struct FileNamespace {
     id: Option<String>,
     arn: Option<String>,
     http_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "budget::seq")]
     services: Vec<FileService>,
 }
 
@@ -65,7 +71,7 @@ struct FileService {
     /// Service-level attributes (Cloud Map's per-service attributes).
     #[serde(default, deserialize_with = "scalar_map")]
     attributes: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "budget::seq")]
     instances: Vec<FileInstance>,
 }
 
@@ -78,7 +84,33 @@ struct FileInstance {
     health_status: Option<HealthStatus>,
 }
 
+fn opt_len(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::len)
+}
+
+impl Counted for FileNamespace {
+    const ITEM: budget::Item = budget::Item::Namespace;
+    fn string_bytes(&self) -> usize {
+        self.name.len() + opt_len(&self.id) + opt_len(&self.arn) + opt_len(&self.http_name)
+    }
+}
+
+impl Counted for FileService {
+    const ITEM: budget::Item = budget::Item::Service;
+    fn string_bytes(&self) -> usize {
+        self.name.len() + opt_len(&self.id) + opt_len(&self.arn) + opt_len(&self.create_date)
+    }
+}
+
+impl Counted for FileInstance {
+    const ITEM: budget::Item = budget::Item::Instance;
+    fn string_bytes(&self) -> usize {
+        self.id.len()
+    }
+}
+
 /// Attribute values are strings in Cloud Map; accept YAML numbers and booleans too (`AWS_INSTANCE_PORT: 8080`).
+/// Each entry is charged against the parse's budget as it is read (a later duplicate key wins).
 fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -88,19 +120,28 @@ fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String,
         F(f64),
         B(bool),
     }
-    let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Scalar::S(s) => s,
-                Scalar::I(i) => i.to_string(),
-                Scalar::F(f) => f.to_string(),
-                Scalar::B(b) => b.to_string(),
-            };
-            (k, v)
-        })
-        .collect())
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of attribute names to strings, numbers or booleans")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, Scalar>()? {
+                let v = match v {
+                    Scalar::S(s) => s,
+                    Scalar::I(i) => i.to_string(),
+                    Scalar::F(f) => f.to_string(),
+                    Scalar::B(b) => b.to_string(),
+                };
+                budget::charge_bytes::<A::Error>(k.len() + v.len())?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
 }
 
 /// Deepest nesting of YAML flow collections accepted. The YAML parser's cost grows with the square of
@@ -170,9 +211,18 @@ fn flow_nesting_beyond(text: &str, limit: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// Parses registry file contents. `path` is only used in error messages.
+/// Parses registry file contents with the default [`Limits`]. `path` is only used in error messages.
 pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileError> {
+    parse_with(path, text, &Limits::default())
+}
+
+/// Parses registry file contents; services and instances beyond `limits` (counted after alias
+/// expansion, while deserializing) make it fail. `path` is only used in error messages.
+pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Snapshot, RegistryFileError> {
     let path_buf = || path.to_path_buf();
+    if text.len() as u64 > limits.max_bytes {
+        return Err(RegistryFileError::TooLarge { path: path_buf(), bytes: text.len() as u64, max: limits.max_bytes });
+    }
     if let Some((line, column)) = flow_nesting_beyond(text, MAX_FLOW_NESTING) {
         return Err(RegistryFileError::Parse {
             path: path_buf(),
@@ -182,7 +232,8 @@ pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileErr
     let file: FileRegistry = if text.trim().is_empty() {
         FileRegistry { namespaces: Vec::new() }
     } else {
-        serde_yaml::from_str(text).map_err(|e| RegistryFileError::Parse { path: path_buf(), message: e.to_string() })?
+        budget::with_budget(*limits, text.len(), || serde_yaml::from_str(text))
+            .map_err(|e| RegistryFileError::Parse { path: path_buf(), message: e.to_string() })?
     };
     let invalid = |at: String, message: String| RegistryFileError::Invalid { path: path_buf(), at, message };
 
@@ -254,274 +305,41 @@ pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileErr
     Ok(snap)
 }
 
-/// Reads and parses the file.
+/// Reads and parses the file with the default [`Limits`].
 pub fn load(path: &Path) -> Result<model::Snapshot, RegistryFileError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| RegistryFileError::Io { path: path.to_path_buf(), source })?;
-    parse(path, &text)
+    load_with(path, &Limits::default())
 }
 
-/// How long a changed file must stay unchanged before it is read as a new version (a writer that
-/// truncates and then writes is usually done by then).
-pub fn settle_time(interval: Duration) -> Duration {
-    (interval / 2).min(Duration::from_millis(250))
+/// Reads and parses the file; a file over `limits.max_bytes` is refused before it is read.
+pub fn load_with(path: &Path, limits: &Limits) -> Result<model::Snapshot, RegistryFileError> {
+    let bytes = read_capped(path, limits.max_bytes)?;
+    parse_bytes(path, &bytes, limits)
 }
 
-/// How long a file that looks cut off (a strict prefix of the served version) must stay unchanged
-/// before it is applied.
-pub fn cut_off_hold(interval: Duration) -> Duration {
-    (interval * 10).max(Duration::from_secs(5))
-}
-
-/// What the watcher decided about one read of the file.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// The version being served, or a version already looked at: nothing to do.
-    Unchanged,
-    /// New contents: parse and, if good, serve.
-    Apply,
-    /// A version held back as cut off that stayed unchanged for the whole hold: an edit after all.
-    ApplyCutOff,
-    /// Empty while services are served: a truncation, not an edit (`namespaces: []` serves nothing).
-    Empty,
-    /// A strict prefix of the served version: looks like a write cut off; held back.
-    CutOff,
-}
-
-/// The watcher's memory, separate from I/O so the rules are testable.
-#[derive(Debug)]
-struct WatchState {
-    /// Bytes of the version being served.
-    served: Option<Vec<u8>>,
-    served_services: usize,
-    /// The last bytes looked at (served or not).
-    seen: Option<Vec<u8>>,
-    /// Since when `seen` has been held back as cut off.
-    cut_since: Option<std::time::Instant>,
-}
-
-impl WatchState {
-    fn judge(&mut self, bytes: &[u8], now: std::time::Instant, hold: Duration) -> Verdict {
-        if self.served.as_deref() == Some(bytes) {
-            self.seen = self.served.clone();
-            self.cut_since = None;
-            return Verdict::Unchanged;
-        }
-        if self.seen.as_deref() == Some(bytes) {
-            return match self.cut_since {
-                Some(t) if now.duration_since(t) >= hold => {
-                    self.cut_since = None;
-                    Verdict::ApplyCutOff
-                }
-                _ => Verdict::Unchanged,
-            };
-        }
-        self.seen = Some(bytes.to_vec());
-        self.cut_since = None;
-        let blank = bytes.iter().all(|b| b.is_ascii_whitespace());
-        if blank && self.served_services > 0 {
-            return Verdict::Empty;
-        }
-        if let Some(served) = &self.served {
-            if !blank && bytes.len() < served.len() && served.starts_with(bytes) {
-                self.cut_since = Some(now);
-                return Verdict::CutOff;
-            }
-        }
-        Verdict::Apply
+/// Reads at most `max` bytes of the file: a larger file (or one that grows past `max` while it is
+/// read) is an error, and never more than `max + 1` bytes are held.
+pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, RegistryFileError> {
+    use std::io::Read;
+    let io = |source| RegistryFileError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > max {
+        return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: len, max });
     }
+    let mut bytes = Vec::with_capacity(len as usize + 1);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: bytes.len() as u64, max });
+    }
+    Ok(bytes)
 }
 
-/// Publishes `initial`, then polls the file every `interval` and publishes each new good version.
-/// Returns when every receiver is gone. What is never published:
-/// - a file that does not parse (logged with its position);
-/// - a file still being written: a changed file is read again after [`settle_time`] and used only
-///   if both reads agree;
-/// - an empty file while services are served (a truncation; write `namespaces: []` to serve none);
-/// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
-///   [`cut_off_hold`].
-///
-/// In all these cases the last good snapshot stays, and `cloudmap_mcp_source_errors_total{source="file"}`
-/// counts the event.
-pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, tx: SnapshotTx, metrics: Arc<Metrics>) {
-    let first = std::fs::read(&path).ok();
-    let mut st = WatchState { served: first.clone(), served_services: initial.service_count(), seen: first, cut_since: None };
-    let _ = tx.send(Some(Arc::new(initial)));
-    metrics.source_loaded("file");
-    let settle = settle_time(interval);
-    let hold = cut_off_hold(interval);
-    let mut failing = false;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = tx.closed() => return,
-        }
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) => {
-                if !failing {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read registry file; still serving the last good version");
-                    metrics.source_error("file");
-                    failing = true;
-                }
-                continue;
-            }
-        };
-        let held = match st.judge(&bytes, std::time::Instant::now(), hold) {
-            Verdict::Unchanged => {
-                if failing && st.served.as_deref() == Some(bytes.as_slice()) {
-                    tracing::info!(path = %path.display(), "registry file is back to the served version");
-                    failing = false;
-                }
-                continue;
-            }
-            Verdict::Empty => {
-                failing = true;
-                metrics.source_error("file");
-                tracing::error!(
-                    path = %path.display(),
-                    served_services = st.served_services,
-                    "registry file is empty (truncated?); still serving the last good version (write `namespaces: []` to serve nothing)"
-                );
-                continue;
-            }
-            Verdict::CutOff => {
-                failing = true;
-                metrics.source_error("file");
-                tracing::warn!(
-                    path = %path.display(),
-                    bytes = bytes.len(),
-                    served_bytes = st.served.as_ref().map_or(0, Vec::len),
-                    hold = ?hold,
-                    "registry file is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
-                );
-                continue;
-            }
-            Verdict::Apply => false,
-            Verdict::ApplyCutOff => true,
-        };
-        // New contents must settle (the writer may not be done); a version held as cut off has been
-        // stable for the whole hold already.
-        if !held {
-            tokio::time::sleep(settle).await;
-            match tokio::fs::read(&path).await {
-                Ok(again) if again == bytes => {}
-                _ => {
-                    // Still being written: look again on the next tick.
-                    st.seen = None;
-                    continue;
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let parse_path = path.clone();
-        // Parsing is CPU work proportional to the file (and worse for pathological YAML): keep it
-        // off the runtime's worker threads so streams are never starved.
-        let parsed = match tokio::task::spawn_blocking(move || parse(&parse_path, &text)).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "registry file parser failed; still serving the last good version");
-                metrics.source_error("file");
-                failing = true;
-                continue;
-            }
-        };
-        match parsed {
-            Ok(snap) => {
-                failing = false;
-                if held {
-                    tracing::warn!(path = %path.display(), "registry file stayed cut off for the whole hold; applying it as an edit");
-                }
-                tracing::info!(
-                    path = %path.display(),
-                    namespaces = snap.namespaces.len(),
-                    services = snap.service_count(),
-                    instances = snap.instance_count(),
-                    "registry file reloaded"
-                );
-                metrics.source_loaded("file");
-                st.served = Some(bytes);
-                st.served_services = snap.service_count();
-                tx.send_if_modified(|cur| {
-                    if cur.as_deref() == Some(&snap) {
-                        false
-                    } else {
-                        *cur = Some(Arc::new(snap));
-                        true
-                    }
-                });
-            }
-            Err(e) => {
-                failing = true;
-                metrics.source_error("file");
-                tracing::error!(error = %e, "registry file edit rejected; still serving the last good version");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod watch_tests {
-    use std::time::{Duration, Instant};
-
-    use super::{Verdict, WatchState};
-
-    fn state(served: &str, services: usize) -> WatchState {
-        WatchState {
-            served: Some(served.as_bytes().to_vec()),
-            served_services: services,
-            seen: Some(served.as_bytes().to_vec()),
-            cut_since: None,
-        }
-    }
-
-    #[test]
-    fn served_and_already_seen_versions_are_unchanged() {
-        let mut st = state("namespaces: [a]\n", 1);
-        let now = Instant::now();
-        let hold = Duration::from_secs(5);
-        assert_eq!(st.judge(b"namespaces: [a]\n", now, hold), Verdict::Unchanged);
-        assert_eq!(st.judge(b"namespaces: [b]\n", now, hold), Verdict::Apply);
-        // A broken version is looked at once.
-        assert_eq!(st.judge(b"namespaces: [b]\n", now, hold), Verdict::Unchanged);
-    }
-
-    #[test]
-    fn an_empty_file_never_replaces_served_services() {
-        let mut st = state("namespaces: [a]\n", 1);
-        let now = Instant::now();
-        let hold = Duration::from_secs(5);
-        assert_eq!(st.judge(b"", now, hold), Verdict::Empty);
-        assert_eq!(st.judge(b"", now + hold * 10, hold), Verdict::Unchanged, "never applied");
-        assert_eq!(st.judge(b" \n", now, hold), Verdict::Empty);
-        // Nothing served: an empty file is harmless.
-        let mut st = state("namespaces: []\n", 0);
-        assert_eq!(st.judge(b"", now, hold), Verdict::Apply);
-    }
-
-    #[test]
-    fn a_cut_off_copy_is_held_until_it_stays() {
-        let full = "namespaces:\n  - name: a\n    type: HTTP\n  - name: b\n    type: HTTP\n";
-        let mut st = state(full, 2);
-        let now = Instant::now();
-        let hold = Duration::from_secs(5);
-        let cut = &full.as_bytes()[..25];
-        assert_eq!(st.judge(cut, now, hold), Verdict::CutOff);
-        assert_eq!(st.judge(cut, now + Duration::from_secs(1), hold), Verdict::Unchanged);
-        assert_eq!(st.judge(cut, now + hold, hold), Verdict::ApplyCutOff);
-        // Restored before the hold ends: back to the served version, nothing applied.
-        let mut st = state(full, 2);
-        assert_eq!(st.judge(cut, now, hold), Verdict::CutOff);
-        assert_eq!(st.judge(full.as_bytes(), now + Duration::from_secs(1), hold), Verdict::Unchanged);
-        assert_eq!(st.cut_since, None);
-        // A different cut restarts the hold.
-        assert_eq!(st.judge(cut, now, hold), Verdict::CutOff);
-        assert_eq!(st.judge(&full.as_bytes()[..30], now + Duration::from_secs(4), hold), Verdict::CutOff);
-        assert_eq!(st.judge(&full.as_bytes()[..30], now + Duration::from_secs(6), hold), Verdict::Unchanged);
-        // A longer file or a different one is an ordinary edit.
-        assert_eq!(st.judge(format!("{full}  - name: c\n    type: HTTP\n").as_bytes(), now, hold), Verdict::Apply);
+/// Parses file bytes; invalid UTF-8 is read lossily (replacement characters), valid UTF-8 is
+/// parsed in place without a copy.
+pub fn parse_bytes(path: &Path, bytes: &[u8], limits: &Limits) -> Result<model::Snapshot, RegistryFileError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_with(path, text, limits),
+        Err(_) => parse_with(path, &String::from_utf8_lossy(bytes), limits),
     }
 }
 

@@ -1,0 +1,548 @@
+//! Watching the registry file for edits.
+//!
+//! Every tick costs one `stat`: while the file's metadata (device, inode, length, modification and
+//! change times) stays what it was when its contents were last read, the contents are not read.
+//! A file modified so shortly before that read that a later write could have left the same
+//! metadata (timestamps are only as fine as the kernel's clock tick, seconds on some filesystems)
+//! is "racy": its contents are hashed again, in small blocks, until that window has passed. A file
+//! whose metadata moved is read once, checked, parsed once, and published.
+//!
+//! Everything runs on one thread of its own: parsing a large file is long CPU work that must not
+//! hold an async worker, and one thread means one malloc arena for every parse's short-lived
+//! buffers instead of a new arena's worth of retained memory per blocking-pool thread.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{parse_bytes, read_capped, Limits, RegistryFileError};
+use crate::metrics::Metrics;
+use crate::model;
+use crate::source::SnapshotTx;
+
+/// How long a changed file must have stayed unmodified (by its modification time) before its
+/// contents are used (a writer that truncates and then writes is usually done by then). A file
+/// replaced atomically (written aside, then renamed) is usually older than this when it is seen.
+pub fn settle_time(interval: Duration) -> Duration {
+    (interval / 2).min(Duration::from_millis(100))
+}
+
+/// How long a file that looks cut off (a strict prefix of the served version) must stay unchanged
+/// before it is applied.
+pub fn cut_off_hold(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(5))
+}
+
+/// A file modified less than this before its contents were read may change again without its
+/// metadata moving (coarse timestamps): it is re-hashed on every tick until this has passed.
+const RACY: Duration = Duration::from_secs(2);
+
+/// What a `stat` says about the file; equal stamps mean unchanged contents (outside the racy window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    pub fn of(path: &Path) -> std::io::Result<Stamp> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let (dev, ino, mtime, ctime) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino(), (m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let (dev, ino, mtime, ctime) = (0, 0, (0, 0), (0, 0));
+        Ok(Stamp { dev, ino, len: m.len(), mtime, ctime, modified: m.modified().ok() })
+    }
+
+    /// Time since the last modification (zero for a time in the future or unknown).
+    fn age(&self, now: SystemTime) -> Duration {
+        self.modified.and_then(|m| now.duration_since(m).ok()).unwrap_or_default()
+    }
+
+    /// Whether contents read at `read_at` may have changed since without moving this stamp.
+    fn racy(&self, read_at: SystemTime) -> bool {
+        match self.modified {
+            Some(m) => read_at.duration_since(m).map_or(true, |d| d < RACY),
+            None => true,
+        }
+    }
+}
+
+/// The 128-bit hash contents are compared by (the served bytes are kept for the cut-off check).
+fn hash(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// Hashes the file in 64 KiB blocks (no buffer of its size); `None` past `max` bytes.
+fn hash_file(path: &Path, max: u64) -> std::io::Result<Option<u128>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Some(h.digest128()));
+        }
+        total += n as u64;
+        if total > max {
+            return Ok(None);
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// The first load, with what the watcher needs to know about it.
+pub struct Initial {
+    pub snapshot: model::Snapshot,
+    bytes: Vec<u8>,
+    stamp: Option<Stamp>,
+    read_at: SystemTime,
+}
+
+impl Initial {
+    /// Reads and parses the file (refused over `limits`).
+    pub fn load(path: &Path, limits: &Limits) -> Result<Initial, RegistryFileError> {
+        let stamp = Stamp::of(path).ok();
+        let read_at = SystemTime::now();
+        let bytes = read_capped(path, limits.max_bytes)?;
+        let snapshot = parse_bytes(path, &bytes, limits)?;
+        Ok(Initial { snapshot, bytes, stamp, read_at })
+    }
+}
+
+/// What the watcher decided about one read of the file.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The version being served, or a version already looked at: nothing to do.
+    Unchanged,
+    /// New contents: parse and, if good, serve.
+    Apply,
+    /// A version held back as cut off that stayed unchanged for the whole hold: an edit after all.
+    ApplyCutOff,
+    /// Empty while services are served: a truncation, not an edit (`namespaces: []` serves nothing).
+    Empty,
+    /// A strict prefix of the served version: looks like a write cut off; held back.
+    CutOff,
+}
+
+/// The watcher's memory, separate from I/O so the rules are testable.
+#[derive(Debug)]
+struct WatchState {
+    /// Bytes of the version being served (one copy: kept for the cut-off check).
+    served: Option<Vec<u8>>,
+    served_hash: Option<u128>,
+    served_services: usize,
+    /// Hash of the last contents looked at (served or not).
+    seen: Option<u128>,
+    /// Since when `seen` has been held back as cut off.
+    cut_since: Option<Instant>,
+}
+
+impl WatchState {
+    fn new(served: Option<Vec<u8>>, served_services: usize) -> WatchState {
+        let h = served.as_deref().map(hash);
+        WatchState { served, served_hash: h, served_services, seen: h, cut_since: None }
+    }
+
+    fn judge(&mut self, bytes: &[u8], h: u128, now: Instant, hold: Duration) -> Verdict {
+        if self.served_hash == Some(h) {
+            self.seen = Some(h);
+            self.cut_since = None;
+            return Verdict::Unchanged;
+        }
+        if self.seen == Some(h) {
+            return match self.cut_since {
+                Some(t) if now.duration_since(t) >= hold => {
+                    self.cut_since = None;
+                    Verdict::ApplyCutOff
+                }
+                _ => Verdict::Unchanged,
+            };
+        }
+        self.seen = Some(h);
+        self.cut_since = None;
+        let blank = bytes.iter().all(|b| b.is_ascii_whitespace());
+        if blank && self.served_services > 0 {
+            return Verdict::Empty;
+        }
+        if let Some(served) = &self.served {
+            if !blank && bytes.len() < served.len() && served.starts_with(bytes) {
+                self.cut_since = Some(now);
+                return Verdict::CutOff;
+            }
+        }
+        Verdict::Apply
+    }
+
+    fn serve(&mut self, bytes: Vec<u8>, h: u128, services: usize) {
+        self.served = Some(bytes);
+        self.served_hash = Some(h);
+        self.served_services = services;
+    }
+}
+
+/// Replaces each service of `next` that equals the service of the same namespace and name in
+/// `prev` by `prev`'s `Arc`: the new snapshot then costs only what changed, the copy parsed from
+/// the file is freed at once, and the resource cache skips the shared services by pointer.
+fn share_unchanged(next: &mut model::Snapshot, prev: &model::Snapshot) {
+    for ns in &mut next.namespaces {
+        let Ok(p) = prev.namespaces.binary_search_by(|p| (&p.name, &p.id).cmp(&(&ns.name, &ns.id))) else { continue };
+        let pns = &prev.namespaces[p];
+        for svc in &mut ns.services {
+            if let Ok(i) = pns.services.binary_search_by(|s| (&s.name, &s.id).cmp(&(&svc.name, &svc.id))) {
+                if pns.services[i] == *svc {
+                    *svc = pns.services[i].clone();
+                }
+            }
+        }
+    }
+}
+
+/// Loads the file and publishes it, then checks it every `interval` and publishes each new good version.
+/// Returns when every receiver is gone. What is never published:
+/// - a file that does not parse (logged with its position), or over `limits`;
+/// - a file still being written: a changed file is used once it has stayed unmodified for
+///   [`settle_time`] and its metadata did not move while it was read;
+/// - an empty file while services are served (a truncation; write `namespaces: []` to serve none);
+/// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
+///   [`cut_off_hold`].
+///
+/// In all these cases the last good snapshot stays, and `cloudmap_mcp_source_errors_total{source="file"}`
+/// counts the event.
+///
+/// The first load happens on the watcher's thread too (see the module doc: one arena for every
+/// parse); its error, if any, is returned and nothing is started.
+pub async fn watch(
+    path: PathBuf,
+    interval: Duration,
+    limits: Limits,
+    tx: SnapshotTx,
+    metrics: Arc<Metrics>,
+) -> Result<(), RegistryFileError> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), RegistryFileError>>();
+    let thread_path = path.clone();
+    let spawned = std::thread::Builder::new().name("registry-file".into()).spawn(move || {
+        let initial = match Initial::load(&thread_path, &limits) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = first_tx.send(Err(e));
+                return;
+            }
+        };
+        let snap = &initial.snapshot;
+        tracing::info!(
+            path = %thread_path.display(),
+            namespaces = snap.namespaces.len(),
+            services = snap.service_count(),
+            instances = snap.instance_count(),
+            "registry file loaded"
+        );
+        let watcher = Watcher::new(thread_path, interval, limits, initial, tx, metrics);
+        let _ = first_tx.send(Ok(()));
+        watcher.run();
+    });
+    if let Err(source) = spawned {
+        return Err(RegistryFileError::Io { path, source });
+    }
+    first_rx.await.unwrap_or(Ok(()))
+}
+
+struct Watcher {
+    path: PathBuf,
+    interval: Duration,
+    limits: Limits,
+    tx: SnapshotTx,
+    metrics: Arc<Metrics>,
+    st: WatchState,
+    /// The snapshot being served (shared with the channel).
+    served_model: Arc<model::Snapshot>,
+    /// The stamp of the contents last looked at, and when they were read.
+    stamp: Option<Stamp>,
+    read_at: SystemTime,
+    /// The stamp of a version refused before parsing (over the size cap).
+    refused: Option<Stamp>,
+    failing: bool,
+}
+
+impl Watcher {
+    fn new(path: PathBuf, interval: Duration, limits: Limits, initial: Initial, tx: SnapshotTx, metrics: Arc<Metrics>) -> Self {
+        let served_model = Arc::new(initial.snapshot);
+        let st = WatchState::new(Some(initial.bytes), served_model.service_count());
+        tx.send_replace(Some(served_model.clone()));
+        metrics.source_loaded("file");
+        Watcher {
+            path,
+            interval,
+            limits,
+            tx,
+            metrics,
+            st,
+            served_model,
+            stamp: initial.stamp,
+            read_at: initial.read_at,
+            refused: None,
+            failing: false,
+        }
+    }
+
+    fn error(&mut self, log: impl FnOnce()) {
+        if !self.failing {
+            log();
+        }
+        self.metrics.source_error("file");
+        self.failing = true;
+    }
+
+    fn run(mut self) {
+        let hold = cut_off_hold(self.interval);
+        loop {
+            std::thread::sleep(self.interval);
+            if self.tx.is_closed() {
+                return;
+            }
+            self.tick(hold);
+        }
+    }
+
+    /// Whether contents with an unmoved stamp are still those last looked at: certain once the
+    /// racy window has passed, else checked by hashing the file again.
+    fn unchanged_since_read(&mut self, stamp: &Stamp) -> bool {
+        if !stamp.racy(self.read_at) {
+            return true;
+        }
+        let read_at = SystemTime::now();
+        match hash_file(&self.path, self.limits.max_bytes) {
+            Ok(Some(h)) if self.st.seen == Some(h) => {
+                self.read_at = read_at;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One check of the file.
+    fn tick(&mut self, hold: Duration) {
+        let path = self.path.clone();
+        let stamp = match Stamp::of(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stamp = None;
+                self.error(|| tracing::error!(path = %path.display(), error = %e, "cannot read registry file; still serving the last good version"));
+                return;
+            }
+        };
+        if self.refused == Some(stamp) {
+            return;
+        }
+        if Some(stamp) == self.stamp && self.unchanged_since_read(&stamp) {
+            // Only a cut-off copy held long enough has anything left to do.
+            if self.st.cut_since.is_none_or(|t| t.elapsed() < hold) {
+                return;
+            }
+        }
+        let read_at = SystemTime::now();
+        let bytes = match read_capped(&path, self.limits.max_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(e, RegistryFileError::TooLarge { .. }) {
+                    // Not read again until it moves; logged for every new version.
+                    self.refused = Some(stamp);
+                    self.failing = false;
+                }
+                self.stamp = None;
+                self.st.seen = None;
+                self.error(|| {
+                    tracing::error!(path = %path.display(), error = %e, "registry file edit refused; still serving the last good version")
+                });
+                return;
+            }
+        };
+        if Stamp::of(&path).ok() != Some(stamp) {
+            // Written while it was read: look again on the next tick.
+            self.stamp = None;
+            return;
+        }
+        self.stamp = Some(stamp);
+        self.read_at = read_at;
+        let h = hash(&bytes);
+        let held = match self.st.judge(&bytes, h, Instant::now(), hold) {
+            Verdict::Unchanged => {
+                if self.failing && self.st.served_hash == Some(h) {
+                    tracing::info!(path = %path.display(), "registry file is back to the served version");
+                    self.failing = false;
+                }
+                return;
+            }
+            Verdict::Empty => {
+                let served_services = self.st.served_services;
+                self.failing = false;
+                self.error(|| {
+                    tracing::error!(
+                        path = %path.display(),
+                        served_services,
+                        "registry file is empty (truncated?); still serving the last good version (write `namespaces: []` to serve nothing)"
+                    )
+                });
+                return;
+            }
+            Verdict::CutOff => {
+                let served_bytes = self.st.served.as_ref().map_or(0, Vec::len);
+                self.failing = false;
+                self.error(|| {
+                    tracing::warn!(
+                        path = %path.display(),
+                        bytes = bytes.len(),
+                        served_bytes,
+                        hold = ?hold,
+                        "registry file is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
+                    )
+                });
+                return;
+            }
+            Verdict::Apply => false,
+            Verdict::ApplyCutOff => true,
+        };
+        // New contents must have settled (the writer may not be done); a version held as cut off
+        // has been stable for the whole hold already.
+        if !held {
+            let settle = settle_time(self.interval);
+            let age = stamp.age(SystemTime::now());
+            if age < settle {
+                std::thread::sleep(settle - age);
+                if Stamp::of(&path).ok() != Some(stamp) {
+                    // Still being written: look again on the next tick.
+                    self.st.seen = None;
+                    self.stamp = None;
+                    return;
+                }
+            }
+        }
+        let limits = self.limits;
+        let parsed = std::panic::catch_unwind(|| parse_bytes(&path, &bytes, &limits));
+        match parsed {
+            Ok(Ok(mut snap)) => {
+                self.failing = false;
+                if held {
+                    tracing::warn!(path = %path.display(), "registry file stayed cut off for the whole hold; applying it as an edit");
+                }
+                share_unchanged(&mut snap, &self.served_model);
+                tracing::info!(
+                    path = %path.display(),
+                    namespaces = snap.namespaces.len(),
+                    services = snap.service_count(),
+                    instances = snap.instance_count(),
+                    "registry file reloaded"
+                );
+                self.metrics.source_loaded("file");
+                self.st.serve(bytes, h, snap.service_count());
+                let snap = Arc::new(snap);
+                self.served_model = snap.clone();
+                self.tx.send_if_modified(|cur| {
+                    if cur.as_deref() == Some(&snap) {
+                        false
+                    } else {
+                        *cur = Some(snap);
+                        true
+                    }
+                });
+            }
+            Ok(Err(e)) => {
+                self.failing = false;
+                self.error(|| tracing::error!(error = %e, "registry file edit rejected; still serving the last good version"));
+            }
+            Err(_) => {
+                self.failing = false;
+                self.error(|| {
+                    tracing::error!("registry file parser panicked (a bug: please report it); still serving the last good version")
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{hash, share_unchanged, Verdict, WatchState};
+
+    fn state(served: &str, services: usize) -> WatchState {
+        WatchState::new(Some(served.as_bytes().to_vec()), services)
+    }
+
+    fn judge(st: &mut WatchState, bytes: &[u8], now: Instant, hold: Duration) -> Verdict {
+        st.judge(bytes, hash(bytes), now, hold)
+    }
+
+    #[test]
+    fn served_and_already_seen_versions_are_unchanged() {
+        let mut st = state("namespaces: [a]\n", 1);
+        let now = Instant::now();
+        let hold = Duration::from_secs(5);
+        assert_eq!(judge(&mut st, b"namespaces: [a]\n", now, hold), Verdict::Unchanged);
+        assert_eq!(judge(&mut st, b"namespaces: [b]\n", now, hold), Verdict::Apply);
+        // A broken version is looked at once.
+        assert_eq!(judge(&mut st, b"namespaces: [b]\n", now, hold), Verdict::Unchanged);
+    }
+
+    #[test]
+    fn an_empty_file_never_replaces_served_services() {
+        let mut st = state("namespaces: [a]\n", 1);
+        let now = Instant::now();
+        let hold = Duration::from_secs(5);
+        assert_eq!(judge(&mut st, b"", now, hold), Verdict::Empty);
+        assert_eq!(judge(&mut st, b"", now + hold * 10, hold), Verdict::Unchanged, "never applied");
+        assert_eq!(judge(&mut st, b" \n", now, hold), Verdict::Empty);
+        // Nothing served: an empty file is harmless.
+        let mut st = state("namespaces: []\n", 0);
+        assert_eq!(judge(&mut st, b"", now, hold), Verdict::Apply);
+    }
+
+    #[test]
+    fn a_cut_off_copy_is_held_until_it_stays() {
+        let full = "namespaces:\n  - name: a\n    type: HTTP\n  - name: b\n    type: HTTP\n";
+        let mut st = state(full, 2);
+        let now = Instant::now();
+        let hold = Duration::from_secs(5);
+        let cut = &full.as_bytes()[..25];
+        assert_eq!(judge(&mut st, cut, now, hold), Verdict::CutOff);
+        assert_eq!(judge(&mut st, cut, now + Duration::from_secs(1), hold), Verdict::Unchanged);
+        assert_eq!(judge(&mut st, cut, now + hold, hold), Verdict::ApplyCutOff);
+        // Restored before the hold ends: back to the served version, nothing applied.
+        let mut st = state(full, 2);
+        assert_eq!(judge(&mut st, cut, now, hold), Verdict::CutOff);
+        assert_eq!(judge(&mut st, full.as_bytes(), now + Duration::from_secs(1), hold), Verdict::Unchanged);
+        assert_eq!(st.cut_since, None);
+        // A different cut restarts the hold.
+        assert_eq!(judge(&mut st, cut, now, hold), Verdict::CutOff);
+        assert_eq!(judge(&mut st, &full.as_bytes()[..30], now + Duration::from_secs(4), hold), Verdict::CutOff);
+        assert_eq!(judge(&mut st, &full.as_bytes()[..30], now + Duration::from_secs(6), hold), Verdict::Unchanged);
+        // A longer file or a different one is an ordinary edit.
+        assert_eq!(judge(&mut st, format!("{full}  - name: c\n    type: HTTP\n").as_bytes(), now, hold), Verdict::Apply);
+    }
+
+    #[test]
+    fn unchanged_services_are_shared_with_the_previous_snapshot() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/registry.yaml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let prev = super::super::parse(path, &text).unwrap();
+        let mut next = super::super::parse(path, &text).unwrap();
+        // Change one service: every other one is taken from `prev`.
+        let changed = &mut next.namespaces[0].services[0];
+        crate::model::Service::edit_instances(changed, |v| v.clear());
+        share_unchanged(&mut next, &prev);
+        let pairs: Vec<_> = prev.namespaces.iter().zip(&next.namespaces).flat_map(|(a, b)| a.services.iter().zip(&b.services)).collect();
+        assert!(pairs.len() >= 2, "the example has several services");
+        assert!(!std::sync::Arc::ptr_eq(pairs[0].0, pairs[0].1), "the changed service is new");
+        assert!(pairs[1..].iter().all(|(a, b)| std::sync::Arc::ptr_eq(a, b)), "the others are shared");
+        assert_eq!(next.namespaces[0].services[0].instances.len(), 0);
+    }
+}
