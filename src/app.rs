@@ -9,10 +9,10 @@ use tokio::sync::{oneshot, watch};
 
 use crate::admin::{self, AdminState};
 use crate::cache::{self, ResourceCache};
-use crate::config::{ServeArgs, SourceArgs};
+use crate::config::{ServeArgs, SourceArgs, TranslateArgs};
 use crate::metrics::Metrics;
 use crate::source::{self, cloudmap, file, SnapshotRx};
-use crate::translate::HealthFilter;
+use crate::translate::{self, mapping, HealthFilter, Mapping};
 use crate::xds::{AdsServer, Clients};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ pub enum AppError {
     Config(String),
     #[error(transparent)]
     RegistryFile(#[from] file::RegistryFileError),
+    #[error("mapping file {path}: {message}")]
+    MappingFile { path: std::path::PathBuf, message: String },
     #[error(transparent)]
     CloudMap(#[from] cloudmap::CloudMapError),
     #[error("cannot listen on {addr}: {source}")]
@@ -80,20 +82,73 @@ pub async fn start_source(
     }
 }
 
+/// Reads and parses the mapping file.
+pub fn load_mapping(path: &std::path::Path) -> Result<Mapping, AppError> {
+    let err = |message: String| AppError::MappingFile { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    mapping::parse(&text).map_err(|e| err(e.to_string()))
+}
+
+/// The mapping file as a watched file.
+fn mapping_file() -> file::Watched<Mapping> {
+    file::Watched {
+        what: "mapping file",
+        metric: "mapping",
+        empty_hint: "write `rules: []` to use no rules",
+        parse: |_, text| mapping::parse(text).map_err(|e| e.to_string()),
+        size: |m| m.rules().len(),
+    }
+}
+
+/// The translation options from the flags and the mapping file; with a mapping file, a task
+/// keeps them up to date with its good versions.
+pub fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Result<cache::OptionsRx, AppError> {
+    let base = args.options().map_err(AppError::Config)?;
+    let Some(path) = args.mapping_file.clone() else {
+        return Ok(cache::fixed_options(base));
+    };
+    let initial = load_mapping(&path)?;
+    tracing::info!(path = %path.display(), rules = initial.rules().len(), "mapping file loaded");
+    metrics.mapping_rules.set(initial.rules().len() as i64);
+    let (opts_tx, opts_rx) =
+        watch::channel(Arc::new(translate::Options { mapping: Arc::new(initial.clone()), ..base.clone() }));
+    let (map_tx, mut map_rx) = watch::channel(None);
+    tokio::spawn(file::watch_file(path, args.mapping_poll_interval, initial, map_tx, mapping_file(), metrics.clone()));
+    tokio::spawn(async move {
+        while map_rx.changed().await.is_ok() {
+            let Some(m) = map_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            metrics.mapping_rules.set(m.rules().len() as i64);
+            let next = translate::Options { mapping: m, ..base.clone() };
+            opts_tx.send_if_modified(|cur| {
+                if **cur == next {
+                    false
+                } else {
+                    *cur = Arc::new(next);
+                    true
+                }
+            });
+        }
+    });
+    Ok(opts_rx)
+}
+
 /// Runs the server until `shutdown` completes, then drains. `bound` receives the listen addresses.
 pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
-    let opts = args.translate.options().map_err(AppError::Config)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let options = start_options(&args.translate, metrics.clone())?;
+    let opts = options.borrow().clone();
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
     let model_rx = source.snapshots;
     let (res_tx, res_rx) = watch::channel(None);
-    tokio::spawn(cache::run(model_rx, ResourceCache::new(opts), res_tx, metrics.clone()));
+    tokio::spawn(cache::run(model_rx, options, ResourceCache::new((*opts).clone()), res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let clients = Arc::new(Clients::default());

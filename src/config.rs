@@ -166,9 +166,26 @@ pub struct TranslateArgs {
     /// Extra label on every ServiceEntry, KEY=VALUE (repeatable; comma-separated in the env var).
     #[arg(long = "label", env = "CLOUDMAP_MCP_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// exportTo of every ServiceEntry (repeatable; comma-separated in the env var). Empty: all namespaces.
+    /// exportTo of every ServiceEntry (repeatable; comma-separated in the env var): `.`, `*`, `~` or a namespace name. Empty: all namespaces.
     #[arg(long = "export-to", env = "CLOUDMAP_MCP_EXPORT_TO", value_delimiter = ',')]
     pub export_to: Vec<String>,
+    /// Mapping file: ordered rules for hosts, aliases, namespaces, exportTo, ports and protocols, labels, VIPs per Cloud Map service (docs/mapping.md). Re-read when it changes.
+    #[arg(long, env = "CLOUDMAP_MCP_MAPPING_FILE")]
+    pub mapping_file: Option<PathBuf>,
+    /// How often the mapping file is checked for changes.
+    #[arg(long, env = "CLOUDMAP_MCP_MAPPING_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub mapping_poll_interval: Duration,
+    /// Give every ServiceEntry without an address a VIP from --vip-cidr, so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
+    #[arg(long, env = "CLOUDMAP_MCP_ALLOCATE_VIPS", default_value = "true", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allocate_vips: bool,
+    /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48.
+    #[arg(long = "vip-cidr", env = "CLOUDMAP_MCP_VIP_CIDRS", value_delimiter = ',', default_value = translate::vip::DEFAULT_CIDR, value_parser = parse_cidr)]
+    pub vip_cidrs: Vec<translate::vip::Cidr>,
+}
+
+fn parse_cidr(s: &str) -> Result<translate::vip::Cidr, String> {
+    s.parse()
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -189,6 +206,8 @@ impl TranslateArgs {
         if let Some(rev) = &self.istio_revision {
             translate::validate::label_value(rev).map_err(|e| format!("--istio-revision: {e}"))?;
         }
+        translate::validate::export_to(&self.export_to, Some(&istio_namespace))
+            .map_err(|e| format!("--export-to: {e}"))?;
         Ok(translate::Options {
             istio_namespace,
             host_template: HostTemplate::new(&self.host_template)?,
@@ -197,6 +216,8 @@ impl TranslateArgs {
             revision: self.istio_revision.clone(),
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
             export_to: self.export_to.clone(),
+            mapping: Default::default(),
+            vips: translate::VipSettings::new(self.allocate_vips, self.vip_cidrs.clone())?,
         })
     }
 }

@@ -29,10 +29,17 @@ async fn shutdown_signal() {
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
-    let opts = args.translate.options().map_err(anyhow::Error::msg).context("invalid options")?;
+    let mut opts = args.translate.options().map_err(anyhow::Error::msg).context("invalid options")?;
+    if let Some(path) = &args.translate.mapping_file {
+        opts.mapping = std::sync::Arc::new(app::load_mapping(path)?);
+    }
     let snapshot = match (&args.source.registry_file, args.source.cloudmap.enabled) {
-        (Some(_), true) => anyhow::bail!("--registry-file and --cloudmap exclude each other: give one"),
-        (None, false) => anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap"),
+        (Some(_), true) => {
+            anyhow::bail!("--registry-file and --cloudmap exclude each other: give one")
+        }
+        (None, false) => {
+            anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap")
+        }
         (Some(path), false) => source::file::load(path)?,
         (None, true) => {
             let settings = source::cloudmap::Settings::from_args(&args.source.cloudmap, opts.health_filter)?;

@@ -332,22 +332,60 @@ impl WatchState {
     }
 }
 
+/// A file watched by [`watch_file`]: how to parse it and how to talk about it.
+pub struct Watched<T> {
+    /// In logs: "registry file", "mapping file".
+    pub what: &'static str,
+    /// The `source` label of `cloudmap_mcp_source_loads_total` / `_errors_total`.
+    pub metric: &'static str,
+    /// How to serve nothing on purpose (an empty file while something is served is a truncation).
+    pub empty_hint: &'static str,
+    pub parse: fn(&Path, &str) -> Result<T, String>,
+    /// Items served (services, rules): an empty file never replaces a version with items.
+    pub size: fn(&T) -> usize,
+}
+
+/// The registry file as a [`Watched`] file.
+pub fn registry() -> Watched<model::Snapshot> {
+    Watched {
+        what: "registry file",
+        metric: "file",
+        empty_hint: "write `namespaces: []` to serve nothing",
+        parse: |path, text| parse(path, text).map_err(|e| e.to_string()),
+        size: model::Snapshot::service_count,
+    }
+}
+
+/// Publishes `initial`, then polls the registry file; see [`watch_file`].
+pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, tx: SnapshotTx, metrics: Arc<Metrics>) {
+    watch_file(path, interval, initial, tx, registry(), metrics).await
+}
+
 /// Publishes `initial`, then polls the file every `interval` and publishes each new good version.
 /// Returns when every receiver is gone. What is never published:
 /// - a file that does not parse (logged with its position);
 /// - a file still being written: a changed file is read again after [`settle_time`] and used only
 ///   if both reads agree;
-/// - an empty file while services are served (a truncation; write `namespaces: []` to serve none);
+/// - an empty file while items are served (a truncation; see [`Watched::empty_hint`]);
 /// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
 ///   [`cut_off_hold`].
 ///
-/// In all these cases the last good snapshot stays, and `cloudmap_mcp_source_errors_total{source="file"}`
+/// In all these cases the last good version stays, and `cloudmap_mcp_source_errors_total{source=...}`
 /// counts the event.
-pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, tx: SnapshotTx, metrics: Arc<Metrics>) {
+pub async fn watch_file<T: PartialEq + Send + Sync + 'static>(
+    path: PathBuf,
+    interval: Duration,
+    initial: T,
+    tx: tokio::sync::watch::Sender<Option<Arc<T>>>,
+    kind: Watched<T>,
+    metrics: Arc<Metrics>,
+) {
+    let what = kind.what;
     let first = std::fs::read(&path).ok();
-    let mut st = WatchState { served: first.clone(), served_services: initial.service_count(), seen: first, cut_since: None };
+    let mut st =
+        WatchState { served: first.clone(), served_services: (kind.size)(&initial), seen: first, cut_since: None };
     let _ = tx.send(Some(Arc::new(initial)));
-    metrics.source_loaded("file");
+    metrics.source_loaded(kind.metric);
     let settle = settle_time(interval);
     let hold = cut_off_hold(interval);
     let mut failing = false;
@@ -362,8 +400,8 @@ pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, 
             Ok(b) => b,
             Err(e) => {
                 if !failing {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read registry file; still serving the last good version");
-                    metrics.source_error("file");
+                    tracing::error!(path = %path.display(), error = %e, "cannot read {what}; still serving the last good version");
+                    metrics.source_error(kind.metric);
                     failing = true;
                 }
                 continue;
@@ -372,30 +410,30 @@ pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, 
         let held = match st.judge(&bytes, std::time::Instant::now(), hold) {
             Verdict::Unchanged => {
                 if failing && st.served.as_deref() == Some(bytes.as_slice()) {
-                    tracing::info!(path = %path.display(), "registry file is back to the served version");
+                    tracing::info!(path = %path.display(), "{what} is back to the served version");
                     failing = false;
                 }
                 continue;
             }
             Verdict::Empty => {
                 failing = true;
-                metrics.source_error("file");
+                metrics.source_error(kind.metric);
                 tracing::error!(
                     path = %path.display(),
-                    served_services = st.served_services,
-                    "registry file is empty (truncated?); still serving the last good version (write `namespaces: []` to serve nothing)"
+                    served_items = st.served_services,
+                    "{what} is empty (truncated?); still serving the last good version ({})", kind.empty_hint
                 );
                 continue;
             }
             Verdict::CutOff => {
                 failing = true;
-                metrics.source_error("file");
+                metrics.source_error(kind.metric);
                 tracing::warn!(
                     path = %path.display(),
                     bytes = bytes.len(),
                     served_bytes = st.served.as_ref().map_or(0, Vec::len),
                     hold = ?hold,
-                    "registry file is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
+                    "{what} is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
                 );
                 continue;
             }
@@ -417,46 +455,42 @@ pub async fn watch(path: PathBuf, interval: Duration, initial: model::Snapshot, 
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let parse_path = path.clone();
+        let parse_fn = kind.parse;
         // Parsing is CPU work proportional to the file (and worse for pathological YAML): keep it
         // off the runtime's worker threads so streams are never starved.
-        let parsed = match tokio::task::spawn_blocking(move || parse(&parse_path, &text)).await {
+        let parsed = match tokio::task::spawn_blocking(move || parse_fn(&parse_path, &text)).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "registry file parser failed; still serving the last good version");
-                metrics.source_error("file");
+                tracing::error!(error = %e, "{what} parser failed; still serving the last good version");
+                metrics.source_error(kind.metric);
                 failing = true;
                 continue;
             }
         };
         match parsed {
-            Ok(snap) => {
+            Ok(value) => {
                 failing = false;
                 if held {
-                    tracing::warn!(path = %path.display(), "registry file stayed cut off for the whole hold; applying it as an edit");
+                    tracing::warn!(path = %path.display(), "{what} stayed cut off for the whole hold; applying it as an edit");
                 }
-                tracing::info!(
-                    path = %path.display(),
-                    namespaces = snap.namespaces.len(),
-                    services = snap.service_count(),
-                    instances = snap.instance_count(),
-                    "registry file reloaded"
-                );
-                metrics.source_loaded("file");
+                let items = (kind.size)(&value);
+                tracing::info!(path = %path.display(), items, "{what} reloaded");
+                metrics.source_loaded(kind.metric);
                 st.served = Some(bytes);
-                st.served_services = snap.service_count();
+                st.served_services = items;
                 tx.send_if_modified(|cur| {
-                    if cur.as_deref() == Some(&snap) {
+                    if cur.as_deref() == Some(&value) {
                         false
                     } else {
-                        *cur = Some(Arc::new(snap));
+                        *cur = Some(Arc::new(value));
                         true
                     }
                 });
             }
             Err(e) => {
                 failing = true;
-                metrics.source_error("file");
-                tracing::error!(error = %e, "registry file edit rejected; still serving the last good version");
+                metrics.source_error(kind.metric);
+                tracing::error!(error = %e, "{what} edit rejected; still serving the last good version");
             }
         }
     }

@@ -561,12 +561,13 @@ def check_istio(cert_dns_names: list[str] | None) -> None:
                             f"{sans} vs {cert_dns_names}")
                 host = xds[0]["address"][len("xds://"):].rsplit(":", 1)[0]
                 R.check(f"{rel}: address host is a SAN or the sni", host in sans or host == tls.get("sni"))
-        elif "tcp-vips" in f.stem:
+        elif "dns-capture" in f.stem:
             env = (doc.get("pilot") or {}).get("env") or {}
-            R.check(f"{rel}: PILOT_ENABLE_IP_AUTOALLOCATE false", str(env.get("PILOT_ENABLE_IP_AUTOALLOCATE")).lower() == "false")
+            R.check(f"{rel}: istiod's deprecated allocator stays off", "PILOT_ENABLE_IP_AUTOALLOCATE" not in env)
             pm = doc.get("meshConfig", {}).get("defaultConfig", {}).get("proxyMetadata", {})
-            R.check(f"{rel}: DNS capture and auto-allocation on sidecars",
-                    pm.get("ISTIO_META_DNS_CAPTURE") == "true" and pm.get("ISTIO_META_DNS_AUTO_ALLOCATE") == "true")
+            R.check(f"{rel}: DNS capture on sidecars, no istiod auto-allocation (cloudmap-mcp allocates VIPs)",
+                    pm.get("ISTIO_META_DNS_CAPTURE") == "true" and "ISTIO_META_DNS_AUTO_ALLOCATE" not in pm)
+            R.check(f"{rel}: plaintext (no tlsSettings)", tls is None)
         else:
             R.check(f"{rel}: plaintext (no tlsSettings)", tls is None)
     R.check("deploy/istio covers IstioOperator, Helm values and TLS", {"IstioOperator", "helm-values", "tls"} <= kinds, str(kinds))
