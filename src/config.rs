@@ -1,6 +1,6 @@
 //! Command line and environment: one documented struct per command (every flag also reads a
-//! `CLOUDMAP_MCP_*` environment variable).
-use std::collections::BTreeMap;
+//! `CLOUDMAP_MCP_*` environment variable). Plain data: the composition root (`app::settings`)
+//! turns these into each module's own settings type.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::NamespaceType;
-use crate::translate::{self, render, HealthFilter, HostTemplate, Location};
-use crate::xds::{stream::Limits, AdsConfig};
+use crate::translate::{self, render, HealthFilter, Location};
 
 #[derive(Parser, Debug)]
 #[command(name = "cloudmap-mcp", version, about = "Serve AWS Cloud Map services to istiod as ServiceEntries over MCP-over-xDS")]
@@ -188,38 +187,10 @@ fn parse_cidr(s: &str) -> Result<translate::vip::Cidr, String> {
     s.parse()
 }
 
+/// `KEY=VALUE`; the key and value are validated with the other translation options.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    translate::validate::label_key(k)?;
-    translate::validate::label_value(v)?;
     Ok((k.to_string(), v.to_string()))
-}
-
-impl TranslateArgs {
-    pub fn options(&self) -> Result<translate::Options, String> {
-        let istio_namespace = self
-            .istio_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "istio-system".to_string());
-        translate::validate::dns_label(&istio_namespace).map_err(|e| format!("--istio-namespace: {e}"))?;
-        if let Some(rev) = &self.istio_revision {
-            translate::validate::label_value(rev).map_err(|e| format!("--istio-revision: {e}"))?;
-        }
-        translate::validate::export_to(&self.export_to, Some(&istio_namespace))
-            .map_err(|e| format!("--export-to: {e}"))?;
-        Ok(translate::Options {
-            istio_namespace,
-            host_template: HostTemplate::new(&self.host_template)?,
-            health_filter: self.health_filter,
-            location: self.location,
-            revision: self.istio_revision.clone(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            export_to: self.export_to.clone(),
-            mapping: Default::default(),
-            vips: translate::VipSettings::new(self.allocate_vips, self.vip_cidrs.clone())?,
-        })
-    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -243,10 +214,32 @@ pub struct ServeArgs {
     /// Most resource_names one request may carry.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_RESOURCE_NAMES", default_value_t = 10_000)]
     pub max_resource_names: usize,
-    /// A client that does not take a response within this time is disconnected.
+    /// A stream whose responses make no progress for this long (the client stopped reading, even in the
+    /// middle of a single response) is dropped together with its connection.
     #[arg(long, env = "CLOUDMAP_MCP_SEND_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub send_timeout: Duration,
-    /// HTTP/2 keepalive ping interval towards clients (istiod pings every 30s on its own).
+    /// Most gRPC connections open at once (handshakes included); more are closed on accept. Lowered
+    /// to fit the open-file limit. Default: ~100x a large istiod fleet (one connection per istiod), and
+    /// a few tens of MB at most if all are used.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A connection that has not completed TLS (when configured) and sent the HTTP/2 client preface
+    /// within this time is closed.
+    #[arg(long, env = "CLOUDMAP_MCP_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS); istiod opens one.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Most ADS streams open at once over all connections; more get RESOURCE_EXHAUSTED. Default: far
+    /// above any istiod fleet (one stream per istiod), and at most ~130 KB each while a client stalls.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_ADS_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_ads_streams: u32,
+    /// How often client activity (streams opened/closed/refused, connections refused, failed
+    /// handshakes) is summarized at info level when there was any; per-stream lines are at debug.
+    #[arg(long, env = "CLOUDMAP_MCP_ACTIVITY_LOG_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub activity_log_interval: Duration,
+    /// HTTP/2 keepalive ping interval towards clients (istiod pings every 30s on its own); also the
+    /// idle time before TCP keepalive probes.
     #[arg(long, env = "CLOUDMAP_MCP_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
     pub keepalive_interval: Duration,
     /// On SIGTERM, how long to wait for streams to close before exiting.
@@ -268,30 +261,6 @@ pub struct ServeArgs {
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub tls_reload_interval: Duration,
-}
-
-impl ServeArgs {
-    /// The TLS files, when TLS is configured.
-    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
-        Some(crate::tls::TlsFiles {
-            cert: self.tls_cert_file.clone()?,
-            key: self.tls_key_file.clone()?,
-            client_ca: self.tls_client_ca_file.clone(),
-            client_auth: self.tls_client_auth,
-        })
-    }
-
-    pub fn ads_config(&self) -> AdsConfig {
-        AdsConfig {
-            limits: Limits {
-                max_types: self.max_types_per_stream,
-                max_resource_names: self.max_resource_names,
-                ..Limits::default()
-            },
-            max_request_bytes: self.max_request_bytes,
-            send_timeout: self.send_timeout,
-        }
-    }
 }
 
 #[derive(Args, Debug, Clone)]

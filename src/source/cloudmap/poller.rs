@@ -1019,6 +1019,7 @@ mod tests {
     /// The default settings, changed by `f`.
     fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
         let mut settings = Settings {
+            name: "test".into(),
             client: ClientConfig::default(),
             selection: Selection::default(),
             health: HealthFilter::HealthyOrElseAll,
