@@ -75,7 +75,7 @@ async fn mapping_file_hot_reload_and_a_bad_edit_keeps_the_last_good_mapping() {
     assert_eq!(ports, [(8080, "grpc", "GRPC")]);
     assert_eq!(se.hosts, ["colorapp.howto-k8s-cloudmap.pvt.aws.local"]);
     assert_eq!(md.annotations["cloudmap-mcp/rules"], "rules[0] (ports)");
-    assert_eq!(se.addresses, [vip.clone()], "the host keeps its VIP across mapping edits");
+    assert_eq!(se.addresses, std::slice::from_ref(&vip), "the host keeps its VIP across mapping edits");
     assert!(server.wait_log("mapping file reloaded", Duration::from_secs(5)));
     ads.ack(&r).await;
 

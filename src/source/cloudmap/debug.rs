@@ -1,12 +1,8 @@
 //! `/debug/cloudmap`: what the poller knows, per namespace and service, as JSON.
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use bytes::Bytes;
 
 use super::budget::BudgetConfig;
 use super::poller::{rfc3339, ErrorRecord, Poller, ResyncReport};
@@ -196,21 +192,15 @@ pub(super) fn view(p: &Poller) -> DebugView {
     }
 }
 
-#[derive(Clone)]
-struct DebugState {
-    poller: Arc<Poller>,
-    snapshots: ResourceRx,
-}
+/// Where the view is served (the admin server routes it through its debug-view cache).
+pub const PATH: &str = "/debug/cloudmap";
 
-/// The `/debug/cloudmap` route, to merge into the admin router. Instances the translation skipped
-/// (no usable address, bad port) are joined in from the served snapshot.
-pub fn router(poller: Arc<Poller>, snapshots: ResourceRx) -> Router {
-    Router::new().route("/debug/cloudmap", get(handler)).with_state(DebugState { poller, snapshots })
-}
-
-async fn handler(State(s): State<DebugState>) -> Response {
-    let mut view = s.poller.debug_view();
-    if let Some(snap) = s.snapshots.borrow().clone() {
+/// The `/debug/cloudmap` body: the poller's view, with the instances the translation skipped (no
+/// usable address, bad port) joined in from the served snapshot.
+pub fn render_json(poller: &Poller, snapshots: &ResourceRx) -> Bytes {
+    let mut view = poller.debug_view();
+    let snap = snapshots.borrow().clone();
+    if let Some(snap) = snap {
         let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
         for n in snap.notes.iter() {
             if let Some(id) = &n.instance {
@@ -229,5 +219,7 @@ async fn handler(State(s): State<DebugState>) -> Response {
             }
         }
     }
-    axum::Json(view).into_response()
+    let mut out = serde_json::to_vec(&view).expect("debug view serializes");
+    out.push(b'\n');
+    Bytes::from(out)
 }
