@@ -6,6 +6,7 @@
 //! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules.
 //! - [`attributes`]: service-level attributes (GetServiceAttributes) and when they are re-read.
 //! - [`select`]: namespace and service selection.
+//! - [`events`]: event-driven refresh from an SQS queue of EventBridge events.
 //! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families.
 //!
 //! See `docs/cloudmap.md` for the user-facing description.
@@ -23,6 +24,7 @@ pub mod attributes;
 pub mod budget;
 pub mod client;
 pub mod debug;
+pub mod events;
 pub mod metrics;
 pub mod poller;
 pub mod select;
@@ -30,6 +32,7 @@ pub mod select;
 pub use budget::BudgetConfig;
 pub use client::ClientConfig;
 pub use debug::DebugView;
+pub use events::EventsSettings;
 pub use poller::Poller;
 pub use select::Selection;
 
@@ -41,6 +44,8 @@ pub enum CloudMapError {
     Selection(#[from] select::SelectionError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Events(#[from] events::EventsError),
     #[error("Cloud Map sync failed after {attempts} attempts: {errors}")]
     SyncFailed { attempts: u32, errors: String },
 }
@@ -70,6 +75,8 @@ pub struct Settings {
     pub max_attempts: u32,
     pub max_removal_ratio: f64,
     pub removal_confirmations: u32,
+    /// The events queue, when one is configured.
+    pub events: Option<EventsSettings>,
 }
 
 /// The source name of the single-source flags (`--cloudmap` without `--sources-file`).
@@ -122,7 +129,11 @@ pub async fn start(
         api_rate = settings.budget.rate,
         "starting the Cloud Map source; nothing is served until the first complete sync"
     );
+    let events = settings.events.clone();
     let (poller, rx) = build(settings, registry, Some(core)).await?;
+    if let Some(events) = events {
+        events::start(events, vec![poller.clone()], registry).await?;
+    }
     tokio::spawn(poller.clone().run());
     Ok(CloudMapSource { snapshots: rx, poller })
 }
