@@ -10,11 +10,11 @@ use tokio::sync::{oneshot, watch};
 use crate::admin::views::{View, ViewCache, ViewMetrics};
 use crate::admin::{self, DebugState, ExtraView, HealthState};
 use crate::cache::{self, ResourceCache};
-use crate::config::{ServeArgs, SourceArgs};
+use crate::config::{ServeArgs, SourceArgs, TranslateArgs};
 use crate::metrics::{Activity, Metrics};
 use crate::net::{self, http2::Preface};
 use crate::source::{self, cloudmap, file, SnapshotRx};
-use crate::translate::HealthFilter;
+use crate::translate::{self, mapping, HealthFilter, Mapping};
 use crate::xds::{AdsServer, Clients};
 
 pub mod settings;
@@ -25,6 +25,8 @@ pub enum AppError {
     Config(String),
     #[error(transparent)]
     RegistryFile(#[from] file::RegistryFileError),
+    #[error("mapping file {path}: {message}")]
+    MappingFile { path: std::path::PathBuf, message: String },
     #[error(transparent)]
     CloudMap(#[from] cloudmap::CloudMapError),
     #[error("cannot listen on {addr}: {source}")]
@@ -77,13 +79,87 @@ pub async fn start_source(
     }
 }
 
+/// The largest mapping file read (a mapping is rules, not data: kilobytes).
+const MAPPING_MAX_BYTES: u64 = 4 << 20;
+
+/// Reads and parses the mapping file.
+pub fn load_mapping(path: &std::path::Path) -> Result<Mapping, AppError> {
+    let kind = mapping_file();
+    let limits = file::Limits { max_bytes: MAPPING_MAX_BYTES, ..Default::default() };
+    let bytes = file::read_capped(path, MAPPING_MAX_BYTES).map_err(kind.read_error)?;
+    (kind.parse)(path, &bytes, &limits)
+}
+
+/// The mapping file as a watched file.
+fn mapping_file() -> file::Watched<Mapping, AppError> {
+    file::Watched {
+        what: "mapping file",
+        metric: "mapping",
+        empty_hint: "write `rules: []` to use no rules",
+        read_error: |e| match e {
+            file::RegistryFileError::Io { path, source } => AppError::MappingFile { path, message: format!("cannot read it: {source}") },
+            file::RegistryFileError::TooLarge { path, bytes, max } => {
+                AppError::MappingFile { path, message: format!("{bytes} bytes, over the {max}-byte cap") }
+            }
+            other => AppError::Config(other.to_string()),
+        },
+        parse: |path, bytes, _| {
+            let err = |message: String| AppError::MappingFile { path: path.to_path_buf(), message };
+            let text = std::str::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
+            mapping::parse(text).map_err(|e| err(e.to_string()))
+        },
+        size: |m| m.rules().len(),
+        share: |_, _| {},
+        log_loaded: |path, m, reload| {
+            tracing::info!(
+                path = %path.display(),
+                rules = m.rules().len(),
+                "{}",
+                if reload { "mapping file reloaded" } else { "mapping file loaded" }
+            )
+        },
+    }
+}
+
+/// The translation options from the flags and the mapping file; with a mapping file, a task
+/// keeps them up to date with its good versions.
+pub async fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Result<cache::OptionsRx, AppError> {
+    let base = settings::translate_options(args).map_err(AppError::Config)?;
+    let Some(path) = args.mapping_file.clone() else {
+        return Ok(cache::fixed_options(base));
+    };
+    let (map_tx, mut map_rx) = watch::channel(None);
+    let limits = file::Limits { max_bytes: MAPPING_MAX_BYTES, ..Default::default() };
+    file::watch_file(path, args.mapping_poll_interval, limits, map_tx, mapping_file(), metrics.clone()).await?;
+    let initial = map_rx.borrow_and_update().clone().expect("the watcher publishes the first load");
+    metrics.mapping_rules.set(initial.rules().len() as i64);
+    let (opts_tx, opts_rx) = watch::channel(Arc::new(translate::Options { mapping: initial, ..base.clone() }));
+    tokio::spawn(async move {
+        while map_rx.changed().await.is_ok() {
+            let Some(m) = map_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            metrics.mapping_rules.set(m.rules().len() as i64);
+            let next = translate::Options { mapping: m, ..base.clone() };
+            opts_tx.send_if_modified(|cur| {
+                if **cur == next {
+                    false
+                } else {
+                    *cur = Arc::new(next);
+                    true
+                }
+            });
+        }
+    });
+    Ok(opts_rx)
+}
+
 /// Runs the server until `shutdown` completes, then drains. `bound` receives the listen addresses.
 pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
-    let opts = settings::translate_options(&args.translate).map_err(AppError::Config)?;
     let mut grpc_limits = settings::grpc_listener(&args);
     // The admin listener (and the --debug-addr one) share the descriptors too.
     let admin_listeners = if args.debug_addr.is_some() { 2 } else { 1 };
@@ -111,12 +187,14 @@ pub async fn serve(
         return Err(AppError::Config("--debug-addr serves the debug views, which --debug-views=false turns off: give one".into()));
     }
     let view_metrics = ViewMetrics::register(&mut registry);
+    let options = start_options(&args.translate, metrics.clone()).await?;
+    let opts = options.borrow().clone();
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
     // Pacing sits before the build: a change held back is neither built nor pushed until its window ends.
     let model_rx = crate::pacing::paced(source.snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
     let (res_tx, res_rx) = watch::channel(None);
-    tokio::spawn(cache::run(model_rx, ResourceCache::new(opts), res_tx, metrics.clone()));
+    tokio::spawn(cache::run(model_rx, options, ResourceCache::new((*opts).clone()), res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(log_activity(metrics.clone(), args.activity_log_interval, stop_rx.clone()));

@@ -13,12 +13,14 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::model;
+use crate::model::Timestamp;
 use crate::proto::istio::mcp::v1alpha1 as mcp;
 use crate::proto::istio::networking::v1alpha3 as net;
 use crate::proto::{MCP_RESOURCE_TYPE_URL, SERVICE_ENTRY_BODY_TYPE_URL};
 use crate::source::SnapshotRx;
-use crate::model::Timestamp;
-use crate::translate::{self, CollisionCandidate, Location, Note, Rejection, Resolution, ServiceEntry, ServiceRef, Translation};
+use crate::translate::{
+    self, CollisionCandidate, Location, Note, NoteKind, Rejection, Resolution, ServiceEntry, ServiceRef, Translation,
+};
 
 /// Field number of `DiscoveryResponse.resources`.
 const RESOURCES_FIELD: u32 = 2;
@@ -68,6 +70,10 @@ pub struct ResourceSnapshot {
     pub model: Arc<model::Snapshot>,
     /// The options it was translated with.
     pub options: Arc<translate::Options>,
+    /// The VIPs it serves (by host): what [`Self::translation`] keeps.
+    pub vips: Arc<translate::Allocation>,
+    /// Entries whose VIP is not their host's hash address.
+    pub vip_collisions: usize,
     /// Services that produced no ServiceEntry, and why (sorted).
     pub rejected: Arc<Vec<Rejection>>,
     /// What was left out of emitted ServiceEntries (sorted).
@@ -97,7 +103,7 @@ impl ResourceSnapshot {
     /// (at 10,000 services they take several times the encoded size): translated again from the
     /// model, which gives the same entries because translation is deterministic.
     pub fn translation(&self) -> Translation {
-        translate::translate(&self.model, &self.options)
+        translate::translate_with(&self.model, &self.options, &self.vips)
     }
 }
 
@@ -114,26 +120,44 @@ struct Outcome {
 struct Built {
     /// `<namespace>/<object name>`.
     resource_name: String,
+    /// The Istio namespace (the head of `resource_name`).
+    namespace_len: usize,
     object_name: String,
     host: String,
     create_time: Timestamp,
     source: ServiceRef,
-    /// The framed `resources` field.
+    /// The framed `resources` field (empty until encoded: an entry that wants a VIP is encoded
+    /// once its VIP is known).
     framed: Bytes,
     /// `metadata.version`.
     version: String,
+    wants_vip: bool,
+    /// The VIP addresses `framed` was encoded with; `None`: not encoded yet.
+    encoded_vip: Option<Vec<String>>,
 }
 
-/// A candidate of the collision pass: a service whose translation succeeded.
-struct Kept(Arc<Outcome>);
-
-impl Kept {
-    fn built(&self) -> &Built {
-        self.0.entry.as_ref().expect("only successful translations are candidates")
+impl Built {
+    fn namespace(&self) -> &str {
+        &self.resource_name[..self.namespace_len]
     }
 }
 
-impl CollisionCandidate for Kept {
+/// A candidate of the collision pass: a service whose translation succeeded, with its place in
+/// the memo and in the model.
+struct Kept<'m> {
+    outcome: Arc<Outcome>,
+    memo_index: usize,
+    ns: &'m model::Namespace,
+    svc: &'m model::Service,
+}
+
+impl Kept<'_> {
+    fn built(&self) -> &Built {
+        self.outcome.entry.as_ref().expect("only successful translations are candidates")
+    }
+}
+
+impl CollisionCandidate for Kept<'_> {
     fn object_name(&self) -> &str {
         &self.built().object_name
     }
@@ -154,6 +178,8 @@ impl CollisionCandidate for Kept {
 /// exactly what a fresh [`translate::translate`] + [`encode_entry`] of the whole model gives.
 pub struct ResourceCache {
     opts: Arc<translate::Options>,
+    /// The VIPs of the last build: kept by their hosts in the next one.
+    vips: Arc<translate::Allocation>,
     /// The model of the last build (shared with its snapshot and the source, not copied).
     prev_model: Option<Arc<model::Snapshot>>,
     /// What each service of `prev_model` produced, in its order.
@@ -166,6 +192,7 @@ impl ResourceCache {
     pub fn new(opts: translate::Options) -> Self {
         ResourceCache {
             opts: Arc::new(opts),
+            vips: Arc::new(translate::Allocation::new()),
             prev_model: None,
             memo: Vec::new(),
             serial: 0,
@@ -175,6 +202,16 @@ impl ResourceCache {
 
     pub fn options(&self) -> &translate::Options {
         &self.opts
+    }
+
+    /// New options (a mapping file edit): the next build translates every service again. VIPs
+    /// are kept: hosts that stay keep their addresses.
+    pub fn set_options(&mut self, opts: Arc<translate::Options>) {
+        if *opts != *self.opts {
+            self.opts = opts;
+            self.memo.clear();
+            self.prev_model = None;
+        }
     }
 
     /// Translates and encodes `model`. Returns the snapshot and how many entries were (re)encoded.
@@ -197,6 +234,8 @@ impl ResourceCache {
         let mut notes = Vec::new();
         let mut encoded = 0;
         let mut j = 0;
+        // Typed entries of services translated in this build that wait for their VIP.
+        let mut pending: std::collections::HashMap<usize, ServiceEntry> = std::collections::HashMap::new();
         for ns in &model.namespaces {
             for svc in &ns.services {
                 let key = (ns.name.as_str(), svc.name.as_str());
@@ -216,10 +255,20 @@ impl ResourceCache {
                     None => {
                         let (result, notes) = translate::translate_service(ns, svc, &self.opts);
                         let entry = result.map(|se| {
-                            encoded += 1;
-                            let (framed, version) = encode_entry(&se);
+                            let (framed, version, encoded_vip) = if se.wants_vip {
+                                let b = built_placeholder();
+                                pending.insert(memo.len(), se.clone());
+                                b
+                            } else {
+                                encoded += 1;
+                                let (f, v) = encode_entry(&se);
+                                (f, v, Some(Vec::new()))
+                            };
                             Built {
                                 resource_name: se.resource_name(),
+                                namespace_len: se.namespace.len(),
+                                wants_vip: se.wants_vip,
+                                encoded_vip,
                                 host: se.spec.hosts[0].clone(),
                                 object_name: se.name,
                                 create_time: se.create_time,
@@ -233,8 +282,10 @@ impl ResourceCache {
                 };
                 notes.extend(outcome.notes.iter().cloned());
                 match &outcome.entry {
-                    Ok(_) => candidates.push(Kept(outcome.clone())),
-                    Err(reason) => rejected.push(Rejection { source: translate::source_of(ns, svc), reason: reason.clone() }),
+                    Ok(_) => candidates.push(Kept { outcome: outcome.clone(), memo_index: memo.len(), ns, svc }),
+                    Err(reason) => {
+                        rejected.push(Rejection { source: translate::source_of(ns, svc), reason: reason.clone() })
+                    }
                 }
                 memo.push(outcome);
             }
@@ -242,7 +293,45 @@ impl ResourceCache {
         drop(prev);
         drop(old_memo);
         drop(prev_model);
-        let kept = translate::resolve_collisions(candidates, &mut rejected);
+        let mut kept = translate::resolve_collisions(candidates, &mut rejected);
+        translate::sort_by_resource_name(&mut kept, |k| (k.built().namespace(), k.built().object_name.as_str()));
+
+        // VIPs across all kept entries; an entry is (re)encoded only when its VIP is new to it.
+        let allocated = translate::vip::allocate(
+            kept.iter().filter(|k| k.built().wants_vip).map(|k| k.built().host.as_str()),
+            &self.opts.vips.cidrs,
+            &self.vips,
+        );
+        for k in kept.iter_mut().filter(|k| k.built().wants_vip) {
+            let addresses = translate::vip_addresses(&allocated.addresses, &k.built().host);
+            if k.built().encoded_vip.as_ref() == Some(&addresses) {
+                continue;
+            }
+            let mut se = match pending.remove(&k.memo_index) {
+                Some(se) => se,
+                None => translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before"),
+            };
+            se.spec.addresses = addresses.clone();
+            encoded += 1;
+            let (framed, version) = encode_entry(&se);
+            let b = k.built();
+            let built = Built {
+                resource_name: b.resource_name.clone(),
+                namespace_len: b.namespace_len,
+                object_name: b.object_name.clone(),
+                host: b.host.clone(),
+                create_time: b.create_time,
+                source: b.source.clone(),
+                framed,
+                version,
+                wants_vip: true,
+                encoded_vip: Some(addresses),
+            };
+            k.outcome = Arc::new(Outcome { entry: Ok(built), notes: k.outcome.notes.clone() });
+            memo[k.memo_index] = k.outcome.clone();
+        }
+        drop(pending);
+        notes.extend(translate::vip_notes(&allocated, &kept));
         rejected.sort();
         notes.sort();
         let mut resources = Vec::with_capacity(kept.len());
@@ -253,6 +342,7 @@ impl ResourceCache {
             names.push((b.resource_name.clone(), b.version.clone()));
         }
         drop(kept);
+        self.vips = Arc::new(allocated.addresses);
         self.memo = memo;
         self.prev_model = Some(model.clone());
         self.serial += 1;
@@ -263,6 +353,8 @@ impl ResourceCache {
             empty: self.empty.clone(),
             model: model.clone(),
             options: self.opts.clone(),
+            vips: self.vips.clone(),
+            vip_collisions: allocated.collisions,
             rejected: Arc::new(rejected),
             notes: Arc::new(notes),
             model_services: model.service_count(),
@@ -270,6 +362,10 @@ impl ResourceCache {
         };
         (snap, encoded)
     }
+}
+
+fn built_placeholder() -> (Bytes, String, Option<Vec<String>>) {
+    (Bytes::new(), String::new(), None)
 }
 
 /// Whether two namespaces are the same input to the translation of their services.
@@ -345,6 +441,13 @@ pub fn encode_entry(se: &ServiceEntry) -> (Bytes, String) {
     (buf.freeze(), version)
 }
 
+/// Translation options, replaced when the mapping file changes.
+pub type OptionsRx = watch::Receiver<Arc<translate::Options>>;
+
+/// Options that never change.
+pub fn fixed_options(opts: translate::Options) -> OptionsRx {
+    watch::channel(Arc::new(opts)).1
+}
 pub type ResourceTx = watch::Sender<Option<Arc<ResourceSnapshot>>>;
 pub type ResourceRx = watch::Receiver<Option<Arc<ResourceSnapshot>>>;
 
@@ -356,11 +459,21 @@ pub type ResourceRx = watch::Receiver<Option<Arc<ResourceSnapshot>>>;
 /// the runtime's few worker threads away from the streams; and with every build allocating from one
 /// thread, glibc's malloc reuses that thread's arena instead of spreading each generation of
 /// resources over per-thread arenas (which tripled peak RSS in `cargo bench --bench scale`).
-pub async fn run(mut model_rx: SnapshotRx, mut cache: ResourceCache, tx: ResourceTx, metrics: Arc<Metrics>) {
+///
+/// `options` carries new translation options (a mapping file edit); the current model is built
+/// again with them.
+pub async fn run(
+    mut model_rx: SnapshotRx,
+    mut options: OptionsRx,
+    mut cache: ResourceCache,
+    tx: ResourceTx,
+    metrics: Arc<Metrics>,
+) {
     let handle = tokio::runtime::Handle::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let builder = move || {
         loop {
+            cache.set_options(options.borrow_and_update().clone());
             let model = model_rx.borrow_and_update().clone();
             if let Some(model) = model {
                 // A bug in translation must not stop every future update: the last good snapshot
@@ -376,7 +489,14 @@ pub async fn run(mut model_rx: SnapshotRx, mut cache: ResourceCache, tx: Resourc
                 }
             }
             // Waiting on a watch channel needs no I/O or timer driver: fine from outside the runtime.
-            if handle.block_on(model_rx.changed()).is_err() {
+            let changed = handle.block_on(async {
+                tokio::select! {
+                    r = model_rx.changed() => r.is_ok(),
+                    // Options that can no longer change: keep building models.
+                    r = options.changed(), if options.has_changed().is_ok() => r.is_ok() || model_rx.changed().await.is_ok(),
+                }
+            });
+            if !changed {
                 break;
             }
         }
@@ -399,7 +519,10 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
     metrics.resources.set(se.names.len() as i64);
     metrics.resource_bytes.set(se.resources_len as i64);
     metrics.rejected_services.set(snap.rejected.len() as i64);
-    metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.instance.is_some()).count() as i64);
+    metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.kind == NoteKind::SkippedInstance).count() as i64);
+    metrics.ignored_overrides.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Override).count() as i64);
+    metrics.vips.set(snap.vips.len() as i64);
+    metrics.vip_collisions.set(snap.vip_collisions as i64);
     metrics.ready.set(1);
 
     let prev = tx.borrow().clone();
@@ -528,9 +651,13 @@ mod tests {
         }
     }
 
-    /// What a from-scratch translation and encoding of `model` serves.
-    fn fresh(model: &model::Snapshot, opts: &Options) -> (Vec<Bytes>, Vec<(String, String)>, Translation) {
-        let t = translate::translate(model, opts);
+    /// What a from-scratch translation and encoding of `model` serves, given the VIPs served before.
+    fn fresh(
+        model: &model::Snapshot,
+        opts: &Options,
+        vips: &translate::Allocation,
+    ) -> (Vec<Bytes>, Vec<(String, String)>, Translation) {
+        let t = translate::translate_with(model, opts, vips);
         let (resources, versions): (Vec<Bytes>, Vec<String>) = t.entries.iter().map(encode_entry).unzip();
         let names = t.entries.iter().map(|e| e.resource_name()).zip(versions).collect();
         (resources, names, t)
@@ -539,14 +666,19 @@ mod tests {
     /// Builds `model` incrementally and checks it against a fresh translation; returns how many
     /// entries the build encoded.
     fn check(cache: &mut ResourceCache, model: &model::Snapshot) -> usize {
+        let before = cache.vips.clone();
         let (snap, encoded) = cache.build(&Arc::new(model.clone()));
-        let (resources, names, t) = fresh(model, cache.options());
+        let (resources, names, t) = fresh(model, cache.options(), &before);
+        assert_eq!(*snap.vips, t.vips);
         assert_eq!(snap.service_entries.names, names);
         assert_eq!(snap.service_entries.resources, resources, "incremental bytes equal a fresh encoding");
         assert_eq!(*snap.rejected, t.rejected);
         assert_eq!(*snap.notes, t.notes);
         assert_eq!(snap.translation(), t);
-        let again = ResourceCache::new(cache.options().clone()).build(&Arc::new(model.clone())).0;
+        // A new cache (another replica) that served the same VIPs before builds the same bytes.
+        let mut other = ResourceCache::new(cache.options().clone());
+        other.vips = before;
+        let again = other.build(&Arc::new(model.clone())).0;
         assert_eq!(snap.service_entries.version, again.service_entries.version, "version is content-only");
         encoded
     }
@@ -618,5 +750,57 @@ mod tests {
         // Everything removed, then back.
         check(&mut cache, &model::Snapshot::default());
         assert_eq!(check(&mut cache, &seed), translate::translate(&seed, &Options::default()).entries.len());
+    }
+
+    #[test]
+    fn vips_stay_with_their_hosts_and_cost_no_re_encoding() {
+        // Six usable addresses: collisions are common, and every rule of the allocator shows.
+        let vips = translate::VipSettings::new(true, vec!["241.9.0.0/29".parse().unwrap()]).unwrap();
+        let opts = Options { vips, ..Options::default() };
+        let mut cache = ResourceCache::new(opts.clone());
+        let two = ["10.0.0.1", "10.0.0.2"];
+        let mut m = model::Snapshot {
+            namespaces: vec![namespace(
+                "team",
+                vec![service("a", 1, &two), service("b", 2, &two), service("c", 3, &two)],
+            )],
+        };
+        assert_eq!(check(&mut cache, &m), 3);
+        let first = cache.vips.clone();
+        assert_eq!(first.len(), 3);
+
+        // Two more services: only they are encoded; the others keep their VIPs.
+        m.namespaces[0].services.push(Arc::new(service("d", 4, &two)));
+        m.namespaces[0].services.push(Arc::new(service("e", 5, &two)));
+        m.normalize();
+        assert_eq!(check(&mut cache, &m), 2);
+        for h in ["a.team", "b.team", "c.team"] {
+            assert_eq!(cache.vips[h], first[h], "{h} kept its VIP");
+        }
+
+        // b goes: nothing is encoded again, and b's address is not handed to a newcomer in the
+        // build right after (clients may still hold it).
+        let b_addr = cache.vips["b.team"].clone();
+        m.namespaces[0].services.retain(|s| s.name != "b");
+        assert_eq!(check(&mut cache, &m), 0);
+        m.namespaces[0].services.push(Arc::new(service("f", 6, &two)));
+        m.normalize();
+        assert_eq!(check(&mut cache, &m), 1);
+        assert_ne!(cache.vips["f.team"], b_addr);
+        assert_eq!(check(&mut cache, &m), 0);
+
+        // New options (a mapping edit turning VIPs off for `a`): everything is translated again,
+        // the others keep their VIPs.
+        let before = cache.vips.clone();
+        let mapping = translate::mapping::parse("rules:\n  - match: {service: a}\n    vip: false\n").unwrap();
+        cache.set_options(Arc::new(Options { mapping: Arc::new(mapping), ..opts.clone() }));
+        check(&mut cache, &m);
+        assert!(!cache.vips.contains_key("a.team"));
+        for h in ["c.team", "d.team", "e.team", "f.team"] {
+            assert_eq!(cache.vips[h], before[h], "{h} kept its VIP across the options change");
+        }
+        // Same options again: nothing to do.
+        cache.set_options(cache.opts.clone());
+        assert_eq!(check(&mut cache, &m), 0);
     }
 }

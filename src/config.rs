@@ -9,7 +9,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::model::NamespaceType;
-use crate::translate::{render, HealthFilter, Location};
+use crate::translate::{self, render, HealthFilter, Location};
 
 #[derive(Parser, Debug)]
 #[command(name = "cloudmap-mcp", version, about = "Serve AWS Cloud Map services to istiod as ServiceEntries over MCP-over-xDS")]
@@ -268,9 +268,26 @@ pub struct TranslateArgs {
     /// Extra label on every ServiceEntry, KEY=VALUE (repeatable; comma-separated in the env var).
     #[arg(long = "label", env = "CLOUDMAP_MCP_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// exportTo of every ServiceEntry (repeatable; comma-separated in the env var). Empty: all namespaces.
+    /// exportTo of every ServiceEntry (repeatable; comma-separated in the env var): `.`, `*`, `~` or a namespace name. Empty: all namespaces.
     #[arg(long = "export-to", env = "CLOUDMAP_MCP_EXPORT_TO", value_delimiter = ',')]
     pub export_to: Vec<String>,
+    /// Mapping file: ordered rules for hosts, aliases, namespaces, exportTo, ports and protocols, labels, VIPs per Cloud Map service (docs/mapping.md). Re-read when it changes.
+    #[arg(long, env = "CLOUDMAP_MCP_MAPPING_FILE")]
+    pub mapping_file: Option<PathBuf>,
+    /// How often the mapping file is checked for changes.
+    #[arg(long, env = "CLOUDMAP_MCP_MAPPING_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub mapping_poll_interval: Duration,
+    /// Give every ServiceEntry without an address a VIP from --vip-cidr, so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
+    #[arg(long, env = "CLOUDMAP_MCP_ALLOCATE_VIPS", default_value = "true", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allocate_vips: bool,
+    /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48.
+    #[arg(long = "vip-cidr", env = "CLOUDMAP_MCP_VIP_CIDRS", value_delimiter = ',', default_value = translate::vip::DEFAULT_CIDR, value_parser = parse_cidr)]
+    pub vip_cidrs: Vec<translate::vip::Cidr>,
+}
+
+fn parse_cidr(s: &str) -> Result<translate::vip::Cidr, String> {
+    s.parse()
 }
 
 /// `KEY=VALUE`; the key and value are validated with the other translation options.

@@ -361,6 +361,7 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
 
     let mut names = BTreeSet::new();
     let mut hosts = BTreeSet::new();
+    let mut vips = BTreeSet::new();
     for se in &t.entries {
         validate::service_entry(&se.spec).unwrap_or_else(|e| panic!("emitted an invalid ServiceEntry ({e}): {se:#?}"));
         assert!(object_name_ok(&se.name), "bad object name {:?}", se.name);
@@ -375,9 +376,16 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
             se.spec.endpoints.windows(2).all(|w| (&w[0].address, &w[0].ports) < (&w[1].address, &w[1].ports)),
             "endpoints sorted and unique"
         );
-        if !se.spec.addresses.is_empty() {
+        if se.wants_vip {
+            for a in &se.spec.addresses {
+                let ip: std::net::IpAddr = a.parse().expect("a VIP is an IP");
+                assert!(opts.vips.cidrs.iter().any(|c| c.contains(&ip)), "VIP {ip} outside the ranges");
+                assert!(vips.insert(ip), "VIP {ip} given twice");
+            }
+        } else if !se.spec.addresses.is_empty() {
             assert_eq!(se.spec.resolution, translate::Resolution::Static);
-            assert_eq!(se.spec.endpoints.len(), 1, "a VIP only for a single STATIC endpoint");
+            assert_eq!(se.spec.endpoints.len(), 1, "an endpoint address only for a single STATIC endpoint");
+            assert_eq!(se.spec.addresses, [se.spec.endpoints[0].address.clone()]);
         }
         assert_eq!(opts.revision.is_some(), se.labels.contains_key("istio.io/rev"));
         for (k, v) in &se.labels {
@@ -385,7 +393,10 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
             validate::label_value(v).unwrap();
         }
     }
-    assert!(t.entries.windows(2).all(|w| w[0].name < w[1].name), "entries sorted by name");
+    assert!(
+        t.entries.windows(2).all(|w| w[0].resource_name() < w[1].resource_name()),
+        "entries sorted by resource name"
+    );
     assert!(t.rejected.windows(2).all(|w| w[0] <= w[1]), "rejections sorted");
 
     // Encoding: deterministic, reusable across snapshots, and decodes to what was translated.

@@ -36,7 +36,10 @@ async fn shutdown_signal() {
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
-    let opts = app::settings::translate_options(&args.translate).map_err(anyhow::Error::msg).context("invalid options")?;
+    let mut opts = app::settings::translate_options(&args.translate).map_err(anyhow::Error::msg).context("invalid options")?;
+    if let Some(path) = &args.translate.mapping_file {
+        opts.mapping = std::sync::Arc::new(app::load_mapping(path)?);
+    }
     let snapshot = match (&args.source.registry_file, args.source.cloudmap.enabled) {
         (Some(_), true) => {
             anyhow::bail!("--registry-file and --cloudmap exclude each other: give one")

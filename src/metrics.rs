@@ -68,6 +68,10 @@ pub struct Metrics {
     pub resource_bytes: Gauge,
     pub rejected_services: Gauge,
     pub skipped_instances: Gauge,
+    pub ignored_overrides: Gauge,
+    pub vips: Gauge,
+    pub vip_collisions: Gauge,
+    pub mapping_rules: Gauge,
     pub snapshots_built: Counter,
     pub delayed_pushes: Counter,
     pub build_failures: Counter,
@@ -106,6 +110,10 @@ impl Metrics {
             resource_bytes: Gauge::default(),
             rejected_services: Gauge::default(),
             skipped_instances: Gauge::default(),
+            ignored_overrides: Gauge::default(),
+            vips: Gauge::default(),
+            vip_collisions: Gauge::default(),
+            mapping_rules: Gauge::default(),
             snapshots_built: Counter::default(),
             delayed_pushes: Counter::default(),
             build_failures: Counter::default(),
@@ -150,13 +158,33 @@ impl Metrics {
             Box::new(m.push_latency.clone()),
         );
         reg!("resources", "ServiceEntries currently served", Box::new(m.resources.clone()));
-        reg!("resource_bytes", "Encoded size of all ServiceEntries currently served", Box::new(m.resource_bytes.clone()));
+        reg!(
+            "resource_bytes",
+            "Encoded size of all ServiceEntries currently served",
+            Box::new(m.resource_bytes.clone())
+        );
         reg!(
             "rejected_services",
             "Cloud Map services currently left out because their ServiceEntry would be invalid",
             Box::new(m.rejected_services.clone()),
         );
-        reg!("skipped_instances", "Instances currently left out (no usable address or port)", Box::new(m.skipped_instances.clone()));
+        reg!(
+            "skipped_instances",
+            "Instances currently left out (no usable address or port)",
+            Box::new(m.skipped_instances.clone())
+        );
+        reg!(
+            "ignored_overrides",
+            "cloudmap-mcp/* service attributes currently ignored for an invalid value (reasons in /debug/rejected)",
+            Box::new(m.ignored_overrides.clone()),
+        );
+        reg!("vips", "ServiceEntries currently served with an allocated VIP", Box::new(m.vips.clone()));
+        reg!(
+            "vip_collisions",
+            "Served VIPs that are not their host's hash address (another host had it; resolved by probing)",
+            Box::new(m.vip_collisions.clone()),
+        );
+        reg!("mapping_rules", "Rules of the mapping file in use", Box::new(m.mapping_rules.clone()));
         reg!("snapshots_built", "Resource snapshots built (translate + encode)", Box::new(m.snapshots_built.clone()));
         reg!(
             "delayed_pushes",
@@ -168,7 +196,11 @@ impl Metrics {
             "Snapshot builds that panicked (a bug); the last good snapshot stays served",
             Box::new(m.build_failures.clone()),
         );
-        reg!("translate_seconds", "Time to build one snapshot (translate and encode what changed)", Box::new(m.translate_seconds.clone()));
+        reg!(
+            "translate_seconds",
+            "Time to build one snapshot (translate and encode what changed)",
+            Box::new(m.translate_seconds.clone())
+        );
         reg!("source_loads", "Successful loads of a source, by source", Box::new(m.source_loads.clone()));
         reg!("source_errors", "Failed loads of a source, by source", Box::new(m.source_errors.clone()));
         reg!(

@@ -375,7 +375,9 @@ impl Kind {
 /// If this process was started as a benchmark server, runs it (until stdin closes) and returns
 /// true. Call first thing in `main` (or in the test that hosts the child).
 pub fn child_main() -> bool {
-    let Ok(role) = std::env::var(ROLE_ENV) else { return false };
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return false;
+    };
     let kind = Kind::parse(&role).unwrap_or_else(|| panic!("{ROLE_ENV}={role:?}: expected ours, floor or naive"));
     let size = Size::parse(&std::env::var(SIZE_ENV).expect("size")).expect("size");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -418,7 +420,13 @@ async fn serve_child(kind: Kind, size: Size) {
             let mut current = Arc::new(synthetic_model(size));
             model_tx.send_replace(Some(current.clone()));
             let (res_tx, mut res_rx) = watch::channel(None);
-            tokio::spawn(cache::run(model_rx, ResourceCache::new(translate::Options::default()), res_tx, metrics.clone()));
+            tokio::spawn(cache::run(
+                model_rx,
+                cache::fixed_options(translate::Options::default()),
+                ResourceCache::new(translate::Options::default()),
+                res_tx,
+                metrics.clone(),
+            ));
             res_rx.wait_for(|s| s.is_some()).await.unwrap();
             let (_stop_tx, stop_rx) = watch::channel(false);
             let mut published = res_rx.clone();

@@ -24,6 +24,7 @@ pub fn translate_options(a: &TranslateArgs) -> Result<translate::Options, String
         translate::validate::label_key(k).map_err(|e| format!("--label {k}={v}: {e}"))?;
         translate::validate::label_value(v).map_err(|e| format!("--label {k}={v}: {e}"))?;
     }
+    translate::validate::export_to(&a.export_to, Some(&istio_namespace)).map_err(|e| format!("--export-to: {e}"))?;
     Ok(translate::Options {
         istio_namespace,
         host_template: HostTemplate::new(&a.host_template)?,
@@ -32,6 +33,9 @@ pub fn translate_options(a: &TranslateArgs) -> Result<translate::Options, String
         revision: a.istio_revision.clone(),
         labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         export_to: a.export_to.clone(),
+        // The mapping file is read by the caller (`load_mapping`) and watched by `start_options`.
+        mapping: Default::default(),
+        vips: translate::VipSettings::new(a.allocate_vips, a.vip_cidrs.clone())?,
     })
 }
 

@@ -27,7 +27,7 @@ mod watch;
 
 use budget::Counted;
 pub use budget::{Limits, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_SERVICES};
-pub use watch::{cut_off_hold, settle_time, watch, Initial, Stamp};
+pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, Stamp, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryFileError {

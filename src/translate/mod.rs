@@ -3,15 +3,23 @@
 //! [`translate`] takes a [`model::Snapshot`] and [`Options`] and returns every ServiceEntry the server
 //! will serve plus the reasons for everything it left out. It does no I/O, reads no clock, and sorts
 //! every collection, so the same snapshot gives byte-identical output on every replica and every poll.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{self, attr, HealthStatus, Timestamp};
+pub use mapping::Mapping;
+pub use shape::keys as override_keys;
+use shape::Shape;
+pub use vip::{Allocation, VipSettings};
 
+pub mod mapping;
 pub mod render;
-pub mod validate;
+mod shape;
 #[cfg(test)]
 mod tests;
+pub mod validate;
+pub mod vip;
 
 /// Which instances DiscoverInstances returns (Cloud Map's `HealthStatus` filter), applied again here so
 /// a registry file behaves like the API.
@@ -59,7 +67,7 @@ impl HealthFilter {
 }
 
 /// ServiceEntry `location`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[clap(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Location {
@@ -69,7 +77,7 @@ pub enum Location {
 }
 
 /// ServiceEntry `resolution` (only the two this server emits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Resolution {
     Static,
@@ -90,6 +98,11 @@ impl HostTemplate {
             return Err(format!("host template {t:?}: only {{service}} and {{namespace}} are known placeholders"));
         }
         Ok(HostTemplate(t.to_string()))
+    }
+
+    /// A template checked elsewhere (mapping rules check theirs while parsing).
+    pub(crate) fn unchecked(t: &str) -> Self {
+        HostTemplate(t.to_string())
     }
 
     /// Fills the placeholders in one pass: text that came from a name is never read as a
@@ -136,6 +149,10 @@ pub struct Options {
     pub labels: BTreeMap<String, String>,
     /// `exportTo` of every ServiceEntry (empty: exported everywhere).
     pub export_to: Vec<String>,
+    /// The mapping file's rules (empty without one).
+    pub mapping: Arc<Mapping>,
+    /// VIP allocation for entries without an address.
+    pub vips: VipSettings,
 }
 
 impl Default for Options {
@@ -148,6 +165,8 @@ impl Default for Options {
             revision: None,
             labels: BTreeMap::new(),
             export_to: Vec::new(),
+            mapping: Arc::new(Mapping::default()),
+            vips: VipSettings::default(),
         }
     }
 }
@@ -219,6 +238,8 @@ pub struct ServiceEntry {
     pub annotations: BTreeMap<String, String>,
     pub spec: ServiceEntrySpec,
     pub source: ServiceRef,
+    /// Whether it gets a VIP (set as `addresses` by the allocation across all entries).
+    pub wants_vip: bool,
 }
 
 impl ServiceEntry {
@@ -242,7 +263,25 @@ pub struct Note {
     /// Instance id, when the note is about one instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    pub kind: NoteKind,
     pub message: String,
+}
+
+/// What a [`Note`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoteKind {
+    /// An instance left out (no usable address or port, or a duplicate endpoint).
+    SkippedInstance,
+    /// An instance attribute not used as it was (not a label, an unknown protocol, a zone without
+    /// a region).
+    Attribute,
+    /// A `cloudmap-mcp/*` service attribute ignored.
+    Override,
+    /// Something the mapping asked for that could not be applied (aliases on a TCP port).
+    Mapping,
+    /// No VIP: the range is full.
+    Vip,
 }
 
 /// The result of [`translate`].
@@ -254,10 +293,20 @@ pub struct Translation {
     pub rejected: Vec<Rejection>,
     /// Skipped instances and ignored attributes, sorted.
     pub notes: Vec<Note>,
+    /// The VIPs of the entries that have one (by first host), and the previous allocation's hosts
+    /// that kept theirs: the input of the next build's allocation.
+    pub vips: Allocation,
+    /// Entries whose VIP is not the address their host hashes to (another host had it).
+    pub vip_collisions: usize,
 }
 
-/// Translates a snapshot into ServiceEntries (see the module docs).
+/// Translates a snapshot into ServiceEntries (see the module docs), allocating VIPs from scratch.
 pub fn translate(snapshot: &model::Snapshot, opts: &Options) -> Translation {
+    translate_with(snapshot, opts, &Allocation::new())
+}
+
+/// [`translate`], keeping the VIPs of `previous` (the allocation of the snapshot being served).
+pub fn translate_with(snapshot: &model::Snapshot, opts: &Options, previous: &Allocation) -> Translation {
     let mut out = Translation::default();
     let mut candidates = Vec::new();
     for ns in &snapshot.namespaces {
@@ -270,10 +319,45 @@ pub fn translate(snapshot: &model::Snapshot, opts: &Options) -> Translation {
             }
         }
     }
-    out.entries = resolve_collisions(candidates, &mut out.rejected);
+    let mut entries = resolve_collisions(candidates, &mut out.rejected);
+    sort_by_resource_name(&mut entries, |e| (e.namespace.as_str(), e.name.as_str()));
+    let allocated = vip::allocate(entries.iter().filter(|e| e.wants_vip).map(|e| e.host()), &opts.vips.cidrs, previous);
+    for e in entries.iter_mut().filter(|e| e.wants_vip) {
+        e.spec.addresses = vip_addresses(&allocated.addresses, e.host());
+    }
+    out.notes.extend(vip_notes(&allocated, &entries));
+    out.entries = entries;
+    out.vips = allocated.addresses;
+    out.vip_collisions = allocated.collisions;
     out.rejected.sort();
     out.notes.sort();
     out
+}
+
+/// Sorts entries by `<namespace>/<name>` (the order of a response and of the version hash).
+pub fn sort_by_resource_name<T>(entries: &mut [T], key: impl Fn(&T) -> (&str, &str)) {
+    entries.sort_by(|a, b| key(a).cmp(&key(b)));
+}
+
+/// The `addresses` of an entry given its host's VIPs.
+pub fn vip_addresses(allocation: &Allocation, host: &str) -> Vec<String> {
+    allocation.get(host).map(|v| v.iter().map(IpAddr::to_string).collect()).unwrap_or_default()
+}
+
+/// Notes for entries that wanted a VIP and got none.
+pub fn vip_notes<T: CollisionCandidate>(allocated: &vip::Allocated, entries: &[T]) -> Vec<Note> {
+    let mut notes = Vec::new();
+    for h in &allocated.exhausted {
+        if let Some(e) = entries.iter().find(|e| e.host() == h) {
+            notes.push(Note {
+                source: e.source().clone(),
+                instance: None,
+                kind: NoteKind::Vip,
+                message: "the VIP range (--vip-cidr) is full: served without a VIP in it".into(),
+            });
+        }
+    }
+    notes
 }
 
 /// The reference to a model service.
@@ -361,41 +445,66 @@ fn translate_one(
     source: &ServiceRef,
     notes: &mut Vec<Note>,
 ) -> Result<ServiceEntry, String> {
-    let host = opts.host_template.render(&svc.name, &ns.name);
-    validate::host(&host)?;
+    let mut shape = Shape::resolve(ns, svc, opts, source, notes);
+    let (svc_name, ns_name) = (shape.name(&svc.name), shape.name(&ns.name));
+    let host = shape.host.render(&svc_name, &ns_name);
+    validate::host(&host).map_err(|e| {
+        let fixed = shape::sanitize(&host);
+        if !shape.sanitize && host.contains('_') && validate::host(&fixed).is_ok() {
+            format!("{e} (a mapping rule with `sanitize: true` serves it as {fixed:?})")
+        } else {
+            e
+        }
+    })?;
+    let note = |kind, instance: Option<&str>, message: String| Note {
+        source: source.clone(),
+        instance: instance.map(str::to_string),
+        kind,
+        message,
+    };
 
     let mut eps: Vec<Candidate> = Vec::new();
     for inst in opts.health_filter.select(&svc.instances) {
         match candidate(inst) {
             Ok(c) => eps.push(c),
-            Err(message) => notes.push(Note { source: source.clone(), instance: Some(inst.id.clone()), message }),
+            Err(message) => notes.push(note(NoteKind::SkippedInstance, Some(&inst.id), message)),
+        }
+    }
+    for c in &eps {
+        if let Some(m) = protocol_attribute_problem(&c.inst.attributes) {
+            notes.push(note(NoteKind::Attribute, Some(&c.inst.id), m));
+        }
+        if let Some(m) = locality_problem(&c.inst.attributes) {
+            notes.push(note(NoteKind::Attribute, Some(&c.inst.id), m));
         }
     }
 
-    let ports = service_ports(&eps);
+    let served = shape.ports(opts, service_ports(&eps));
+    let ports: Vec<Port> = served.iter().map(|(_, p)| p.clone()).collect();
+    let default_pair = served.len() == 2 && served[0].0 == 80 && served[1].0 == 443;
     let resolution = if eps.iter().all(|c| c.is_ip) { Resolution::Static } else { Resolution::Dns };
+    let resolution = shape.resolution.unwrap_or(resolution);
     let mut endpoints = Vec::with_capacity(eps.len());
-    let mut ignored: BTreeSet<String> = BTreeSet::new();
+    let mut ignored: BTreeMap<String, String> = BTreeMap::new();
     for c in &eps {
         let ports = match c.port {
             Some(p) => BTreeMap::from([(ports[0].name.clone(), p)]),
-            None if ports.len() == 2 && ports[0].number == 80 && ports[1].number == 443 => {
-                ports.iter().map(|p| (p.name.clone(), p.number)).collect()
-            }
+            None if default_pair => served.iter().map(|(orig, p)| (p.name.clone(), *orig)).collect(),
+            // No instance port: the endpoint takes the service port, unless a rule renumbered it.
+            None if served[0].0 != served[0].1.number => BTreeMap::from([(ports[0].name.clone(), served[0].0)]),
             None => BTreeMap::new(),
         };
-        let (labels, bad) = endpoint_labels(&c.inst.attributes);
-        ignored.extend(bad);
+        let labels = endpoint_labels(&c.inst.attributes, shape.endpoint_labels, &mut ignored);
         let ep = Endpoint { address: c.address.clone(), ports, labels, locality: locality(&c.inst.attributes) };
         endpoints.push((ep, c.inst.id.as_str()));
     }
     if !ignored.is_empty() {
-        let keys: Vec<_> = ignored.into_iter().collect();
-        notes.push(Note {
-            source: source.clone(),
-            instance: None,
-            message: format!("attributes not usable as Kubernetes labels were not copied: {}", keys.join(", ")),
-        });
+        let why: Vec<String> = ignored.into_values().collect();
+        notes.push(note(
+            NoteKind::Attribute,
+            None,
+            format!("attributes not usable as Kubernetes labels were not copied: {}", why.join("; ")),
+        ));
     }
     // One endpoint per address and ports. Two instances registered with the same address and port
     // (a re-registration under a new id) are one network endpoint: keep the first by instance id
@@ -407,13 +516,13 @@ fn translate_one(
         if let Some((last, last_id)) = kept.last() {
             if last.address == ep.address && last.ports == ep.ports {
                 if *last != ep {
-                    notes.push(Note {
-                        source: source.clone(),
-                        instance: Some(id.to_string()),
-                        message: format!(
+                    notes.push(note(
+                        NoteKind::SkippedInstance,
+                        Some(id),
+                        format!(
                             "same address and ports as instance {last_id} but different labels or locality; only {last_id}'s endpoint is served"
                         ),
-                    });
+                    ));
                 }
                 continue;
             }
@@ -422,29 +531,56 @@ fn translate_one(
     }
     let endpoints: Vec<Endpoint> = kept.into_iter().map(|(ep, _)| ep).collect();
 
-    // SPEC 2.7: a VIP only for a single STATIC endpoint, never derived from a changing order.
+    // SPEC 2.7: a single STATIC endpoint is the address; never derived from a changing order.
+    // Everything else gets a VIP when the shape asks for one (allocated across all entries).
     let addresses = match (resolution, endpoints.as_slice()) {
         (Resolution::Static, [only]) => vec![only.address.clone()],
         _ => Vec::new(),
     };
+    let wants_vip = shape.vip && addresses.is_empty() && !opts.vips.cidrs.is_empty();
+
+    let mut hosts = vec![host.clone()];
+    for a in &shape.aliases {
+        let h = a.render(&svc_name, &ns_name);
+        if !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    }
+    let http_or_tls = ports.iter().all(|p| validate::is_http_or_tls(&p.protocol));
+    if hosts.len() > 1 && !http_or_tls {
+        notes.push(note(
+            NoteKind::Mapping,
+            None,
+            format!(
+                "extra hosts {} not served: a ServiceEntry with more than one host needs HTTP or TLS ports (set a protocol)",
+                hosts[1..].join(", ")
+            ),
+        ));
+        hosts.truncate(1);
+    }
+    for h in &hosts[1..] {
+        validate::host(h).map_err(|e| format!("alias: {e}"))?;
+    }
 
     let spec = ServiceEntrySpec {
-        hosts: vec![host.clone()],
+        hosts,
         addresses,
         ports,
-        location: opts.location,
+        location: shape.location,
         resolution,
         endpoints,
-        export_to: opts.export_to.clone(),
+        export_to: shape.export_to.clone(),
     };
     validate::service_entry(&spec)?;
+    validate::export_to(&spec.export_to, Some(shape.istio_namespace))?;
+    validate::dns_label(shape.istio_namespace).map_err(|e| format!("istio namespace {e}"))?;
 
-    let mut labels = opts.labels.clone();
+    let mut labels = shape.labels.clone();
     labels.insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
     if let Some(rev) = &opts.revision {
         labels.insert("istio.io/rev".into(), rev.clone());
     }
-    let mut annotations = BTreeMap::new();
+    let mut annotations = shape.annotations.clone();
     let mut annotate = |k: &str, v: Option<&String>| {
         if let Some(v) = v {
             annotations.insert(format!("{ANNOTATION_PREFIX}{k}"), v.clone());
@@ -455,15 +591,19 @@ fn translate_one(
     annotate("service", Some(&svc.name));
     annotate("service-id", svc.id.as_ref());
     annotate("service-arn", svc.arn.as_ref());
+    let (rules, overrides) = shape.provenance();
+    annotate("rules", rules.as_ref());
+    annotate("overrides", overrides.as_ref());
 
     Ok(ServiceEntry {
         name: object_name(&host),
-        namespace: opts.istio_namespace.clone(),
+        namespace: shape.istio_namespace.to_string(),
         create_time: svc.create_date.unwrap_or_default(),
         labels,
         annotations,
         spec,
         source: source.clone(),
+        wants_vip,
     })
 }
 
@@ -553,31 +693,72 @@ fn protocol_attribute(a: &BTreeMap<String, String>) -> Option<String> {
     PROTOCOLS.contains(&v.as_str()).then_some(v)
 }
 
-/// SPEC 2.4: custom attributes that are valid Kubernetes labels. Returns the labels and the keys
-/// that could not be used.
-fn endpoint_labels(a: &BTreeMap<String, String>) -> (BTreeMap<String, String>, Vec<String>) {
+/// Item for the notes: a `protocol` attribute that is not an Istio protocol.
+fn protocol_attribute_problem(a: &BTreeMap<String, String>) -> Option<String> {
+    let (k, v) = a.iter().find(|(k, _)| k.eq_ignore_ascii_case("protocol"))?;
+    let up = v.trim().to_ascii_uppercase();
+    (!PROTOCOLS.contains(&up.as_str())).then(|| {
+        format!(
+            "attribute {k}={v:?} is not a protocol this server knows ({}); it does not set the port protocol",
+            PROTOCOLS.join(", ")
+        )
+    })
+}
+
+/// SPEC 2.4: custom attributes that are valid Kubernetes labels and pass the endpoint label
+/// filter. Keys that are not valid labels go to `ignored`, with the rule they break.
+fn endpoint_labels(
+    a: &BTreeMap<String, String>,
+    filter: Option<&mapping::EndpointLabels>,
+    ignored: &mut BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
-    let mut bad = Vec::new();
     for (k, v) in a {
-        if k.starts_with("AWS_") {
+        if k.starts_with("AWS_") || filter.is_some_and(|f| !f.keeps(k)) {
             continue;
         }
-        if validate::label_key(k).is_ok() && validate::label_value(v).is_ok() {
-            labels.insert(k.clone(), v.clone());
-        } else {
-            bad.push(k.clone());
+        match validate::label_key(k).and_then(|_| validate::label_value(v).map_err(|e| format!("attribute {k:?}: {e}")))
+        {
+            Ok(()) => {
+                labels.insert(k.clone(), v.clone());
+            }
+            Err(why) => {
+                ignored.entry(k.clone()).or_insert(why);
+            }
         }
     }
-    (labels, bad)
+    labels
 }
 
 /// SPEC 2.4: `REGION`/`AVAILABILITY_ZONE` → `region/zone`.
 fn locality(a: &BTreeMap<String, String>) -> String {
-    let clean = |k: &str| a.get(k).map(|v| v.trim()).filter(|v| !v.is_empty() && !v.contains('/'));
-    match (clean(attr::REGION), clean(attr::AVAILABILITY_ZONE)) {
+    match (clean_locality(a, attr::REGION), clean_locality(a, attr::AVAILABILITY_ZONE)) {
         (Some(r), Some(z)) => format!("{r}/{z}"),
         (Some(r), None) => r.to_string(),
         _ => String::new(),
+    }
+}
+
+fn clean_locality<'a>(a: &'a BTreeMap<String, String>, k: &str) -> Option<&'a str> {
+    a.get(k).map(|v| v.trim()).filter(|v| !v.is_empty() && !v.contains('/'))
+}
+
+/// Item for the notes: locality attributes that give no (or less) locality.
+fn locality_problem(a: &BTreeMap<String, String>) -> Option<String> {
+    let bad = |k: &str| {
+        a.get(k).filter(|v| v.contains('/')).map(|v| format!("attribute {k}={v:?} contains '/'; not used for locality"))
+    };
+    if let Some(m) = bad(attr::REGION).or_else(|| bad(attr::AVAILABILITY_ZONE)) {
+        return Some(m);
+    }
+    match (clean_locality(a, attr::REGION), clean_locality(a, attr::AVAILABILITY_ZONE)) {
+        (None, Some(z)) => Some(format!(
+            "attribute {}={z:?} without {}: the endpoint has no locality (set {} too)",
+            attr::AVAILABILITY_ZONE,
+            attr::REGION,
+            attr::REGION
+        )),
+        _ => None,
     }
 }
 

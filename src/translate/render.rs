@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{ServiceEntry, ServiceEntrySpec, Translation};
+use super::{NoteKind, ServiceEntry, ServiceEntrySpec, Translation};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,9 +78,12 @@ pub fn report_comments(t: &Translation) -> String {
         out.push_str(&format!("# rejected {}: {}\n", r.source, r.reason));
     }
     for n in &t.notes {
-        match &n.instance {
-            Some(i) => out.push_str(&format!("# skipped instance {} of {}: {}\n", i, n.source, n.message)),
-            None => out.push_str(&format!("# note on {}: {}\n", n.source, n.message)),
+        match (&n.instance, n.kind) {
+            (Some(i), NoteKind::SkippedInstance) => {
+                out.push_str(&format!("# skipped instance {} of {}: {}\n", i, n.source, n.message))
+            }
+            (Some(i), _) => out.push_str(&format!("# note on instance {} of {}: {}\n", i, n.source, n.message)),
+            (None, _) => out.push_str(&format!("# note on {}: {}\n", n.source, n.message)),
         }
     }
     out

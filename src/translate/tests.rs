@@ -10,9 +10,18 @@ fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translate/testdata")
 }
 
+/// Translates `input` with default options plus, when `NAME.mapping.yaml` sits next to it, that
+/// mapping file, and compares with the golden file.
 fn golden(input: &Path, golden_name: &str) {
     let snapshot = file::load(input).expect("test registry parses");
-    let t = translate(&snapshot, &Options::default());
+    let mapping_path =
+        input.with_file_name(input.file_name().unwrap().to_str().unwrap().replace(".registry.yaml", ".mapping.yaml"));
+    let mut opts = Options::default();
+    if mapping_path != input && mapping_path.exists() {
+        let text = std::fs::read_to_string(&mapping_path).unwrap();
+        opts.mapping = Arc::new(mapping::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", mapping_path.display())));
+    }
+    let t = translate(&snapshot, &opts);
     let got = format!("{}{}", render::yaml(&t.entries), render::report_comments(&t));
     let path = testdata().join(golden_name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -30,6 +39,16 @@ fn golden_seed_example() {
 #[test]
 fn golden_ports() {
     golden(&testdata().join("ports.registry.yaml"), "ports.golden.yaml");
+}
+
+#[test]
+fn golden_mapping_rules() {
+    golden(&testdata().join("mapping.registry.yaml"), "mapping.golden.yaml");
+}
+
+#[test]
+fn golden_service_attribute_overrides() {
+    golden(&testdata().join("overrides.registry.yaml"), "overrides.golden.yaml");
 }
 
 #[test]
@@ -73,7 +92,16 @@ fn colorapp_endpoints_carry_version_labels_for_subsets() {
     let se = t.entries.iter().find(|e| e.spec.hosts[0] == "colorapp.howto-k8s-cloudmap.pvt.aws.local").unwrap();
     let versions: Vec<_> = se.spec.endpoints.iter().map(|e| e.labels["version"].as_str()).collect();
     assert_eq!(versions, ["blue", "red"]);
-    assert!(se.spec.addresses.is_empty(), "no VIP from a multi-endpoint service");
+    // A multi-endpoint service gets a VIP from the range, never an endpoint's address.
+    assert_eq!(se.spec.addresses.len(), 1);
+    let vip: std::net::IpAddr = se.spec.addresses[0].parse().unwrap();
+    assert!(vip::DEFAULT_CIDR.parse::<vip::Cidr>().unwrap().contains(&vip), "{vip}");
+    let off = translate(
+        &seed(),
+        &Options { vips: VipSettings { enabled: false, ..VipSettings::default() }, ..Options::default() },
+    );
+    let se = off.entries.iter().find(|e| e.spec.hosts[0] == "colorapp.howto-k8s-cloudmap.pvt.aws.local").unwrap();
+    assert!(se.spec.addresses.is_empty(), "--allocate-vips=false: no VIP");
     assert!(se.spec.endpoints.iter().all(|e| !e.labels.contains_key("AWS_INIT_HEALTH_STATUS")));
 }
 
@@ -105,6 +133,7 @@ fn options_shape_metadata_and_hosts() {
         revision: Some("canary".into()),
         labels: BTreeMap::from([("team".into(), "platform".into())]),
         export_to: vec![".".into()],
+        ..Options::default()
     };
     let t = translate(&seed(), &opts);
     let se = &t.entries.iter().find(|e| e.source.service == "getmesh-external-service").unwrap();

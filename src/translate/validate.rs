@@ -9,6 +9,57 @@ use super::{Resolution, ServiceEntrySpec};
 const PORT_PROTOCOLS: &[&str] =
     &["HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP"];
 
+/// The protocol name in upper case, when it is one of Istio's port protocols (any case accepted).
+pub fn protocol(p: &str) -> Result<String, String> {
+    let up = p.trim().to_ascii_uppercase();
+    if PORT_PROTOCOLS.contains(&up.as_str()) {
+        Ok(up)
+    } else {
+        Err(format!("{p:?} is not an Istio protocol (one of {})", PORT_PROTOCOLS.join(", ")))
+    }
+}
+
+/// A ServiceEntry `exportTo` list, with istiod's own rules (`validateExportTo` for service entries
+/// in istio/istio pkg/config/validation, same messages): each entry is `.` (this namespace), `*`
+/// (every namespace), `~` (no one) or a DNS-1123 label (upper case allowed, as istiod allows it);
+/// no duplicates (`.` counts as `namespace`, when known); `*` and `~` only alone.
+pub fn export_to(list: &[String], namespace: Option<&str>) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for e in list {
+        let key = if e == "." { namespace.unwrap_or(".") } else { e.as_str() };
+        if !seen.insert(key) {
+            return Err(if key != e {
+                format!("duplicate entries in exportTo: . and current namespace {key}")
+            } else {
+                format!("duplicate entries in exportTo for entry {e}")
+            });
+        }
+        let ok = matches!(e.as_str(), "." | "*" | "~")
+            || (!e.is_empty()
+                && e.len() <= 63
+                && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !e.starts_with('-')
+                && !e.ends_with('-'));
+        if !ok {
+            return Err(format!(
+                "exportTo {e:?}: only .,*, or a valid DNS 1123 label is allowed as exportTo entry (or ~ for no one)"
+            ));
+        }
+    }
+    if list.len() > 1 && seen.contains("*") {
+        return Err("cannot have both public (*) and non-public exportTo values for a resource".into());
+    }
+    if list.len() > 1 && seen.contains("~") {
+        return Err("cannot export service entry to no one (~) and someone".into());
+    }
+    Ok(())
+}
+
+/// Protocols a ServiceEntry with several hosts may use (istiod: HTTP or TLS ones).
+pub fn is_http_or_tls(protocol: &str) -> bool {
+    matches!(protocol, "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "GRPC-WEB" | "TLS")
+}
+
 /// A DNS-1123 label: 1-63 of `[a-z0-9-]`, alphanumeric at both ends.
 pub fn dns_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
@@ -155,8 +206,7 @@ pub fn service_entry(se: &ServiceEntrySpec) -> Result<(), String> {
             label_value(v)?;
         }
     }
-    let http_or_tls_only =
-        se.ports.iter().all(|p| matches!(p.protocol.as_str(), "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "GRPC-WEB" | "TLS"));
+    let http_or_tls_only = se.ports.iter().all(|p| is_http_or_tls(&p.protocol));
     if se.hosts.len() > 1 && !http_or_tls_only {
         return Err("more than one host with DNS/STATIC resolution requires HTTP or TLS ports only".into());
     }

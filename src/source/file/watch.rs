@@ -1,4 +1,4 @@
-//! Watching the registry file for edits.
+//! Watching a file (the registry file, the mapping file) for edits.
 //!
 //! Every tick costs one `stat`: while the file's metadata (device, inode, length, modification and
 //! change times) stays what it was when its contents were last read, the contents are not read.
@@ -18,6 +18,49 @@ use super::{parse_bytes, read_capped, Limits, RegistryFileError};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::source::SnapshotTx;
+
+/// A kind of watched file: how to parse it, how to talk about it, and the error its first load
+/// returns.
+pub struct Watched<T, E> {
+    /// In logs and thread names: "registry file", "mapping file".
+    pub what: &'static str,
+    /// The `source` label of `cloudmap_mcp_source_loads_total` / `_errors_total`.
+    pub metric: &'static str,
+    /// How to serve nothing on purpose (an empty file while something is served is a truncation).
+    pub empty_hint: &'static str,
+    /// A read error (missing file, over the size cap) as this kind's error.
+    pub read_error: fn(RegistryFileError) -> E,
+    pub parse: fn(&Path, &[u8], &Limits) -> Result<T, E>,
+    /// Items served (services, rules): an empty file never replaces a version with items.
+    pub size: fn(&T) -> usize,
+    /// Lets a new version share what did not change with the served one.
+    pub share: fn(&mut T, &T),
+    /// Logs a good version (`reload`: not the first load).
+    pub log_loaded: fn(&Path, &T, bool),
+}
+
+/// The registry file as a [`Watched`] file.
+pub fn registry() -> Watched<model::Snapshot, RegistryFileError> {
+    Watched {
+        what: "registry file",
+        metric: "file",
+        empty_hint: "write `namespaces: []` to serve nothing",
+        read_error: |e| e,
+        parse: parse_bytes,
+        size: model::Snapshot::service_count,
+        share: share_unchanged,
+        log_loaded: |path, snap, reload| {
+            tracing::info!(
+                path = %path.display(),
+                namespaces = snap.namespaces.len(),
+                services = snap.service_count(),
+                instances = snap.instance_count(),
+                "{}",
+                if reload { "registry file reloaded" } else { "registry file loaded" }
+            )
+        },
+    }
+}
 
 /// How long a changed file must have stayed unmodified (by its modification time) before its
 /// contents are used (a writer that truncates and then writes is usually done by then). A file
@@ -100,21 +143,21 @@ fn hash_file(path: &Path, max: u64) -> std::io::Result<Option<u128>> {
 }
 
 /// The first load, with what the watcher needs to know about it.
-pub struct Initial {
-    pub snapshot: model::Snapshot,
+struct Initial<T> {
+    value: T,
     bytes: Vec<u8>,
     stamp: Option<Stamp>,
     read_at: SystemTime,
 }
 
-impl Initial {
+impl<T> Initial<T> {
     /// Reads and parses the file (refused over `limits`).
-    pub fn load(path: &Path, limits: &Limits) -> Result<Initial, RegistryFileError> {
+    fn load<E>(path: &Path, limits: &Limits, kind: &Watched<T, E>) -> Result<Initial<T>, E> {
         let stamp = Stamp::of(path).ok();
         let read_at = SystemTime::now();
-        let bytes = read_capped(path, limits.max_bytes)?;
-        let snapshot = parse_bytes(path, &bytes, limits)?;
-        Ok(Initial { snapshot, bytes, stamp, read_at })
+        let bytes = read_capped(path, limits.max_bytes).map_err(kind.read_error)?;
+        let value = (kind.parse)(path, &bytes, limits)?;
+        Ok(Initial { value, bytes, stamp, read_at })
     }
 }
 
@@ -206,20 +249,7 @@ fn share_unchanged(next: &mut model::Snapshot, prev: &model::Snapshot) {
     }
 }
 
-/// Loads the file and publishes it, then checks it every `interval` and publishes each new good version.
-/// Returns when every receiver is gone. What is never published:
-/// - a file that does not parse (logged with its position), or over `limits`;
-/// - a file still being written: a changed file is used once it has stayed unmodified for
-///   [`settle_time`] and its metadata did not move while it was read;
-/// - an empty file while services are served (a truncation; write `namespaces: []` to serve none);
-/// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
-///   [`cut_off_hold`].
-///
-/// In all these cases the last good snapshot stays, and `cloudmap_mcp_source_errors_total{source="file"}`
-/// counts the event.
-///
-/// The first load happens on the watcher's thread too (see the module doc: one arena for every
-/// parse); its error, if any, is returned and nothing is started.
+/// Loads the registry file and watches it; see [`watch_file`].
 pub async fn watch(
     path: PathBuf,
     interval: Duration,
@@ -227,43 +257,67 @@ pub async fn watch(
     tx: SnapshotTx,
     metrics: Arc<Metrics>,
 ) -> Result<(), RegistryFileError> {
-    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), RegistryFileError>>();
+    watch_file(path, interval, limits, tx, registry(), metrics).await
+}
+
+/// Loads the file and publishes it, then checks it every `interval` and publishes each new good version.
+/// Returns when every receiver is gone. What is never published:
+/// - a file that does not parse (logged with its position), or over `limits`;
+/// - a file still being written: a changed file is used once it has stayed unmodified for
+///   [`settle_time`] and its metadata did not move while it was read;
+/// - an empty file while items are served (a truncation; see [`Watched::empty_hint`]);
+/// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
+///   [`cut_off_hold`].
+///
+/// In all these cases the last good version stays, and `cloudmap_mcp_source_errors_total{source=...}`
+/// counts the event.
+///
+/// The first load happens on the watcher's thread too (see the module doc: one arena for every
+/// parse); its error, if any, is returned and nothing is started.
+pub async fn watch_file<T, E>(
+    path: PathBuf,
+    interval: Duration,
+    limits: Limits,
+    tx: tokio::sync::watch::Sender<Option<Arc<T>>>,
+    kind: Watched<T, E>,
+    metrics: Arc<Metrics>,
+) -> Result<(), E>
+where
+    T: PartialEq + Send + Sync + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), E>>();
     let thread_path = path.clone();
-    let spawned = std::thread::Builder::new().name("registry-file".into()).spawn(move || {
-        let initial = match Initial::load(&thread_path, &limits) {
+    let read_error = kind.read_error;
+    let spawned = std::thread::Builder::new().name(kind.what.replace(' ', "-")).spawn(move || {
+        let initial = match Initial::load(&thread_path, &limits, &kind) {
             Ok(i) => i,
             Err(e) => {
                 let _ = first_tx.send(Err(e));
                 return;
             }
         };
-        let snap = &initial.snapshot;
-        tracing::info!(
-            path = %thread_path.display(),
-            namespaces = snap.namespaces.len(),
-            services = snap.service_count(),
-            instances = snap.instance_count(),
-            "registry file loaded"
-        );
-        let watcher = Watcher::new(thread_path, interval, limits, initial, tx, metrics);
+        (kind.log_loaded)(&thread_path, &initial.value, false);
+        let watcher = Watcher::new(thread_path, interval, limits, initial, tx, kind, metrics);
         let _ = first_tx.send(Ok(()));
         watcher.run();
     });
     if let Err(source) = spawned {
-        return Err(RegistryFileError::Io { path, source });
+        return Err(read_error(RegistryFileError::Io { path, source }));
     }
     first_rx.await.unwrap_or(Ok(()))
 }
 
-struct Watcher {
+struct Watcher<T, E> {
     path: PathBuf,
     interval: Duration,
     limits: Limits,
-    tx: SnapshotTx,
+    tx: tokio::sync::watch::Sender<Option<Arc<T>>>,
+    kind: Watched<T, E>,
     metrics: Arc<Metrics>,
     st: WatchState,
-    /// The snapshot being served (shared with the channel).
-    served_model: Arc<model::Snapshot>,
+    /// The version being served (shared with the channel).
+    served_model: Arc<T>,
     /// The stamp of the contents last looked at, and when they were read.
     stamp: Option<Stamp>,
     read_at: SystemTime,
@@ -272,17 +326,26 @@ struct Watcher {
     failing: bool,
 }
 
-impl Watcher {
-    fn new(path: PathBuf, interval: Duration, limits: Limits, initial: Initial, tx: SnapshotTx, metrics: Arc<Metrics>) -> Self {
-        let served_model = Arc::new(initial.snapshot);
-        let st = WatchState::new(Some(initial.bytes), served_model.service_count());
+impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
+    fn new(
+        path: PathBuf,
+        interval: Duration,
+        limits: Limits,
+        initial: Initial<T>,
+        tx: tokio::sync::watch::Sender<Option<Arc<T>>>,
+        kind: Watched<T, E>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let served_model = Arc::new(initial.value);
+        let st = WatchState::new(Some(initial.bytes), (kind.size)(&served_model));
         tx.send_replace(Some(served_model.clone()));
-        metrics.source_loaded("file");
+        metrics.source_loaded(kind.metric);
         Watcher {
             path,
             interval,
             limits,
             tx,
+            kind,
             metrics,
             st,
             served_model,
@@ -297,7 +360,7 @@ impl Watcher {
         if !self.failing {
             log();
         }
-        self.metrics.source_error("file");
+        self.metrics.source_error(self.kind.metric);
         self.failing = true;
     }
 
@@ -331,11 +394,12 @@ impl Watcher {
     /// One check of the file.
     fn tick(&mut self, hold: Duration) {
         let path = self.path.clone();
+        let what = self.kind.what;
         let stamp = match Stamp::of(&path) {
             Ok(s) => s,
             Err(e) => {
                 self.stamp = None;
-                self.error(|| tracing::error!(path = %path.display(), error = %e, "cannot read registry file; still serving the last good version"));
+                self.error(|| tracing::error!(path = %path.display(), error = %e, "cannot read {what}; still serving the last good version"));
                 return;
             }
         };
@@ -352,7 +416,13 @@ impl Watcher {
         let bytes = match read_capped(&path, self.limits.max_bytes) {
             Ok(b) => b,
             Err(e) => {
-                if matches!(e, RegistryFileError::TooLarge { .. }) {
+                let too_large = matches!(e, RegistryFileError::TooLarge { .. });
+                let e = match e {
+                    RegistryFileError::TooLarge { bytes, max, .. } => format!("{bytes} bytes, over the {max}-byte cap"),
+                    RegistryFileError::Io { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                if too_large {
                     // Not read again until it moves; logged for every new version.
                     self.refused = Some(stamp);
                     self.failing = false;
@@ -360,7 +430,7 @@ impl Watcher {
                 self.stamp = None;
                 self.st.seen = None;
                 self.error(|| {
-                    tracing::error!(path = %path.display(), error = %e, "registry file edit refused; still serving the last good version")
+                    tracing::error!(path = %path.display(), error = %e, "{what} edit refused; still serving the last good version")
                 });
                 return;
             }
@@ -376,19 +446,20 @@ impl Watcher {
         let held = match self.st.judge(&bytes, h, Instant::now(), hold) {
             Verdict::Unchanged => {
                 if self.failing && self.st.served_hash == Some(h) {
-                    tracing::info!(path = %path.display(), "registry file is back to the served version");
+                    tracing::info!(path = %path.display(), "{what} is back to the served version");
                     self.failing = false;
                 }
                 return;
             }
             Verdict::Empty => {
-                let served_services = self.st.served_services;
+                let served_items = self.st.served_services;
+                let hint = self.kind.empty_hint;
                 self.failing = false;
                 self.error(|| {
                     tracing::error!(
                         path = %path.display(),
-                        served_services,
-                        "registry file is empty (truncated?); still serving the last good version (write `namespaces: []` to serve nothing)"
+                        served_items,
+                        "{what} is empty (truncated?); still serving the last good version ({hint})"
                     )
                 });
                 return;
@@ -402,7 +473,7 @@ impl Watcher {
                         bytes = bytes.len(),
                         served_bytes,
                         hold = ?hold,
-                        "registry file is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
+                        "{what} is a cut-off copy of the served version (truncated?); still serving the last good version, applying it only if it stays like this"
                     )
                 });
                 return;
@@ -426,23 +497,18 @@ impl Watcher {
             }
         }
         let limits = self.limits;
-        let parsed = std::panic::catch_unwind(|| parse_bytes(&path, &bytes, &limits));
+        let parse = self.kind.parse;
+        let parsed = std::panic::catch_unwind(|| parse(&path, &bytes, &limits));
         match parsed {
             Ok(Ok(mut snap)) => {
                 self.failing = false;
                 if held {
-                    tracing::warn!(path = %path.display(), "registry file stayed cut off for the whole hold; applying it as an edit");
+                    tracing::warn!(path = %path.display(), "{what} stayed cut off for the whole hold; applying it as an edit");
                 }
-                share_unchanged(&mut snap, &self.served_model);
-                tracing::info!(
-                    path = %path.display(),
-                    namespaces = snap.namespaces.len(),
-                    services = snap.service_count(),
-                    instances = snap.instance_count(),
-                    "registry file reloaded"
-                );
-                self.metrics.source_loaded("file");
-                self.st.serve(bytes, h, snap.service_count());
+                (self.kind.share)(&mut snap, &self.served_model);
+                (self.kind.log_loaded)(&path, &snap, true);
+                self.metrics.source_loaded(self.kind.metric);
+                self.st.serve(bytes, h, (self.kind.size)(&snap));
                 let snap = Arc::new(snap);
                 self.served_model = snap.clone();
                 self.tx.send_if_modified(|cur| {
@@ -456,12 +522,12 @@ impl Watcher {
             }
             Ok(Err(e)) => {
                 self.failing = false;
-                self.error(|| tracing::error!(error = %e, "registry file edit rejected; still serving the last good version"));
+                self.error(|| tracing::error!(error = %e, "{what} edit rejected; still serving the last good version"));
             }
             Err(_) => {
                 self.failing = false;
                 self.error(|| {
-                    tracing::error!("registry file parser panicked (a bug: please report it); still serving the last good version")
+                    tracing::error!("{what} parser panicked (a bug: please report it); still serving the last good version")
                 });
             }
         }

@@ -1,0 +1,451 @@
+//! The mapping file (`--mapping-file`): ordered rules that shape the ServiceEntry of each Cloud Map
+//! service (docs/mapping.md is the user reference).
+//!
+//! Parsing is pure (text in, [`Mapping`] out) and strict: every value is checked while it is
+//! deserialized, so an error carries the YAML path and the line and column of the bad value.
+//! Which rule gives which field of a service is decided in [`Mapping::resolve`].
+use std::collections::{BTreeMap, BTreeSet};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::{validate, HostTemplate, Location, Resolution};
+use crate::model::{self, NamespaceType};
+
+/// A parsed, validated mapping file.
+#[derive(Clone, Debug, Default)]
+pub struct Mapping {
+    rules: Vec<Rule>,
+}
+
+impl PartialEq for Mapping {
+    fn eq(&self, other: &Self) -> bool {
+        self.rules == other.rules
+    }
+}
+impl Eq for Mapping {}
+
+impl Mapping {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MappingError(String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+/// Parses mapping file contents. An empty file is an empty mapping (no rules).
+pub fn parse(text: &str) -> Result<Mapping, MappingError> {
+    if text.trim().is_empty() {
+        return Ok(Mapping::default());
+    }
+    let file: File = serde_yaml::from_str(text).map_err(|e| MappingError(e.to_string()))?;
+    let mut names = BTreeSet::new();
+    let mut rules = file.rules;
+    for (i, r) in rules.iter_mut().enumerate() {
+        let name = r.name.get_or_insert_with(|| format!("rules[{i}]"));
+        if !names.insert(name.clone()) {
+            return Err(MappingError(format!(
+                "rules[{i}].name: {name:?} is the name of an earlier rule; rule names must be unique"
+            )));
+        }
+    }
+    Ok(Mapping { rules })
+}
+
+/// One rule: which services it matches and the fields it sets. Every field is optional; for each
+/// field the first matching rule that sets it wins.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rule {
+    /// Shown in the `cloudmap-mcp/rules` annotation; `rules[N]` when not given.
+    #[serde(default, deserialize_with = "rule_name")]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matches: Match,
+    pub host: Option<Template>,
+    pub aliases: Option<Vec<Template>>,
+    pub sanitize: Option<bool>,
+    pub istio_namespace: Option<Namespace>,
+    pub export_to: Option<ExportTo>,
+    pub location: Option<Location>,
+    pub resolution: Option<Resolution>,
+    pub ports: Option<Vec<PortRule>>,
+    pub labels: Option<Labels>,
+    pub annotations: Option<Annotations>,
+    pub endpoint_labels: Option<EndpointLabels>,
+    pub vip: Option<bool>,
+}
+
+impl Rule {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    /// Whether this rule applies to `svc` in `ns`: every given condition holds.
+    pub fn matches(&self, ns: &model::Namespace, svc: &model::Service) -> bool {
+        let m = &self.matches;
+        m.namespace.as_ref().is_none_or(|g| g.name_or_id(&ns.name, ns.id.as_deref()))
+            && m.service.as_ref().is_none_or(|g| g.name_or_id(&svc.name, svc.id.as_deref()))
+            && m.namespace_type.as_ref().is_none_or(|t| t.contains(&ns.kind))
+            && m.attributes
+                .as_ref()
+                .is_none_or(|a| a.iter().all(|(k, g)| svc.attributes.get(k).is_some_and(|v| g.is_match(v))))
+    }
+}
+
+fn rule_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(de::Error::custom(format!("rule name {s:?}: use 1-63 characters of A-Z, a-z, 0-9, '-', '_', '.'")));
+    }
+    Ok(Some(s))
+}
+
+/// What a rule matches. Empty: every service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Match {
+    /// Globs matched against the Cloud Map namespace name or id.
+    pub namespace: Option<Globs>,
+    /// Globs matched against the Cloud Map service name or id.
+    pub service: Option<Globs>,
+    pub namespace_type: Option<Vec<NamespaceType>>,
+    /// Service attributes (Cloud Map service-level attributes) that must be present, with a glob
+    /// their value must match.
+    pub attributes: Option<BTreeMap<String, Globs>>,
+}
+
+/// One glob or a list of globs (case-insensitive; `*`, `?`, `[abc]`, `{a,b}`).
+#[derive(Clone, Debug)]
+pub struct Globs {
+    source: Vec<String>,
+    set: GlobSet,
+}
+
+impl PartialEq for Globs {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+impl Eq for Globs {}
+
+impl Globs {
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            if p.is_empty() {
+                return Err("empty glob".into());
+            }
+            let g = GlobBuilder::new(p)
+                .case_insensitive(true)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("{p:?} is not a valid glob: {}", e.kind()))?;
+            b.add(g);
+        }
+        let set = b.build().map_err(|e| format!("globs {patterns:?}: {e}"))?;
+        Ok(Globs { source: patterns.to_vec(), set })
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        self.set.is_match(s)
+    }
+
+    fn name_or_id(&self, name: &str, id: Option<&str>) -> bool {
+        self.is_match(name) || id.is_some_and(|i| self.is_match(i))
+    }
+}
+
+/// A string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Globs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v =
+            OneOrMany::deserialize(d).map_err(|_| de::Error::custom("expected a glob or a list of globs"))?.into_vec();
+        if v.is_empty() {
+            return Err(de::Error::custom("empty list of globs (leave the field out to match everything)"));
+        }
+        Globs::new(&v).map_err(de::Error::custom)
+    }
+}
+
+/// A host template (`{service}`, `{namespace}` placeholders) or, for aliases, a plain host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template(pub String);
+
+impl Template {
+    pub fn render(&self, service: &str, namespace: &str) -> String {
+        HostTemplate::unchecked(&self.0).render(service, namespace)
+    }
+}
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_template(&s).map_err(de::Error::custom)?;
+        Ok(Template(s))
+    }
+}
+
+/// A template must give a valid host once filled with valid names.
+fn check_template(s: &str) -> Result<(), String> {
+    let rest = s.replace("{service}", "").replace("{namespace}", "");
+    if rest.contains('{') || rest.contains('}') {
+        return Err(format!("host template {s:?}: only {{service}} and {{namespace}} are known placeholders"));
+    }
+    let sample = HostTemplate::unchecked(s).render("svc", "ns");
+    validate::host(&sample).map_err(|e| format!("host template {s:?} does not give a valid host: {e}"))
+}
+
+/// An Istio (Kubernetes) namespace name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace(pub String);
+
+impl<'de> Deserialize<'de> for Namespace {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate::dns_label(&s).map_err(|e| de::Error::custom(format!("istioNamespace {e}")))?;
+        Ok(Namespace(s))
+    }
+}
+
+/// A ServiceEntry `exportTo` list, checked as istiod checks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportTo(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ExportTo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = OneOrMany::deserialize(d).map_err(|_| de::Error::custom("expected a list of namespaces"))?.into_vec();
+        validate::export_to(&v, None).map_err(de::Error::custom)?;
+        Ok(ExportTo(v))
+    }
+}
+
+/// An Istio port protocol name (upper case in the output; accepted in any case).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protocol(pub String);
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate::protocol(&s).map(Protocol).map_err(|e| de::Error::custom(format!("protocol {e}")))
+    }
+}
+
+/// How one Cloud Map port is served.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortRule {
+    /// The instance port (`AWS_INSTANCE_PORT`, or 80/443 for services without one) this entry is
+    /// for; absent: any port.
+    #[serde(default, deserialize_with = "port_number")]
+    pub instance_port: Option<u32>,
+    /// The service port number apps connect to; the endpoints keep the instance port as their
+    /// target port. Absent: the instance port.
+    #[serde(default, deserialize_with = "port_number")]
+    pub number: Option<u32>,
+    /// Absent: `<protocol>-<number>` in lower case (`http-8080`).
+    pub name: Option<PortName>,
+    pub protocol: Option<Protocol>,
+}
+
+fn port_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n = u64::deserialize(d)?;
+    if (1..=65535).contains(&n) {
+        Ok(Some(n as u32))
+    } else {
+        Err(de::Error::custom(format!("port {n} is out of range 1-65535")))
+    }
+}
+
+/// A port name (a DNS-1123 label).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortName(pub String);
+
+impl<'de> Deserialize<'de> for PortName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate::dns_label(&s).map_err(|e| de::Error::custom(format!("port name {e}")))?;
+        Ok(PortName(s))
+    }
+}
+
+/// Extra ServiceEntry labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Labels(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, String>::deserialize(d)?;
+        for (k, v) in &m {
+            validate::label_key(k)
+                .and_then(|_| validate::label_value(v))
+                .map_err(|e| de::Error::custom(format!("labels: {e}")))?;
+            if k == "istio.io/rev" || k == super::MANAGED_BY_LABEL.0 {
+                return Err(de::Error::custom(format!(
+                    "label {k:?} is set by cloudmap-mcp (use --istio-revision for istio.io/rev)"
+                )));
+            }
+        }
+        Ok(Labels(m))
+    }
+}
+
+/// Extra ServiceEntry annotations (keys as Kubernetes label keys, any value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Annotations(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, String>::deserialize(d)?;
+        for k in m.keys() {
+            validate::label_key(k).map_err(|e| de::Error::custom(e.replace("label key", "annotation key")))?;
+            if k.starts_with(super::ANNOTATION_PREFIX) {
+                return Err(de::Error::custom(format!(
+                    "annotation {k:?}: keys under {} are set by cloudmap-mcp",
+                    super::ANNOTATION_PREFIX
+                )));
+            }
+        }
+        Ok(Annotations(m))
+    }
+}
+
+/// Which instance attributes become endpoint labels (reserved `AWS_*` keys never do).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointLabels {
+    /// Only keys matching one of these globs.
+    pub allow: Option<Globs>,
+    /// Never keys matching one of these globs (applied after `allow`).
+    pub deny: Option<Globs>,
+}
+
+impl EndpointLabels {
+    pub fn keeps(&self, key: &str) -> bool {
+        self.allow.as_ref().is_none_or(|g| g.is_match(key)) && !self.deny.as_ref().is_some_and(|g| g.is_match(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let m = parse(
+            r#"
+rules:
+  - name: ecs
+    match: {namespace: "prod-*", service: [api, "web-*"], namespaceType: [HTTP], attributes: {team: pay*}}
+    host: "{service}.{namespace}.mesh"
+    aliases: ["{service}.legacy.local", colorapp.appmesh.local]
+    sanitize: true
+    istioNamespace: mesh-config
+    exportTo: [".", team-a]
+    location: MESH_INTERNAL
+    resolution: DNS
+    ports: [{instancePort: 8080, protocol: http}, {instancePort: 50051, name: grpc, protocol: GRPC, number: 9000}]
+    labels: {team: platform}
+    annotations: {example.com/owner: "Team A"}
+    endpointLabels: {allow: [version, "app*"], deny: "app-internal"}
+    vip: false
+  - match: {service: other}
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.rules.len(), 2);
+        let r = &m.rules[0];
+        assert_eq!(r.name(), "ecs");
+        assert_eq!(m.rules[1].name(), "rules[1]");
+        assert_eq!(r.ports.as_ref().unwrap()[0].protocol, Some(Protocol("HTTP".into())));
+        assert_eq!(r.ports.as_ref().unwrap()[1].number, Some(9000));
+        assert_eq!(r.export_to, Some(ExportTo(vec![".".into(), "team-a".into()])));
+        assert_eq!(r.location, Some(Location::MeshInternal));
+        assert_eq!(r.resolution, Some(Resolution::Dns));
+        assert_eq!(r.vip, Some(false));
+        let el = r.endpoint_labels.as_ref().unwrap();
+        assert!(el.keeps("version") && el.keeps("APP") && !el.keeps("app-internal") && !el.keeps("ECS_CLUSTER_NAME"));
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse("rules: []\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_carry_the_yaml_path_and_position() {
+        let mut failures = Vec::new();
+        for (text, want) in [
+            ("rules:\n  - hots: x\n", "line 2 column 5"),
+            ("rules:\n  - hots: x\n", "unknown field `hots`"),
+            ("rules:\n  - match:\n      service: \"[a\"\n", "rules[0].match: \"[a\" is not a valid glob"),
+            ("rules:\n  - match:\n      service: \"[a\"\n", "line 3 column 7"),
+            ("rules:\n  - match: {service: \"[a\"}\n", "not a valid glob"),
+            ("rules:\n  - match: {servce: a}\n", "unknown field `servce`"),
+            ("rules:\n  - host: \"{svc}.x\"\n", "only {service} and {namespace}"),
+            ("rules:\n  - host: \"{service}.*\"\n", "does not give a valid host"),
+            ("rules:\n  - aliases: [\"a b\"]\n", "rules[0].aliases: host template \"a b\" does not give a valid host"),
+            (
+                "rules:\n  - istioNamespace: Mesh_Config\n",
+                "rules[0]: istioNamespace \"Mesh_Config\" is not a DNS-1123 label",
+            ),
+            ("rules:\n  - exportTo: [Not Valid]\n", "only .,*, or a valid DNS 1123 label"),
+            ("rules:\n  - exportTo: [\"*\", a]\n", "cannot have both public (*)"),
+            ("rules:\n  - exportTo: [\"~\", a]\n", "no one (~) and someone"),
+            ("rules:\n  - exportTo: [a, a]\n", "duplicate entries in exportTo"),
+            ("rules:\n  - location: MESH_OUTSIDE\n", "unknown variant `MESH_OUTSIDE`"),
+            ("rules:\n  - resolution: NONE\n", "unknown variant `NONE`"),
+            (
+                "rules:\n  - ports: [{instancePort: 8080, protocol: HTTP3}]\n",
+                "rules[0].ports[0]: protocol \"HTTP3\" is not an Istio protocol",
+            ),
+            ("rules:\n  - ports: [{instancePort: 70000}]\n", "out of range"),
+            ("rules:\n  - ports: [{name: Http_1}]\n", "port name"),
+            ("rules:\n  - labels: {\"bad key!\": x}\n", "rules[0]: labels: label key \"bad key!\""),
+            ("rules:\n  - labels: {istio.io/rev: x}\n", "--istio-revision"),
+            ("rules:\n  - annotations: {cloudmap-mcp/rules: x}\n", "set by cloudmap-mcp"),
+            ("rules:\n  - endpointLabels: {allow: []}\n", "empty list of globs"),
+            ("rules:\n  - match: {namespaceType: [HTTPS]}\n", "unknown variant"),
+            ("rules:\n  - name: a\n  - name: a\n", "rules[1].name: \"a\" is the name of an earlier rule"),
+            ("rules:\n  - vip: maybe\n", "rules[0].vip"),
+        ] {
+            let e = err(text);
+            if !e.contains(want) {
+                failures.push(format!("{text:?}: {e:?} lacks {want:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}
