@@ -1,7 +1,6 @@
 package istiod
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,13 +12,9 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"istio.io/istio/pilot/pkg/model"
-	v3 "istio.io/istio/pilot/pkg/xds/v3"
-	"istio.io/istio/pkg/adsc"
 	nds "istio.io/istio/pkg/dns/proto"
 )
 
@@ -97,18 +92,7 @@ const ndsType = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 // serviceEntryBytes is the size of cloudmap-mcp's ServiceEntry response, as istiod receives it.
 func serviceEntryBytes(t *testing.T, grpcAddr, typeURL string) int {
 	t.Helper()
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := rawStream(t, grpcAddr, 30*time.Second)
 	node := &core.Node{Id: "sidecar~10.1.1.1~istiod-0.istio-system~istio-system.svc.cluster.local",
 		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"GENERATOR": structpb.NewStringValue("api")}}}
 	if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typeURL}); err != nil {
@@ -122,33 +106,6 @@ func serviceEntryBytes(t *testing.T, grpcAddr, typeURL string) int {
 		t.Fatalf("%d ServiceEntries, want 2", len(r.Resources))
 	}
 	return proto.Size(r)
-}
-
-// connectDNSSidecar is a sidecar with DNS capture (ISTIO_META_DNS_CAPTURE=true, as the proxy metadata of
-// deploy/istio's snippets sets it) that also asks for the NDS name table, as istio-agent does.
-func connectDNSSidecar(t *testing.T, istiodAddr string) *sidecar {
-	c, err := adsc.New(istiodAddr, &adsc.ADSConfig{
-		Config: adsc.Config{
-			Namespace: "default",
-			Workload:  "curl-0",
-			IP:        "10.9.9.9",
-			Meta: model.NodeMetadata{
-				ClusterID:  "Kubernetes",
-				Namespace:  "default",
-				DNSCapture: true,
-			}.ToStruct(),
-			GrpcOpts: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		},
-		InitialDiscoveryRequests: []*discovery.DiscoveryRequest{{TypeUrl: v3.ClusterType}, {TypeUrl: ndsType}},
-	})
-	if err != nil {
-		t.Fatalf("sidecar adsc.New: %v", err)
-	}
-	if err := c.Run(); err != nil {
-		t.Fatalf("sidecar adsc.Run: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return &sidecar{c: c}
 }
 
 // nameTable is the last NDS name table the sidecar received.
@@ -269,7 +226,8 @@ func runTraffic(t *testing.T, rel istioRelease) {
 
 	var px *sidecar
 	step(t, "check: a DNS-capture sidecar's NDS name table resolves the HTTP-namespace hosts to their VIPs", func() {
-		px = connectDNSSidecar(t, d.grpcAddr)
+		// DNS capture on, as the proxy metadata of deploy/istio's snippets sets it; istio-agent asks for NDS.
+		px = connectSidecarWith(t, d.grpcAddr, model.NodeMetadata{ClusterID: "Kubernetes", Namespace: "default", DNSCapture: true}, ndsType)
 		err := eventually(30*time.Second, func() error {
 			nt, err := px.nameTable()
 			if err != nil {
