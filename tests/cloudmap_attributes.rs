@@ -256,3 +256,50 @@ async fn a_service_denied_from_the_start_is_served_without_attributes() {
     );
     server.shutdown().await;
 }
+
+fn cart_ports(e: &common::ads::Entries) -> Option<Vec<(u32, String, String)>> {
+    let se = e.values().find(|se| se.hosts.iter().any(|h| h == "cart.shop"))?;
+    Some(se.ports.iter().map(|p| (p.number, p.name.clone(), p.protocol.clone())).collect())
+}
+
+/// The ECS case end to end against moto: a port-8080 service made HTTP by its service attribute, an
+/// invalid override ignored with its reason, and an attribute change reaching a connected ADS client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_attributes_shape_the_served_entry_and_changes_reach_clients() {
+    init();
+    let Some(moto) = Moto::start("service_attribute_overrides").await else { return };
+    let seed = Seed::new(&moto.endpoint()).await;
+    let ns = seed.http_namespace("shop").await;
+    let cart = ecs_service(&seed, &ns, "cart").await;
+    set_attributes(&seed, &cart, &[("cloudmap-mcp/protocol", "HTTP"), ("cloudmap-mcp/location", "SOMEWHERE")]).await;
+
+    let server = Server::cloudmap(&moto.endpoint(), &fast()).await;
+    let mut ads = Ads::connect(server.grpc).await;
+    let e = ads.wait_for("cart.shop", WAIT, |e| e.len() == 1).await;
+    assert_eq!(cart_ports(&e), Some(vec![(8080, "http-8080".into(), "HTTP".into())]), "8080 served as HTTP");
+    let se = e.values().next().unwrap();
+    assert_eq!(se.endpoints.len(), 2);
+    assert!(se.endpoints.iter().all(|ep| ep.ports.values().all(|p| *p == 8080)), "{:?}", se.endpoints);
+    assert_eq!(se.location, 0, "MESH_EXTERNAL: the invalid location override is ignored");
+
+    // The invalid value, with its reason, in /debug/rejected.
+    let (code, body) = server.get("/debug/rejected").await;
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let notes = v["notes"].as_array().cloned().unwrap_or_default();
+    let note = notes
+        .iter()
+        .find(|n| n["kind"] == "override" && n["source"]["service"] == "cart")
+        .unwrap_or_else(|| panic!("no override note for cart: {v:#}"));
+    let msg = note["message"].as_str().unwrap();
+    assert!(msg.contains("cloudmap-mcp/location") && msg.contains("SOMEWHERE"), "{msg}");
+    assert!(!notes.iter().any(|n| n["message"].as_str().unwrap_or("").contains("cloudmap-mcp/protocol")), "{v:#}");
+
+    // The owners switch to gRPC: a connected client gets it, without any instance change.
+    set_attributes(&seed, &cart, &[("cloudmap-mcp/protocol", "GRPC")]).await;
+    let e = ads
+        .wait_for("cart.shop as GRPC", WAIT, |e| cart_ports(e).is_some_and(|p| p.len() == 1 && p[0].2 == "GRPC"))
+        .await;
+    assert_eq!(cart_ports(&e).unwrap()[0].0, 8080);
+    server.shutdown().await;
+}

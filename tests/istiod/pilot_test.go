@@ -344,15 +344,25 @@ type sidecar struct {
 }
 
 func connectSidecar(t *testing.T, istiodAddr string) *sidecar {
+	return connectSidecarWith(t, istiodAddr, model.NodeMetadata{ClusterID: "Kubernetes", Namespace: "default"})
+}
+
+// connectSidecarWith connects a sidecar with the given node metadata that asks for CDS (then EDS, LDS and RDS,
+// as Envoy does) and for the extra type URLs.
+func connectSidecarWith(t *testing.T, istiodAddr string, meta model.NodeMetadata, extraTypes ...string) *sidecar {
+	initial := []*discovery.DiscoveryRequest{{TypeUrl: v3.ClusterType}}
+	for _, typeURL := range extraTypes {
+		initial = append(initial, &discovery.DiscoveryRequest{TypeUrl: typeURL})
+	}
 	c, err := adsc.New(istiodAddr, &adsc.ADSConfig{
 		Config: adsc.Config{
 			Namespace: "default",
 			Workload:  "sleep-0",
 			IP:        "127.0.0.1",
-			Meta:      model.NodeMetadata{ClusterID: "Kubernetes", Namespace: "default"}.ToStruct(),
+			Meta:      meta.ToStruct(),
 			GrpcOpts:  []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		},
-		InitialDiscoveryRequests: []*discovery.DiscoveryRequest{{TypeUrl: v3.ClusterType}},
+		InitialDiscoveryRequests: initial,
 	})
 	if err != nil {
 		t.Fatalf("sidecar adsc.New: %v", err)

@@ -17,6 +17,24 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 )
 
+// rawStream opens a plaintext ADS stream to addr (closed with the test, or after timeout).
+func rawStream(t testing.TB, addr string, timeout time.Duration) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
 // TestRawADS speaks the wire protocol directly, as istiod 1.13-1.23 would (v1alpha3 type URL), and checks the
 // SPEC section 1 rules pkg/adsc does not exercise: unknown type URLs are answered (empty) with the type URL
 // echoed, the initial request's non-empty nonce is not taken for an ACK, an ACK and a stale nonce get no
@@ -32,18 +50,7 @@ func TestRawADS(t *testing.T) {
 	srv := newServer(t, regPath, filepath.Join(logs, "cloudmap-mcp.log"))
 	step(t, "start cloudmap-mcp", srv.start)
 
-	conn, err := grpc.NewClient(srv.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := rawStream(t, srv.grpcAddr, 60*time.Second)
 	responses := make(chan *discovery.DiscoveryResponse, 100)
 	go func() {
 		for {
