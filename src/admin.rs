@@ -3,12 +3,12 @@
 //! | path | what |
 //! |---|---|
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
-//! | `/debug/cloudmap` | JSON, with `--cloudmap` only: per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (route in `source::cloudmap::debug`) |
+//! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (per source, `?source=NAME`): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (route in `source::cloudmap::debug`) |
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -22,11 +22,15 @@ use crate::cache::ResourceRx;
 use crate::translate::render;
 use crate::xds::Clients;
 
+/// Extra readiness text from the source, e.g. which of several sources has not synced yet.
+pub type ReadinessDetail = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AdminState {
     pub snapshots: ResourceRx,
     pub registry: Arc<Registry>,
     pub clients: Arc<Clients>,
+    pub detail: Option<ReadinessDetail>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -41,9 +45,15 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    match s.snapshots.borrow().as_ref() {
-        Some(snap) => (StatusCode::OK, format!("ready: {} ServiceEntries\n", snap.service_entries.names.len())).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the source has not completed its first sync\n").into_response(),
+    let detail = s.detail.as_ref().and_then(|d| d());
+    let served = s.snapshots.borrow().as_ref().map(|snap| snap.service_entries.names.len());
+    match (served, detail) {
+        (Some(n), None) => (StatusCode::OK, format!("ready: {n} ServiceEntries\n")).into_response(),
+        (Some(n), Some(d)) => (StatusCode::OK, format!("ready: {n} ServiceEntries; {d}\n")).into_response(),
+        (None, None) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: the source has not completed its first sync\n").into_response()
+        }
+        (None, Some(d)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {d}\n")).into_response(),
     }
 }
 

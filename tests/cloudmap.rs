@@ -22,20 +22,7 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Short intervals so tests run in seconds.
-const FAST: &[&str] = &[
-    "--istio-namespace",
-    "istio-system",
-    "--resync-interval",
-    "1s",
-    "--revision-poll-interval",
-    "200ms",
-    "--revision-poll-max-interval",
-    "400ms",
-    "--instances-refresh-interval",
-    "1s",
-    "--health-refresh-interval",
-    "300ms",
-];
+const FAST: &[&str] = common::FAST_POLLING;
 
 /// `base` with `extra` (flag, value pairs) overriding or added.
 fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {

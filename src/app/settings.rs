@@ -88,6 +88,7 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
             region: a.aws_region.clone().filter(|r| !r.is_empty()),
             endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
             call_timeout: a.aws_call_timeout,
+            ..ClientConfig::default()
         },
         selection: Selection::new(
             &a.include_namespaces,
@@ -107,6 +108,21 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
         max_removal_ratio: a.max_removal_ratio,
         removal_confirmations: a.removal_confirmations,
     })
+}
+
+/// The sources of `--sources-file`, each with the command line's settings for what it does not
+/// set; `None` without a sources file (the single-source flags then give the one source).
+pub fn cloudmap_sources(
+    a: &CloudMapArgs,
+    health: HealthFilter,
+) -> Result<Option<Vec<cloudmap::sources::Source>>, CloudMapError> {
+    let Some(path) = &a.sources_file else { return Ok(None) };
+    if a.first_sync_timeout.is_zero() {
+        return Err(CloudMapError::Config("--first-sync-timeout must be more than 0".into()));
+    }
+    let base = cloudmap_settings(a, health)?;
+    let sources = cloudmap::sources::load(path, &base, a.first_sync_timeout)?;
+    Ok(Some(sources))
 }
 
 #[cfg(test)]

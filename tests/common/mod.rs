@@ -14,6 +14,22 @@ use std::sync::Once;
 
 static INIT: Once = Once::new();
 
+/// Short Cloud Map intervals so tests run in seconds.
+pub const FAST_POLLING: &[&str] = &[
+    "--istio-namespace",
+    "istio-system",
+    "--resync-interval",
+    "1s",
+    "--revision-poll-interval",
+    "200ms",
+    "--revision-poll-max-interval",
+    "400ms",
+    "--instances-refresh-interval",
+    "1s",
+    "--health-refresh-interval",
+    "300ms",
+];
+
 /// Dummy credentials, no instance metadata, logs to the test output. Call first in every test.
 pub fn init() {
     INIT.call_once(|| {

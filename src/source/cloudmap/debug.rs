@@ -3,7 +3,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,6 +18,8 @@ use crate::translate::ServiceRef;
 
 #[derive(Debug, serde::Serialize)]
 pub struct DebugView {
+    /// The source's name (`default` for the single-source flags).
+    pub source: String,
     /// False until the first complete sync; nothing is served before.
     pub synced: bool,
     pub last_complete_sync: Option<String>,
@@ -152,6 +155,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
         });
     }
     DebugView {
+        source: s.name.clone(),
         synced: st.synced,
         last_complete_sync: st.last_complete_sync.map(rfc3339),
         sync_age_seconds: st
@@ -186,18 +190,38 @@ pub(super) fn view(p: &Poller) -> DebugView {
 
 #[derive(Clone)]
 struct DebugState {
-    poller: Arc<Poller>,
+    pollers: Arc<Vec<Arc<Poller>>>,
+    multi: bool,
     snapshots: ResourceRx,
 }
 
-/// The `/debug/cloudmap` route, to merge into the admin router. Instances the translation skipped
-/// (no usable address, bad port) are joined in from the served snapshot.
-pub fn router(poller: Arc<Poller>, snapshots: ResourceRx) -> Router {
-    Router::new().route("/debug/cloudmap", get(handler)).with_state(DebugState { poller, snapshots })
+#[derive(serde::Deserialize)]
+struct DebugQuery {
+    source: Option<String>,
 }
 
-async fn handler(State(s): State<DebugState>) -> Response {
-    let mut view = s.poller.debug_view();
+/// The `/debug/cloudmap` route, to merge into the admin router. Instances the translation skipped
+/// (no usable address, bad port) are joined in from the served snapshot. With several sources
+/// (`multi`): `{"sources": [view, ...]}`, or one source's view with `?source=NAME`.
+pub fn router(pollers: Vec<Arc<Poller>>, multi: bool, snapshots: ResourceRx) -> Router {
+    Router::new()
+        .route("/debug/cloudmap", get(handler))
+        .with_state(DebugState { pollers: Arc::new(pollers), multi, snapshots })
+}
+
+async fn handler(State(s): State<DebugState>, Query(q): Query<DebugQuery>) -> Response {
+    let chosen: Vec<&Arc<Poller>> = match &q.source {
+        Some(name) => match s.pollers.iter().find(|p| p.name() == name) {
+            Some(p) => vec![p],
+            None => {
+                let known: Vec<&str> = s.pollers.iter().map(|p| p.name()).collect();
+                let msg = format!("unknown source {name:?}; sources: {}\n", known.join(", "));
+                return (StatusCode::NOT_FOUND, msg).into_response();
+            }
+        },
+        None => s.pollers.iter().collect(),
+    };
+    let mut views: Vec<DebugView> = chosen.iter().map(|p| p.debug_view()).collect();
     if let Some(snap) = s.snapshots.borrow().clone() {
         let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
         for n in snap.notes.iter() {
@@ -208,14 +232,22 @@ async fn handler(State(s): State<DebugState>) -> Response {
                     .push(SkippedView { id: id.clone(), reason: n.message.clone() });
             }
         }
-        for ns in &mut view.namespaces {
-            for svc in &mut ns.services {
-                let key = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
-                if let Some(list) = by_service.remove(&key) {
-                    svc.skipped_instances.extend(list);
+        for view in &mut views {
+            for ns in &mut view.namespaces {
+                for svc in &mut ns.services {
+                    let key = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
+                    if let Some(list) = by_service.get(&key) {
+                        svc.skipped_instances.extend(list.iter().cloned());
+                    }
                 }
             }
         }
     }
-    axum::Json(view).into_response()
+    if s.multi && q.source.is_none() {
+        return axum::Json(serde_json::json!({ "sources": views })).into_response();
+    }
+    match views.pop() {
+        Some(v) => axum::Json(v).into_response(),
+        None => (StatusCode::NOT_FOUND, "no Cloud Map source\n").into_response(),
+    }
 }

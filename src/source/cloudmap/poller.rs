@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::budget::{backoff, doubled, jittered};
 use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary};
@@ -337,6 +338,16 @@ impl Poller {
         debug::view(self)
     }
 
+    /// The source's name ([`Settings::name`]).
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Whether the first complete sync is done.
+    pub fn synced(&self) -> bool {
+        self.lock().synced
+    }
+
     /// Runs forever (until every snapshot receiver is gone): first sync with retries, then the
     /// resync, poll and publish loops.
     pub(super) async fn run(self: Arc<Self>) {
@@ -362,8 +373,8 @@ impl Poller {
                 _ = self.tx.closed() => return,
             }
         }
-        tokio::spawn(self.clone().poll_loop());
-        tokio::spawn(self.clone().publish_loop());
+        tokio::spawn(self.clone().poll_loop().in_current_span());
+        tokio::spawn(self.clone().publish_loop().in_current_span());
         // Start to start: a resync that takes long does not push the next one back.
         let mut next = Instant::now() + jittered(self.settings.resync_interval, 0.05);
         loop {
@@ -1004,10 +1015,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::source::cloudmap::budget::{Budget, BudgetConfig};
-    use crate::source::cloudmap::client::{ClientConfig, Op};
-    use crate::source::cloudmap::select::Selection;
-    use crate::translate::HealthFilter;
+    use crate::source::cloudmap::budget::Budget;
+    use crate::source::cloudmap::client::Op;
 
     fn poller(ratio: f64, confirmations: u32) -> Poller {
         poller_with(|s| {
@@ -1018,21 +1027,7 @@ mod tests {
 
     /// The default settings, changed by `f`.
     fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
-        let mut settings = Settings {
-            name: "test".into(),
-            client: ClientConfig::default(),
-            selection: Selection::default(),
-            health: HealthFilter::HealthyOrElseAll,
-            resync_interval: Duration::from_secs(60),
-            revision_poll_interval: Duration::from_secs(5),
-            revision_poll_max_interval: Duration::from_secs(60),
-            instances_refresh_interval: Duration::from_secs(300),
-            health_refresh_interval: Duration::from_secs(15),
-            budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
-            max_attempts: 3,
-            max_removal_ratio: 0.5,
-            removal_confirmations: 3,
-        };
+        let mut settings = super::super::test_settings();
         f(&mut settings);
         // Never called: these tests drive the state directly.
         let conf = aws_sdk_servicediscovery::Config::builder()
