@@ -10,7 +10,8 @@ use tokio::sync::{oneshot, watch};
 use crate::admin::{self, AdminState};
 use crate::cache::{self, ResourceCache};
 use crate::config::{ServeArgs, SourceArgs};
-use crate::metrics::Metrics;
+use crate::metrics::{Activity, Metrics};
+use crate::net::{self, http2::Preface};
 use crate::source::{self, cloudmap, file, SnapshotRx};
 use crate::translate::HealthFilter;
 use crate::xds::{AdsServer, Clients};
@@ -27,8 +28,6 @@ pub enum AppError {
     CloudMap(#[from] cloudmap::CloudMapError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("admin server failed: {0}")]
@@ -96,6 +95,24 @@ pub async fn serve(
     bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), AppError> {
     let opts = settings::translate_options(&args.translate).map_err(AppError::Config)?;
+    let mut grpc_limits = settings::grpc_listener(&args);
+    match crate::net::raise_open_file_limit() {
+        Ok((open_files, _)) => {
+            let [grpc_cap] = crate::net::fit_connection_caps(open_files, &[grpc_limits.max_connections])[..] else {
+                unreachable!("one cap in, one out")
+            };
+            if grpc_cap < grpc_limits.max_connections {
+                tracing::warn!(
+                    open_files,
+                    max_connections = grpc_cap,
+                    "--max-connections lowered to fit the open-file limit (raise `ulimit -n` to allow more)"
+                );
+            }
+            grpc_limits.max_connections = grpc_cap;
+            tracing::info!(open_files, max_connections = grpc_limits.max_connections, "open-file limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
@@ -105,6 +122,7 @@ pub async fn serve(
     tokio::spawn(cache::run(model_rx, ResourceCache::new(opts), res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(log_activity(metrics.clone(), args.activity_log_interval, stop_rx.clone()));
     let clients = Arc::new(Clients::default());
     let ads = AdsServer::new(res_rx.clone(), metrics.clone(), clients.clone(), settings::ads_config(&args), stop_rx.clone());
 
@@ -161,31 +179,34 @@ pub async fn serve(
         let _ = b.send(addrs);
     }
 
-    let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> = {
-        let mut stop = stop_rx.clone();
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(args.keepalive_interval))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-            .add_service(ads)
+    let grpc: futures::future::BoxFuture<'static, ()> = {
+        let routes = tonic::service::Routes::new(ads)
             .add_service(health_svc)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
-        let signal = async move { crate::util::until_true(&mut stop).await };
+            .add_service(reflection_v1alpha)
+            .prepare();
+        let (h2, h2_errors, listener_metrics) =
+            (settings::http2(&args), metrics.http2_connection_errors.clone(), metrics.listener("grpc"));
+        let bind_err = |source| AppError::Bind { addr: args.grpc_addr, source };
         match tls {
             Some((files, cfg)) => {
-                let incoming = crate::tls::incoming(
-                    grpc_listener,
+                let tls = crate::tls::TlsHandshake::reloading(
                     files,
                     cfg,
                     args.tls_reload_interval,
                     metrics.tls_handshake_errors.clone(),
                     stop_rx.clone(),
                 );
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                let incoming =
+                    net::incoming(grpc_listener, grpc_limits, Preface(tls), listener_metrics, stop_rx.clone())
+                        .map_err(bind_err)?;
+                Box::pin(net::http2::serve(incoming, routes, h2, h2_errors, stop_rx.clone()))
             }
             None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                let incoming =
+                    net::incoming(grpc_listener, grpc_limits, Preface(net::Plain), listener_metrics, stop_rx.clone())
+                        .map_err(bind_err)?;
+                Box::pin(net::http2::serve(incoming, routes, h2, h2_errors, stop_rx.clone()))
             }
         }
     };
@@ -216,10 +237,7 @@ pub async fn serve(
     })
     .await;
     match drained {
-        Ok((g, a)) => {
-            if let Ok(Err(e)) = g {
-                return Err(AppError::Grpc(e));
-            }
+        Ok((_, a)) => {
             if let Ok(Err(e)) = a {
                 return Err(AppError::Admin(e));
             }
@@ -228,4 +246,38 @@ pub async fn serve(
         Err(_) => tracing::warn!("shutdown grace period over; exiting with connections still open"),
     }
     Ok(())
+}
+
+/// Logs a summary of client activity every `every` when there was any (per-stream and
+/// per-connection lines are at debug, so a flood of clients cannot flood the log).
+async fn log_activity(metrics: Arc<Metrics>, every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut last = metrics.activity();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = crate::util::until_true(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = metrics.activity();
+        let d: Activity = now.since(&last);
+        last = now;
+        if d.is_zero() {
+            continue;
+        }
+        tracing::info!(
+            period = ?every,
+            streams_open = metrics.streams_connected.get(),
+            streams_opened = d.streams_opened,
+            streams_closed = d.streams_closed,
+            streams_refused = d.streams_refused,
+            connections_open = metrics.listener("grpc").open.get(),
+            connections_accepted = d.connections_accepted,
+            connections_refused = d.connections_refused,
+            handshake_errors = d.handshake_errors,
+            handshake_timeouts = d.handshake_timeouts,
+            accept_errors = d.accept_errors,
+            http2_errors = d.http2_errors,
+            "gRPC client activity"
+        );
+    }
 }

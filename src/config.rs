@@ -204,10 +204,32 @@ pub struct ServeArgs {
     /// Most resource_names one request may carry.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_RESOURCE_NAMES", default_value_t = 10_000)]
     pub max_resource_names: usize,
-    /// A client that does not take a response within this time is disconnected.
+    /// A stream whose responses make no progress for this long (the client stopped reading, even in the
+    /// middle of a single response) is dropped together with its connection.
     #[arg(long, env = "CLOUDMAP_MCP_SEND_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub send_timeout: Duration,
-    /// HTTP/2 keepalive ping interval towards clients (istiod pings every 30s on its own).
+    /// Most gRPC connections open at once (handshakes included); more are closed on accept. Lowered
+    /// to fit the open-file limit. Default: ~100x a large istiod fleet (one connection per istiod), and
+    /// a few tens of MB at most if all are used.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A connection that has not completed TLS (when configured) and sent the HTTP/2 client preface
+    /// within this time is closed.
+    #[arg(long, env = "CLOUDMAP_MCP_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS); istiod opens one.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Most ADS streams open at once over all connections; more get RESOURCE_EXHAUSTED. Default: far
+    /// above any istiod fleet (one stream per istiod), and at most ~130 KB each while a client stalls.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_ADS_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_ads_streams: u32,
+    /// How often client activity (streams opened/closed/refused, connections refused, failed
+    /// handshakes) is summarized at info level when there was any; per-stream lines are at debug.
+    #[arg(long, env = "CLOUDMAP_MCP_ACTIVITY_LOG_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub activity_log_interval: Duration,
+    /// HTTP/2 keepalive ping interval towards clients (istiod pings every 30s on its own); also the
+    /// idle time before TCP keepalive probes.
     #[arg(long, env = "CLOUDMAP_MCP_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
     pub keepalive_interval: Duration,
     /// On SIGTERM, how long to wait for streams to close before exiting.

@@ -3,9 +3,17 @@ use clap::Parser;
 use cloudmap_mcp::config::{Cli, Command, LogFormat, RenderArgs};
 use cloudmap_mcp::{app, source, translate};
 
+/// The level filter when RUST_LOG is unset: info, except the HTTP/2 stack's own warnings about
+/// misbehaving connections (one line per connection a client breaks): they are counted in
+/// `cloudmap_mcp_http2_connection_errors_total` and logged by the server at debug.
+const DEFAULT_FILTER: &str = "info,h2=error,hyper=error";
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
+    // Colour codes only on a terminal, never into files or pipes.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),

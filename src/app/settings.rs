@@ -45,6 +45,32 @@ pub fn ads_config(a: &ServeArgs) -> AdsConfig {
         },
         max_request_bytes: a.max_request_bytes,
         send_timeout: a.send_timeout,
+        max_streams: a.max_ads_streams as usize,
+    }
+}
+
+/// Limits of the gRPC listener.
+pub fn grpc_listener(a: &ServeArgs) -> crate::net::ListenerSettings {
+    crate::net::ListenerSettings {
+        name: "grpc",
+        max_connections: a.max_connections as usize,
+        handshake_timeout: a.handshake_timeout,
+        tcp_keepalive: Some(a.keepalive_interval),
+    }
+}
+
+/// HTTP/2 limits of each gRPC connection.
+pub fn http2(a: &ServeArgs) -> crate::net::http2::Http2Settings {
+    crate::net::http2::Http2Settings {
+        max_concurrent_streams: a.max_streams_per_connection,
+        // h2's default: more streams reset by the client before they were served → GOAWAY.
+        max_pending_accept_reset_streams: 20,
+        max_local_error_reset_streams: 1024,
+        keepalive_interval: Some(a.keepalive_interval),
+        keepalive_timeout: Duration::from_secs(20),
+        // One response chunk: the stream's body is asked for the next one when this drained.
+        max_send_buf_size: crate::xds::codec::CHUNK,
+        max_header_list_size: 16 * 1024,
     }
 }
 

@@ -141,7 +141,7 @@ async fn spawn(
     tracing::info!(
         parent: &span,
         region = settings.client.region.as_deref().unwrap_or("(from the AWS configuration)"),
-        endpoint = settings.client.endpoint_url.as_deref().unwrap_or("(default)"),
+        endpoint = %client::endpoint_description(&settings.client),
         role_arn = settings.client.role_arn.as_deref().unwrap_or("(none: the standard credential chain)"),
         resync_interval = ?settings.resync_interval,
         revision_poll_interval = ?settings.revision_poll_interval,
