@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::model::NamespaceType;
 use crate::translate::{render, HealthFilter, Location};
@@ -18,6 +19,83 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line and the environment like [`Parser::parse`], and also refuses
+    /// settings of the source that was not chosen (they would be silently ignored); exits with a
+    /// usage error.
+    pub fn parse_checked() -> Cli {
+        Self::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_checked`] without exiting.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+        if let Some((name, sub)) = matches.subcommand() {
+            if let Err(msg) = check_unused_source_settings(sub) {
+                let mut sub_cmd = cmd.find_subcommand_mut(name).cloned().unwrap_or(cmd);
+                return Err(sub_cmd.error(clap::error::ErrorKind::ArgumentConflict, msg));
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// The settings given explicitly (on the command line, or by a non-empty environment variable)
+/// among `args`' arguments, as `--flag` or `--flag (from ENV_VAR)`. Defaults do not count.
+fn explicitly_set(matches: &ArgMatches, args: clap::Command, skip: &[&str]) -> Vec<String> {
+    args.get_arguments()
+        .filter(|a| !skip.contains(&a.get_id().as_str()))
+        .filter_map(|a| {
+            let flag = format!("--{}", a.get_long()?);
+            match matches.value_source(a.get_id().as_str())? {
+                ValueSource::CommandLine => Some(flag),
+                ValueSource::EnvVariable => {
+                    let env = a.get_env()?.to_string_lossy().into_owned();
+                    // An empty variable (a template rendering `value: ""`) means "not set".
+                    std::env::var_os(&env).filter(|v| !v.is_empty())?;
+                    Some(format!("{flag} (from {env})"))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Refuses Cloud Map settings next to `--registry-file` and registry-file settings next to
+/// `--cloudmap`: the source that was not chosen would ignore them. Environment variables count like
+/// flags (a deployment that sets one expects it to apply); empty ones do not.
+fn check_unused_source_settings(m: &ArgMatches) -> Result<(), String> {
+    let given = matches!(m.value_source("registry_file"), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+    if given {
+        let ignored = explicitly_set(m, CloudMapArgs::augment_args(clap::Command::new("x")), &["cloudmap"]);
+        if !ignored.is_empty() {
+            return Err(format!(
+                "--registry-file is given, so these Cloud Map settings would be ignored: {}. \
+                 Remove them, or drop --registry-file and use --cloudmap",
+                ignored.join(", ")
+            ));
+        }
+    } else if m.get_flag("cloudmap") {
+        let ignored = explicitly_set(m, SourceArgs::augment_args(clap::Command::new("x")), &["registry_file"])
+            .into_iter()
+            .filter(|f| f.starts_with("--registry-"))
+            .collect::<Vec<_>>();
+        if !ignored.is_empty() {
+            return Err(format!(
+                "--cloudmap is given, so these registry-file settings would be ignored: {}. Remove them",
+                ignored.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -97,6 +175,10 @@ pub struct CloudMapArgs {
     /// Services with health checks are re-read this often (health changes do not move the revision).
     #[arg(long, env = "CLOUDMAP_MCP_HEALTH_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
     pub health_refresh_interval: Duration,
+    /// Each service's Cloud Map service attributes (GetServiceAttributes) are re-read this often: updating them moves no
+    /// revision, so this is the longest an `update-service-attributes` takes to be served without events.
+    #[arg(long, env = "CLOUDMAP_MCP_SERVICE_ATTRIBUTES_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub service_attributes_refresh_interval: Duration,
     /// API budget: Cloud Map calls per second, all operations together (token bucket).
     #[arg(long, env = "CLOUDMAP_MCP_AWS_API_RATE", default_value_t = 100.0, value_parser = parse_positive_f64)]
     pub aws_api_rate: f64,

@@ -1,5 +1,4 @@
 use anyhow::Context;
-use clap::Parser;
 use cloudmap_mcp::config::{Cli, Command, LogFormat, RenderArgs};
 use cloudmap_mcp::{app, source, translate};
 
@@ -63,7 +62,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     init_logging(cli.log_format);
     match cli.command {
         Command::Render(args) => render(&args),

@@ -79,7 +79,7 @@ async fn debug_json(server: &ServerProcess, path: &str) -> Value {
 }
 
 fn start(sources: &str, extra: &[&str]) -> ServerProcess {
-    let mut args = common::FAST_POLLING.to_vec();
+    let mut args = common::FAST.to_vec();
     args.extend_from_slice(&["--sources-file", sources]);
     args.extend_from_slice(extra);
     ServerProcess::start(&args)

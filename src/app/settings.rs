@@ -92,6 +92,7 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
         ("--revision-poll-max-interval", a.revision_poll_max_interval),
         ("--instances-refresh-interval", a.instances_refresh_interval),
         ("--health-refresh-interval", a.health_refresh_interval),
+        ("--service-attributes-refresh-interval", a.service_attributes_refresh_interval),
         ("--aws-call-timeout", a.aws_call_timeout),
     ] {
         if d < Duration::from_millis(10) {
@@ -129,6 +130,7 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
         revision_poll_max_interval: a.revision_poll_max_interval,
         instances_refresh_interval: a.instances_refresh_interval,
         health_refresh_interval: a.health_refresh_interval,
+        attributes_refresh_interval: a.service_attributes_refresh_interval,
         budget: BudgetConfig { rate: a.aws_api_rate, burst: a.aws_api_burst, concurrency: a.aws_api_concurrency },
         max_attempts: a.aws_max_attempts,
         max_removal_ratio: a.max_removal_ratio,

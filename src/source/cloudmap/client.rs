@@ -36,6 +36,7 @@ pub enum Op {
     GetService,
     DiscoverInstances,
     DiscoverInstancesRevision,
+    GetServiceAttributes,
 }
 
 impl Op {
@@ -46,6 +47,7 @@ impl Op {
             Op::GetService => "GetService",
             Op::DiscoverInstances => "DiscoverInstances",
             Op::DiscoverInstancesRevision => "DiscoverInstancesRevision",
+            Op::GetServiceAttributes => "GetServiceAttributes",
         }
     }
 }
@@ -508,6 +510,17 @@ impl Api {
             create_date: ts(s.create_date()),
             health_checked: s.health_check_config().is_some() || s.health_check_custom_config().is_some(),
         })
+    }
+
+    /// The service-level attributes of a service (GetServiceAttributes; `id` is its id or ARN).
+    pub async fn get_service_attributes(&self, id: &str) -> Result<BTreeMap<String, String>, ApiError> {
+        let out =
+            self.call(Op::GetServiceAttributes, id, || self.client.get_service_attributes().service_id(id).send()).await?;
+        Ok(out
+            .service_attributes()
+            .and_then(|a| a.attributes())
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     /// Every instance of a service (`MaxResults=1000`), with the configured HealthStatus filter.

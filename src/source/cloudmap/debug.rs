@@ -25,6 +25,8 @@ pub struct DebugView {
     pub last_complete_sync: Option<String>,
     pub sync_age_seconds: Option<f64>,
     pub last_resync: Option<ResyncReport>,
+    /// GetServiceAttributes denied (IAM policy without it): services are served without their attributes.
+    pub service_attributes_denied: Option<ErrorRecord>,
     pub removal_guard: GuardView,
     pub settings: SettingsView,
     /// Selected namespaces sharing a name with an older one, which is served instead.
@@ -48,6 +50,7 @@ pub struct SettingsView {
     pub revision_poll_max_interval_ms: u64,
     pub instances_refresh_interval_ms: u64,
     pub health_refresh_interval_ms: u64,
+    pub service_attributes_refresh_interval_ms: u64,
     pub health_filter: &'static str,
     pub budget: BudgetConfig,
     pub selection: SelectionView,
@@ -96,6 +99,10 @@ pub struct ServiceView {
     pub skipped_instances: Vec<SkippedView>,
     pub removal_held: bool,
     pub last_error: Option<ErrorRecord>,
+    /// Service-level attributes (GetServiceAttributes), as served.
+    pub attributes: BTreeMap<String, String>,
+    pub attributes_read: Option<String>,
+    pub attributes_error: Option<ErrorRecord>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -152,6 +159,9 @@ pub(super) fn view(p: &Poller) -> DebugView {
             skipped_instances: skipped,
             removal_held: e.removal_held,
             last_error: e.last_error.clone(),
+            attributes: e.attributes.values.clone(),
+            attributes_read: e.attributes.read_at.map(rfc3339),
+            attributes_error: e.attributes.last_error.clone(),
         });
     }
     DebugView {
@@ -163,6 +173,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
         last_resync: st.last_resync.clone(),
+        service_attributes_denied: st.attributes.denied.clone(),
         removal_guard: GuardView {
             max_removal_ratio: s.max_removal_ratio,
             confirmations_required: s.removal_confirmations,
@@ -175,6 +186,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
             revision_poll_max_interval_ms: s.revision_poll_max_interval.as_millis() as u64,
             instances_refresh_interval_ms: s.instances_refresh_interval.as_millis() as u64,
             health_refresh_interval_ms: s.health_refresh_interval.as_millis() as u64,
+            service_attributes_refresh_interval_ms: s.attributes_refresh_interval.as_millis() as u64,
             health_filter: s.health.as_str(),
             budget: s.budget,
             selection: s.selection.view(),

@@ -27,6 +27,8 @@ pub struct CloudMapFamilies {
     budget_wait_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     resyncs: Family<Labels, Counter>,
     instance_reads: Family<Labels, Counter>,
+    attribute_reads: Family<Labels, Counter>,
+    attributes_denied: Family<Labels, Gauge>,
     namespaces: Family<Labels, Gauge>,
     services: Family<Labels, Gauge>,
     instances: Family<Labels, Gauge>,
@@ -45,6 +47,7 @@ pub struct CloudMapMetrics {
     families: Arc<CloudMapFamilies>,
     pub budget_waits: Counter,
     pub budget_wait_seconds: Counter<f64, AtomicU64>,
+    pub attributes_denied: Gauge,
     pub namespaces: Gauge,
     pub services: Gauge,
     pub instances: Gauge,
@@ -98,6 +101,8 @@ impl CloudMapFamilies {
             budget_wait_seconds: Family::default(),
             resyncs: Family::default(),
             instance_reads: Family::default(),
+            attribute_reads: Family::default(),
+            attributes_denied: Family::default(),
             namespaces: Family::default(),
             services: Family::default(),
             instances: Family::default(),
@@ -137,6 +142,16 @@ impl CloudMapFamilies {
             "DiscoverInstances reads of one service, by reason: new (never read, re-created, or failed before; by a resync), revision (the revision moved), refresh (the periodic safety net), health (health-checked services)",
             m.instance_reads.clone(),
         );
+        r.register(
+            "cloudmap_mcp_cloudmap_service_attribute_reads",
+            "GetServiceAttributes reads of one service, by reason: new (with its first instances), refresh (every --service-attributes-refresh-interval), event (an UpdateServiceAttributes event)",
+            m.attribute_reads.clone(),
+        );
+        r.register(
+            "cloudmap_mcp_cloudmap_service_attributes_denied",
+            "1 while GetServiceAttributes is denied (IAM policy without servicediscovery:GetServiceAttributes): services are served without their service attributes",
+            m.attributes_denied.clone(),
+        );
         r.register("cloudmap_mcp_cloudmap_namespaces", "Cloud Map namespaces selected", m.namespaces.clone());
         r.register("cloudmap_mcp_cloudmap_services", "Cloud Map services known with instance data", m.services.clone());
         r.register("cloudmap_mcp_cloudmap_instances", "Cloud Map instances known", m.instances.clone());
@@ -169,6 +184,7 @@ impl CloudMapFamilies {
             families: self.clone(),
             budget_waits: self.budget_waits.get_or_create(&l).clone(),
             budget_wait_seconds: self.budget_wait_seconds.get_or_create(&l).clone(),
+            attributes_denied: self.attributes_denied.get_or_create(&l).clone(),
             namespaces: self.namespaces.get_or_create(&l).clone(),
             services: self.services.get_or_create(&l).clone(),
             instances: self.instances.get_or_create(&l).clone(),
@@ -208,6 +224,10 @@ impl CloudMapMetrics {
 
     pub fn instance_read(&self, reason: &'static str) {
         self.families.instance_reads.get_or_create(&self.labels(&[("reason", reason)])).inc();
+    }
+
+    pub fn attribute_read(&self, reason: &'static str) {
+        self.families.attribute_reads.get_or_create(&self.labels(&[("reason", reason)])).inc();
     }
 
     pub fn set_held_back(&self, reason: &'static str, n: usize) {

@@ -4,6 +4,7 @@
 //!   custom endpoint) and the [`client::Api`] wrapper every call goes through.
 //! - [`budget`]: the shared API budget (token bucket with jitter, concurrency limit) and backoff.
 //! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules.
+//! - [`attributes`]: service-level attributes (GetServiceAttributes) and when they are re-read.
 //! - [`select`]: namespace and service selection.
 //! - [`credentials`]: the standard chain, then `sts:AssumeRole` into a source's role.
 //! - [`sources`]: the sources file (several accounts/Regions); [`multi`]: their merge.
@@ -21,6 +22,7 @@ use crate::model::Snapshot;
 use crate::source::{self, SnapshotRx};
 use crate::translate::HealthFilter;
 
+pub mod attributes;
 pub mod budget;
 pub mod client;
 pub mod credentials;
@@ -72,6 +74,8 @@ pub struct Settings {
     /// Longest time a service's instances go without a read (safety net under the revision).
     pub instances_refresh_interval: Duration,
     pub health_refresh_interval: Duration,
+    /// How often each service's attributes are re-read (UpdateServiceAttributes moves no revision).
+    pub attributes_refresh_interval: Duration,
     pub budget: BudgetConfig,
     pub max_attempts: u32,
     pub max_removal_ratio: f64,
@@ -91,6 +95,7 @@ pub(crate) fn test_settings() -> Settings {
         revision_poll_max_interval: Duration::from_secs(60),
         instances_refresh_interval: Duration::from_secs(300),
         health_refresh_interval: Duration::from_secs(15),
+        attributes_refresh_interval: Duration::from_secs(300),
         budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
         max_attempts: 3,
         max_removal_ratio: 0.5,
@@ -148,6 +153,7 @@ async fn spawn(
         revision_poll_max_interval = ?settings.revision_poll_max_interval,
         instances_refresh_interval = ?settings.instances_refresh_interval,
         health_refresh_interval = ?settings.health_refresh_interval,
+        attributes_refresh_interval = ?settings.attributes_refresh_interval,
         api_rate = settings.budget.rate,
         "starting the Cloud Map source; nothing is served until the first complete sync"
     );
