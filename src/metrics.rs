@@ -81,6 +81,7 @@ pub struct Metrics {
     pub connections_accepted: Family<Labels, Counter>,
     pub connections_open: Family<Labels, Gauge>,
     pub connections_refused: Family<Labels, Counter>,
+    pub connections_evicted: Family<Labels, Counter>,
     pub handshake_errors: Family<Labels, Counter>,
     pub handshake_timeouts: Family<Labels, Counter>,
     pub accept_errors: Family<Labels, Counter>,
@@ -117,6 +118,7 @@ impl Metrics {
             connections_accepted: Family::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
+            connections_evicted: Family::default(),
             handshake_errors: Family::default(),
             handshake_timeouts: Family::default(),
             accept_errors: Family::default(),
@@ -183,6 +185,11 @@ impl Metrics {
             Box::new(m.connections_refused.clone()),
         );
         reg!(
+            "connections_evicted",
+            "Connections still in their handshake closed to make room for a new connection at the cap, by listener",
+            Box::new(m.connections_evicted.clone()),
+        );
+        reg!(
             "handshake_errors",
             "Connections closed because their handshake failed (TLS error, not HTTP/2), by listener",
             Box::new(m.handshake_errors.clone()),
@@ -208,6 +215,7 @@ impl Metrics {
             accepted: self.connections_accepted.get_or_create(&l).clone(),
             open: self.connections_open.get_or_create(&l).clone(),
             refused: self.connections_refused.get_or_create(&l).clone(),
+            evicted: self.connections_evicted.get_or_create(&l).clone(),
             handshake_errors: self.handshake_errors.get_or_create(&l).clone(),
             handshake_timeouts: self.handshake_timeouts.get_or_create(&l).clone(),
             accept_errors: self.accept_errors.get_or_create(&l).clone(),
@@ -222,7 +230,7 @@ impl Metrics {
             streams_closed: self.streams_closed.get(),
             streams_refused: self.streams_refused.get(),
             connections_accepted: g.accepted.get(),
-            connections_refused: g.refused.get(),
+            connections_refused: g.refused.get() + g.evicted.get(),
             handshake_errors: g.handshake_errors.get(),
             handshake_timeouts: g.handshake_timeouts.get(),
             accept_errors: g.accept_errors.get(),

@@ -102,16 +102,6 @@ fn check_full(r: &DiscoveryResponse, expected: &BTreeSet<String>, seen: &AtomicU
     seen.fetch_add(1, Ordering::Relaxed);
 }
 
-/// CPU seconds (user + system) the process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 struct Mem {
     rss_kib: u64,
@@ -119,16 +109,8 @@ struct Mem {
 }
 
 fn mem(pid: u32) -> Mem {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Mem { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:") }
+    let (rss_kib, hwm_kib) = proc_mem(pid);
+    Mem { rss_kib, hwm_kib }
 }
 
 fn metric(server: &ServerProcess, name: &str) -> f64 {

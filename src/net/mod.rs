@@ -29,8 +29,9 @@ use crate::util::LogLimiter;
 pub struct ListenerSettings {
     /// Name in logs (`grpc`, `admin`).
     pub name: &'static str,
-    /// Most connections open at once, handshakes included. A connection over the cap is closed
-    /// as soon as it is accepted.
+    /// Most connections open at once, handshakes included. At the cap, a new connection takes the
+    /// place of the oldest one still in its handshake; when every connection completed its
+    /// handshake, the new one is closed as soon as it is accepted.
     pub max_connections: usize,
     /// A connection whose [`Handshake`] has not completed within this time is closed.
     pub handshake_timeout: Duration,
@@ -46,8 +47,10 @@ pub struct ListenerMetrics {
     pub accepted: Counter,
     /// Connections open now, handshakes included.
     pub open: Gauge,
-    /// Connections closed on accept because the cap was reached.
+    /// Connections closed on accept because the cap was reached by connections past their handshake.
     pub refused: Counter,
+    /// Connections still in their handshake closed to make room for a new one at the cap.
+    pub evicted: Counter,
     /// Handshakes that failed (TLS error, not HTTP/2, closed early).
     pub handshake_errors: Counter,
     /// Handshakes not completed within the deadline.
@@ -192,6 +195,37 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Least time between two log lines about the same kind of event on a listener.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a new connection waits for the slot of the handshake it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// The connections in their handshake, oldest first, each with the way to close it.
+#[derive(Clone, Default)]
+struct Handshaking(Arc<std::sync::Mutex<(u64, InHandshake)>>);
+
+/// By connection number (in accept order): the sender that closes it.
+type InHandshake = std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>;
+
+impl Handshaking {
+    fn add(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, tx);
+        (id, rx)
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.remove(&id);
+    }
+
+    /// Closes the oldest connection still in its handshake; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.0.lock().unwrap_or_else(|e| e.into_inner()).1.pop_first();
+        oldest.is_some_and(|(_, tx)| tx.send(()).is_ok())
+    }
+}
+
 /// Whether an accept error is about the one connection (retry at once) rather than the process
 /// (out of descriptors or memory: back off).
 fn per_connection_error(e: &io::Error) -> bool {
@@ -219,6 +253,7 @@ pub fn incoming<H: Handshake>(
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let handshaking = Handshaking::default();
     tokio::spawn(async move {
         let refused_log = LogLimiter::new(LOG_EVERY);
         let error_log = LogLimiter::new(LOG_EVERY);
@@ -246,7 +281,14 @@ pub fn incoming<H: Handshake>(
                     }
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let mut permit = slots.clone().try_acquire_owned().ok();
+            // Full: a connection still in its handshake gives way to the new one (the oldest first),
+            // so connections that never complete a handshake cannot lock clients out.
+            if permit.is_none() && handshaking.evict_oldest() {
+                metrics.evicted.inc();
+                permit = tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await.ok().and_then(Result::ok);
+            }
+            let Some(permit) = permit else {
                 metrics.refused.inc();
                 // Reset rather than FIN: nothing lingers in TIME_WAIT on this side.
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
@@ -269,8 +311,19 @@ pub fn incoming<H: Handshake>(
             let local = tcp.local_addr().unwrap_or(local);
             let (tx, handshake, metrics, deadline, name) =
                 (tx.clone(), handshake.clone(), metrics.clone(), settings.handshake_timeout, settings.name);
+            let (evict, handshaking) = (handshaking.add(), handshaking.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(deadline, handshake.handshake(tcp, peer)).await {
+                let (id, evicted) = evict;
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(deadline, handshake.handshake(tcp, peer)) => Some(r),
+                    _ = evicted => None,
+                };
+                handshaking.remove(id);
+                let Some(outcome) = outcome else {
+                    tracing::debug!(listener = name, %peer, "handshake not completed; closed to make room for a new connection");
+                    return;
+                };
+                match outcome {
                     Ok(Ok(io)) => {
                         let _ = tx.send(Accepted { io, peer, local, _slot: slot }).await;
                     }

@@ -130,3 +130,35 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
     let (soft, hard) = raise_open_file_limit().unwrap();
     assert_eq!(soft, hard);
 }
+
+#[tokio::test]
+async fn at_the_cap_a_new_connection_takes_the_place_of_the_oldest_one_in_its_handshake() {
+    let (mut inc, m, _stop) = listen(settings(3, Duration::from_secs(30)), Preface(Plain)).await;
+    let addr = inc.local_addr();
+    // One established connection, then idle ones filling the cap.
+    let mut real = TcpStream::connect(addr).await.unwrap();
+    real.write_all(PREFACE).await.unwrap();
+    let _established = inc.next().await.unwrap();
+    let mut idle1 = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut idle2 = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(m.open.get(), 3);
+    // A new client at the cap: the oldest idle connection makes room, and the client gets through.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(PREFACE).await.unwrap();
+    let _client = tokio::time::timeout(Duration::from_secs(2), inc.next()).await.unwrap().unwrap();
+    assert!(closed_within(&mut idle1, Duration::from_secs(2)).await, "the oldest idle connection was closed");
+    assert_eq!(m.evicted.get(), 1);
+    // Now every slot holds an established connection or idle2: idle2 gives way next, then refusal.
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut idle2, Duration::from_secs(2)).await);
+    assert_eq!(m.evicted.get(), 2);
+    next.write_all(PREFACE).await.unwrap();
+    let _n = tokio::time::timeout(Duration::from_secs(2), inc.next()).await.unwrap().unwrap();
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await, "nothing to evict: refused");
+    assert_eq!(m.refused.get(), 1);
+    assert_eq!(m.open.get(), 3);
+    let _ = real.write_all(b"x").await;
+}

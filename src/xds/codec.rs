@@ -27,8 +27,9 @@ pub fn control_plane_field() -> Bytes {
 
 /// Most bytes of resources copied into one chunk of a response body. The transport asks for the next
 /// chunk only when it has room for it (HTTP/2 flow control), so a stream holds a chunk or two of its
-/// own, whatever the size of the state it sends.
-pub const CHUNK: usize = 64 * 1024;
+/// own, whatever the size of the state it sends. One HTTP/2 DATA frame at the default frame size:
+/// a client that stops reading pins about this much per stream (measured in RELIABILITY.md).
+pub const CHUNK: usize = 16 * 1024;
 
 /// How a stream's responses are moving out, shared by its task and its [`ResponseBody`]: the
 /// responses queued and not yet fully handed to the transport, and when the transport last took
