@@ -83,7 +83,9 @@ fn check_unused_source_settings(m: &ArgMatches) -> Result<(), String> {
                 ignored.join(", ")
             ));
         }
-    } else if m.get_flag("cloudmap") {
+    } else if m.get_flag("cloudmap")
+        || matches!(m.value_source("sources_file"), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+    {
         let ignored = explicitly_set(m, SourceArgs::augment_args(clap::Command::new("x")), &["registry_file"])
             .into_iter()
             .filter(|f| f.starts_with("--registry-"))
