@@ -7,7 +7,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::admin::{self, AdminState};
+use crate::admin::views::{View, ViewCache, ViewMetrics};
+use crate::admin::{self, DebugState, ExtraView, HealthState};
 use crate::cache::{self, ResourceCache};
 use crate::config::{ServeArgs, SourceArgs};
 use crate::metrics::{Activity, Metrics};
@@ -39,6 +40,8 @@ pub enum AppError {
 pub struct BoundAddrs {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// With `--debug-addr`: where the debug views are served.
+    pub debug: Option<SocketAddr>,
 }
 
 /// A started source: its snapshot channel, and the Cloud Map pollers when that is the source.
@@ -115,6 +118,10 @@ pub async fn serve(
     }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    if args.debug_addr.is_some() && !args.debug_views {
+        return Err(AppError::Config("--debug-addr serves the debug views, which --debug-views=false turns off: give one".into()));
+    }
+    let view_metrics = ViewMetrics::register(&mut registry);
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
     let model_rx = source.snapshots;
@@ -170,11 +177,24 @@ pub async fn serve(
         TcpListener::bind(args.grpc_addr).await.map_err(|source| AppError::Bind { addr: args.grpc_addr, source })?;
     let admin_listener =
         TcpListener::bind(args.admin_addr).await.map_err(|source| AppError::Bind { addr: args.admin_addr, source })?;
+    let debug_listener = match args.debug_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?),
+        None => None,
+    };
     let addrs = BoundAddrs {
         grpc: grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: args.grpc_addr, source })?,
         admin: admin_listener.local_addr().map_err(|source| AppError::Bind { addr: args.admin_addr, source })?,
+        debug: match &debug_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| AppError::Bind { addr: args.admin_addr, source })?),
+            None => None,
+        },
     };
-    tracing::info!(grpc_addr = %addrs.grpc, admin_addr = %addrs.admin, "listening");
+    let debug_views = match (args.debug_views, addrs.debug) {
+        (false, _) => "off".to_string(),
+        (true, None) => "on the admin address".to_string(),
+        (true, Some(a)) => a.to_string(),
+    };
+    tracing::info!(grpc_addr = %addrs.grpc, admin_addr = %addrs.admin, debug_views = %debug_views, "listening");
     if let Some(b) = bound {
         let _ = b.send(addrs);
     }
@@ -210,22 +230,44 @@ pub async fn serve(
             }
         }
     };
-    let admin = {
-        let mut stop = stop_rx.clone();
-        let detail: Option<admin::ReadinessDetail> = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| {
-            let pollers = c.pollers.clone();
-            Arc::new(move || cloudmap::multi::not_synced(&pollers)) as admin::ReadinessDetail
+    // With several sources, readiness names any that has not synced.
+    let detail: Option<admin::ReadinessDetail> = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| {
+        let pollers = c.pollers.clone();
+        Arc::new(move || cloudmap::multi::not_synced(&pollers)) as admin::ReadinessDetail
+    });
+    let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail });
+    let debug_app = args.debug_views.then(|| {
+        let extra = source.cloudmap.map(|c| {
+            let snapshots = res_rx.clone();
+            ExtraView {
+                path: cloudmap::debug::PATH,
+                view: View::CloudMap,
+                render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
+            }
         });
-        let mut app = admin::router(AdminState { snapshots: res_rx.clone(), registry, clients, detail });
-        if let Some(c) = source.cloudmap {
-            app = app.merge(cloudmap::debug::router(c.pollers, c.multi, res_rx.clone()));
-        }
-        axum::serve(admin_listener, app).with_graceful_shutdown(async move {
+        let cache = Arc::new(ViewCache::new(view_metrics));
+        admin::debug_router(DebugState { snapshots: res_rx.clone(), clients, cache }, extra)
+    });
+    let (admin_app, debug_app) = match (debug_app, debug_listener) {
+        (Some(d), Some(l)) => (health_app, Some((d, l))),
+        (Some(d), None) => (health_app.merge(d), None),
+        (None, _) => (health_app, None),
+    };
+    let serve_http = |listener: TcpListener, app: axum::Router| {
+        let mut stop = stop_rx.clone();
+        axum::serve(listener, app).with_graceful_shutdown(async move {
             crate::util::until_true(&mut stop).await;
         })
     };
+    let admin = serve_http(admin_listener, admin_app);
+    let debug = debug_app.map(|(app, listener)| serve_http(listener, app));
     let grpc = tokio::spawn(grpc);
-    let admin = tokio::spawn(async move { admin.await });
+    let admin = tokio::spawn(async move {
+        match debug {
+            Some(debug) => tokio::try_join!(admin, debug).map(|_| ()),
+            None => admin.await,
+        }
+    });
 
     shutdown.await;
     tracing::info!(grace = ?args.shutdown_grace, "shutting down: closing streams and listeners");

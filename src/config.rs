@@ -276,9 +276,18 @@ pub struct ServeArgs {
     /// gRPC (ADS, health, reflection) listen address.
     #[arg(long, env = "CLOUDMAP_MCP_GRPC_ADDR", default_value = "0.0.0.0:15010")]
     pub grpc_addr: SocketAddr,
-    /// Admin HTTP listen address: /healthz, /readyz, /metrics, /debug/*.
+    /// Admin HTTP listen address: /healthz, /readyz, /metrics, and /debug/* unless --debug-addr or
+    /// --debug-views=false. No authentication: see docs/operations.md (exposure).
     #[arg(long, env = "CLOUDMAP_MCP_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
+    /// Serve the debug views (/debug/*) on this address instead of --admin-addr (health, readiness and
+    /// metrics stay on --admin-addr), e.g. 127.0.0.1:15015 to keep them off the pod network.
+    #[arg(long, env = "CLOUDMAP_MCP_DEBUG_ADDR", value_name = "ADDR")]
+    pub debug_addr: Option<SocketAddr>,
+    /// Serve the debug views at all (`--debug-views=false`: /debug/* answers 404; health, readiness
+    /// and metrics stay).
+    #[arg(long, env = "CLOUDMAP_MCP_DEBUG_VIEWS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub debug_views: bool,
     /// Largest DiscoveryRequest accepted, in bytes.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,

@@ -61,6 +61,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// With `--debug-addr`: where the debug views are served.
+    pub debug: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -124,7 +126,8 @@ impl ServerProcess {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let grpc = v["grpc_addr"].as_str().unwrap().parse().unwrap();
         let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
-        ServerProcess { child, grpc, admin, logs }
+        let debug = v["debug_views"].as_str().and_then(|a| a.parse().ok());
+        ServerProcess { child, grpc, admin, debug, logs }
     }
 
     pub fn logs(&self) -> String {
@@ -146,6 +149,16 @@ impl ServerProcess {
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A `/proc/PID/status` figure in KiB, e.g. `VmRSS` or `VmHWM`.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn url(&self) -> String {
@@ -179,8 +192,13 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// GET over plain HTTP/1.0; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_within(addr, path, Duration::from_secs(10))
+}
+
+/// [`http_get`] with a read timeout.
+pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();

@@ -3,11 +3,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use bytes::Bytes;
 
 use super::budget::BudgetConfig;
 use super::poller::{rfc3339, ErrorRecord, Poller, ResyncReport};
@@ -200,41 +196,16 @@ pub(super) fn view(p: &Poller) -> DebugView {
     }
 }
 
-#[derive(Clone)]
-struct DebugState {
-    pollers: Arc<Vec<Arc<Poller>>>,
-    multi: bool,
-    snapshots: ResourceRx,
-}
+/// Where the view is served (the admin server routes it through its debug-view cache).
+pub const PATH: &str = "/debug/cloudmap";
 
-#[derive(serde::Deserialize)]
-struct DebugQuery {
-    source: Option<String>,
-}
-
-/// The `/debug/cloudmap` route, to merge into the admin router. Instances the translation skipped
-/// (no usable address, bad port) are joined in from the served snapshot. With several sources
-/// (`multi`): `{"sources": [view, ...]}`, or one source's view with `?source=NAME`.
-pub fn router(pollers: Vec<Arc<Poller>>, multi: bool, snapshots: ResourceRx) -> Router {
-    Router::new()
-        .route("/debug/cloudmap", get(handler))
-        .with_state(DebugState { pollers: Arc::new(pollers), multi, snapshots })
-}
-
-async fn handler(State(s): State<DebugState>, Query(q): Query<DebugQuery>) -> Response {
-    let chosen: Vec<&Arc<Poller>> = match &q.source {
-        Some(name) => match s.pollers.iter().find(|p| p.name() == name) {
-            Some(p) => vec![p],
-            None => {
-                let known: Vec<&str> = s.pollers.iter().map(|p| p.name()).collect();
-                let msg = format!("unknown source {name:?}; sources: {}\n", known.join(", "));
-                return (StatusCode::NOT_FOUND, msg).into_response();
-            }
-        },
-        None => s.pollers.iter().collect(),
-    };
-    let mut views: Vec<DebugView> = chosen.iter().map(|p| p.debug_view()).collect();
-    if let Some(snap) = s.snapshots.borrow().clone() {
+/// The `/debug/cloudmap` body: each poller's view, with the instances the translation skipped (no
+/// usable address, bad port) joined in from the served snapshot. One source (the single-source
+/// flags): its view; several (`multi`, a sources file): `{"sources": [view, ...]}` by source name.
+pub fn render_json(pollers: &[Arc<Poller>], multi: bool, snapshots: &ResourceRx) -> Bytes {
+    let mut views: Vec<DebugView> = pollers.iter().map(|p| p.debug_view()).collect();
+    let snap = snapshots.borrow().clone();
+    if let Some(snap) = snap {
         let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
         for n in snap.notes.iter() {
             if let Some(id) = &n.instance {
@@ -255,11 +226,12 @@ async fn handler(State(s): State<DebugState>, Query(q): Query<DebugQuery>) -> Re
             }
         }
     }
-    if s.multi && q.source.is_none() {
-        return axum::Json(serde_json::json!({ "sources": views })).into_response();
+    let mut out = if multi || views.len() != 1 {
+        serde_json::to_vec(&serde_json::json!({ "sources": views }))
+    } else {
+        serde_json::to_vec(&views[0])
     }
-    match views.pop() {
-        Some(v) => axum::Json(v).into_response(),
-        None => (StatusCode::NOT_FOUND, "no Cloud Map source\n").into_response(),
-    }
+    .expect("debug view serializes");
+    out.push(b'\n');
+    Bytes::from(out)
 }
