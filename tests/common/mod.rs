@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ads;
+pub mod events;
 pub mod http1;
 pub mod moto;
 pub mod proxy;

@@ -618,6 +618,151 @@ def check_iam() -> None:
     R.check("iam-policy.json: no wildcard actions", not any("*" in a for a in actions))
 
 
+# --- event-driven refresh: deploy/cloudformation/events.yaml, deploy/terraform/events -----------
+
+EVENTS_CONSUMER_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+
+
+def server_event_calls() -> set[str]:
+    """The Cloud Map calls the server acts on (match arms of src/source/cloudmap/events/parse.rs)."""
+    text = (ROOT / "src" / "source" / "cloudmap" / "events" / "parse.rs").read_text()
+    body = text.split("fn cloud_map_call", 1)[1].split("\nfn ", 1)[0]
+    return set(re.findall(r'"([A-Z][A-Za-z]+)"\s*(?:=>|\|)', body))
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with the CloudFormation short tags (!Ref, !GetAtt, !If, ...) as {"Fn::...": ...}."""
+
+
+def _cfn_tag(loader, tag_suffix, node):
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if tag_suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def hcl_str(v) -> str:
+    return v.strip('"') if isinstance(v, str) else v
+
+
+def check_events_deploy() -> None:
+    calls = server_event_calls()
+    R.check("parse.rs: Cloud Map calls the server acts on found", {"RegisterInstance", "DeregisterInstance"} <= calls, str(calls))
+
+    # IAM policy for the consumer.
+    doc = json.loads((ROOT / "deploy" / "iam-policy-events.json").read_text())
+    actions = {a for st in doc["Statement"] for a in st["Action"]}
+    R.check("iam-policy-events.json: exactly the three SQS consumer actions", actions == EVENTS_CONSUMER_ACTIONS, str(actions))
+
+    # CloudFormation.
+    cfn_path = ROOT / "deploy" / "cloudformation" / "events.yaml"
+    cfn = yaml.load(cfn_path.read_text(), Loader=CfnLoader)
+    res = cfn.get("Resources", {})
+    by_type: dict[str, list[tuple[str, dict]]] = {}
+    for name, r in res.items():
+        by_type.setdefault(r["Type"], []).append((name, r.get("Properties", {})))
+    queues = by_type.get("AWS::SQS::Queue", [])
+    R.check("cfn: one SQS queue", len(queues) == 1, str(queues))
+    queue = queues[0][0] if queues else None
+    rules = dict(by_type.get("AWS::Events::Rule", []))
+    cm = [p for p in rules.values() if p.get("EventPattern", {}).get("source") == ["aws.servicediscovery"]]
+    if R.check("cfn: a rule for Cloud Map CloudTrail events", len(cm) == 1, str(rules)):
+        pat = cm[0]["EventPattern"]
+        R.check("cfn: the rule is on the default bus", cm[0].get("EventBusName", "default") == "default")
+        R.check("cfn: detail-type AWS API Call via CloudTrail", pat.get("detail-type") == ["AWS API Call via CloudTrail"])
+        R.check("cfn: eventSource servicediscovery.amazonaws.com",
+                pat.get("detail", {}).get("eventSource") == ["servicediscovery.amazonaws.com"])
+        names = set(pat.get("detail", {}).get("eventName", []))
+        R.check("cfn: the rule sends every call the server acts on, and only those", names == calls,
+                f"rule only: {sorted(names - calls)}, server only: {sorted(calls - names)}")
+        R.check("cfn: the rule targets the queue",
+                any(t.get("Arn") == {"Fn::GetAtt": [queue, "Arn"]} for t in cm[0].get("Targets", [])))
+    ecs = [p for p in rules.values() if p.get("EventPattern", {}).get("source") == ["aws.ecs"]]
+    R.check("cfn: optional ECS task state rule", len(ecs) == 1 and ecs[0]["EventPattern"].get("detail-type") == ["ECS Task State Change"])
+    qp = by_type.get("AWS::SQS::QueuePolicy", [])
+    if R.check("cfn: a queue policy", len(qp) == 1):
+        st = qp[0][1]["PolicyDocument"]["Statement"]
+        ok = [s for s in st if s.get("Principal", {}).get("Service") == "events.amazonaws.com"
+              and s.get("Action") == "sqs:SendMessage" and "aws:SourceArn" in json.dumps(s.get("Condition", {}))]
+        R.check("cfn: queue policy lets events.amazonaws.com send, limited to the rules (aws:SourceArn)", len(ok) == 1, str(st))
+    pol = by_type.get("AWS::IAM::ManagedPolicy", [])
+    if R.check("cfn: a consumer policy", len(pol) == 1):
+        acts = {a for s in pol[0][1]["PolicyDocument"]["Statement"] for a in s["Action"]}
+        R.check("cfn: consumer policy has exactly the three SQS actions", acts == EVENTS_CONSUMER_ACTIONS, str(acts))
+    R.check("cfn: outputs the queue URL", "QueueUrl" in cfn.get("Outputs", {}))
+    lint = shutil.which("cfn-lint") or (str(ROOT / ".venv" / "bin" / "cfn-lint") if (ROOT / ".venv" / "bin" / "cfn-lint").exists() else None)
+    if lint:
+        p = subprocess.run([lint, str(cfn_path)], capture_output=True, text=True)
+        R.check("cfn-lint deploy/cloudformation/events.yaml", p.returncode == 0, p.stdout[-2000:] + p.stderr[-1000:])
+    else:
+        print("skip cfn-lint (not installed)")
+
+    # Terraform.
+    tf_dir = ROOT / "deploy" / "terraform" / "events"
+    try:
+        import hcl2  # type: ignore
+    except ImportError:
+        hcl2 = None
+        print("skip HCL parse (python-hcl2 not installed)")
+    if hcl2 is not None:
+        resources: dict[str, dict] = {}
+        data: dict[str, dict] = {}
+        local_vals: dict = {}
+        for f in sorted(tf_dir.glob("*.tf")):
+            with open(f) as fh:
+                d = hcl2.load(fh)
+            for block in d.get("resource", []):
+                for typ, named in block.items():
+                    for name, body in named.items():
+                        resources[f"{hcl_str(typ)}.{hcl_str(name)}"] = body
+            for block in d.get("data", []):
+                for typ, named in block.items():
+                    for name, body in named.items():
+                        data[f"{hcl_str(typ)}.{hcl_str(name)}"] = body
+            for block in d.get("locals", []):
+                local_vals.update(block)
+        R.check("tf: an SQS queue", any(k.startswith("aws_sqs_queue.") for k in resources), str(sorted(resources)))
+        rule = resources.get("aws_cloudwatch_event_rule.cloud_map_api_calls", {})
+        pattern = str(rule.get("event_pattern", ""))
+        R.check("tf: Cloud Map rule pattern (source, detail-type, eventSource)",
+                all(x in pattern for x in ('aws.servicediscovery', 'AWS API Call via CloudTrail', 'servicediscovery.amazonaws.com')), pattern)
+        tf_calls = {hcl_str(c) for c in local_vals.get("cloud_map_calls", [])}
+        R.check("tf: the rule sends every call the server acts on, and only those", tf_calls == calls,
+                f"rule only: {sorted(tf_calls - calls)}, server only: {sorted(calls - tf_calls)}")
+        R.check("tf: rule on the default bus", hcl_str(rule.get("event_bus_name")) == "default")
+        R.check("tf: the rule targets the queue",
+                "aws_sqs_queue.events.arn" in str(resources.get("aws_cloudwatch_event_target.cloud_map_api_calls", {}).get("arn")))
+        qdoc = data.get("aws_iam_policy_document.queue", {})
+        st = (qdoc.get("statement") or [{}])[0]
+        R.check("tf: queue policy lets events.amazonaws.com send, limited to the rules",
+                [hcl_str(a) for a in st.get("actions", [])] == ["sqs:SendMessage"]
+                and "events.amazonaws.com" in str(st.get("principals"))
+                and "aws:SourceArn" in str(st.get("condition")), str(st))
+        cdoc = data.get("aws_iam_policy_document.consumer", {})
+        acts = {hcl_str(a) for s in cdoc.get("statement", []) for a in s.get("actions", [])}
+        R.check("tf: consumer policy has exactly the three SQS actions", acts == EVENTS_CONSUMER_ACTIONS, str(acts))
+        R.check("tf: queue policy resource", "aws_sqs_queue_policy.events" in resources)
+    tf = shutil.which("terraform") or shutil.which("tofu")
+    if tf:
+        p = subprocess.run([tf, "fmt", "-check", "-diff", str(tf_dir)], capture_output=True, text=True)
+        R.check(f"{Path(tf).name} fmt -check deploy/terraform/events", p.returncode == 0, p.stdout[-2000:])
+    else:
+        print("skip terraform fmt (terraform not installed)")
+
+    # The docs state the CloudTrail requirement.
+    text = (ROOT / "docs" / "cloudmap.md").read_text()
+    R.check("docs/cloudmap.md states the CloudTrail trail requirement", "trail" in text and "management events" in text)
+
+
 def check_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
@@ -688,6 +833,7 @@ def main() -> int:
     R.run("kustomize", check_kustomize, args.kubectl, known)
     R.run("istio", check_istio, cert_dns)
     R.run("iam", check_iam)
+    R.run("events", check_events_deploy)
     R.run("dockerfile", check_dockerfile)
     R.run("docs", check_docs, known)
 

@@ -55,6 +55,12 @@ if ! { [ -x "$PY" ] && "$PY" -c 'import yaml' 2>/dev/null; }; then
   "$ROOT/.venv/bin/pip" install --quiet pyyaml || fail_setup "pip install pyyaml"
 fi
 
+# cfn-lint and python-hcl2 validate deploy/cloudformation and deploy/terraform (best effort: the
+# checks say "skip" without them).
+if ! "$PY" -c 'import hcl2, cfnlint' 2>/dev/null; then
+  "$ROOT/.venv/bin/pip" install --quiet cfn-lint python-hcl2 || echo "pip install cfn-lint python-hcl2 failed: those checks are skipped"
+fi
+
 # --- kubectl (optional) -----------------------------------------------------------------------
 KUBECTL=""
 if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then

@@ -148,7 +148,7 @@ impl Poller {
     ) -> bool {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let interval = self.settings.attributes_refresh_interval;
+        let interval = self.attributes_interval();
         match &r {
             Err(err) if is_denied(err) => {
                 if st.attributes.denied.is_none() {

@@ -50,6 +50,18 @@ pub struct SettingsView {
     pub health_filter: &'static str,
     pub budget: BudgetConfig,
     pub selection: SelectionView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsView>,
+}
+
+/// The events queue and the cadence in force.
+#[derive(Debug, serde::Serialize)]
+pub struct EventsView {
+    pub queue_url: String,
+    /// Whether the queue answers (then the slower cadence below applies).
+    pub active: bool,
+    pub revision_poll_max_interval_ms: u64,
+    pub instances_refresh_interval_ms: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -110,6 +122,7 @@ pub struct SkippedView {
 pub(super) fn view(p: &Poller) -> DebugView {
     let st = p.lock();
     let s = &p.settings;
+    let cadence = p.cadence();
     let mut namespaces: Vec<NamespaceView> = st
         .namespaces
         .iter()
@@ -146,7 +159,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
             id: e.id.clone(),
             arn: e.arn.clone(),
             revision: e.revision_seen,
-            poll_interval_ms: e.poll_interval(s).as_millis() as u64,
+            poll_interval_ms: e.poll_interval(&cadence).as_millis() as u64,
             unchanged_polls: e.unchanged_polls,
             health_checked: e.health_checked,
             served: e.data.is_some(),
@@ -186,6 +199,12 @@ pub(super) fn view(p: &Poller) -> DebugView {
             health_filter: s.health.as_str(),
             budget: s.budget,
             selection: s.selection.view(),
+            events: s.events.as_ref().map(|e| EventsView {
+                queue_url: e.queue_url.clone(),
+                active: p.events_active(),
+                revision_poll_max_interval_ms: e.revision_poll_max_interval.as_millis() as u64,
+                instances_refresh_interval_ms: e.instances_refresh_interval.as_millis() as u64,
+            }),
         },
         namespace_collisions: st
             .collisions

@@ -8,6 +8,7 @@
 //! - [`select`]: namespace and service selection.
 //! - [`credentials`]: the standard chain, then `sts:AssumeRole` into a source's role.
 //! - [`sources`]: the sources file (several accounts/Regions); [`multi`]: their merge.
+//! - [`events`]: event-driven refresh from an SQS queue of EventBridge events.
 //! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families (`source` label).
 //!
 //! See `docs/cloudmap.md` for the user-facing description.
@@ -27,6 +28,7 @@ pub mod budget;
 pub mod client;
 pub mod credentials;
 pub mod debug;
+pub mod events;
 pub mod metrics;
 pub mod multi;
 pub mod poller;
@@ -36,6 +38,7 @@ pub mod sources;
 pub use budget::BudgetConfig;
 pub use client::ClientConfig;
 pub use debug::DebugView;
+pub use events::EventsSettings;
 pub use poller::Poller;
 pub use select::Selection;
 
@@ -47,6 +50,8 @@ pub enum CloudMapError {
     Selection(#[from] select::SelectionError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Events(#[from] events::EventsError),
     #[error("Cloud Map sync failed after {attempts} attempts: {errors}")]
     SyncFailed { attempts: u32, errors: String },
     #[error(transparent)]
@@ -80,6 +85,8 @@ pub struct Settings {
     pub max_attempts: u32,
     pub max_removal_ratio: f64,
     pub removal_confirmations: u32,
+    /// The events queue, when one is configured.
+    pub events: Option<EventsSettings>,
 }
 
 /// Default settings for unit tests.
@@ -100,6 +107,7 @@ pub(crate) fn test_settings() -> Settings {
         max_attempts: 3,
         max_removal_ratio: 0.5,
         removal_confirmations: 3,
+        events: None,
     }
 }
 
@@ -174,7 +182,11 @@ pub async fn start(
     core: Arc<Metrics>,
 ) -> Result<CloudMapSource, CloudMapError> {
     let families = metrics::CloudMapFamilies::register(registry);
+    let events = settings.events.clone();
     let (poller, rx) = spawn(settings, &families, &core).await?;
+    if let Some(events) = events {
+        events::start(events, vec![poller.clone()], registry).await?;
+    }
     Ok(CloudMapSource { snapshots: rx, pollers: vec![poller], multi: false })
 }
 
@@ -187,6 +199,9 @@ pub async fn start_many(
 ) -> Result<CloudMapSource, CloudMapError> {
     sources.sort_by(|a, b| a.settings.name.cmp(&b.settings.name));
     let families = metrics::CloudMapFamilies::register(registry);
+    // One queue for all sources (the command line's): a message names a service, which every
+    // source that holds it re-reads.
+    let events = sources.first().and_then(|s| s.settings.events.clone());
     let mut pollers = Vec::with_capacity(sources.len());
     let mut members = Vec::with_capacity(sources.len());
     for s in sources {
@@ -199,6 +214,9 @@ pub async fn start_many(
         sources = %members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(","),
         "Cloud Map sources started; serving once each has synced or reached its first-sync timeout"
     );
+    if let Some(events) = events {
+        events::start(events, pollers.clone(), registry).await?;
+    }
     let (tx, rx) = source::channel();
     tokio::spawn(multi::run(members, tx));
     Ok(CloudMapSource { snapshots: rx, pollers, multi: true })

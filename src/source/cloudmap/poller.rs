@@ -24,6 +24,7 @@
 //! `removal_confirmations` consecutive resyncs. Services are keyed by `(namespace name, service
 //! name)`, the identity of their ServiceEntry, so a service re-created under a new id is an update.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -114,14 +115,14 @@ impl SvcEntry {
     }
 
     /// The current revision poll interval: `base × 2^unchanged_polls`, at most the max.
-    pub(super) fn poll_interval(&self, s: &Settings) -> Duration {
-        doubled(s.revision_poll_interval, self.unchanged_polls, s.revision_poll_max_interval)
+    pub(super) fn poll_interval(&self, c: &Cadence) -> Duration {
+        doubled(c.base, self.unchanged_polls, c.max)
     }
 
     /// A poll saw no change: the next one comes later.
-    fn note_quiet(&mut self, s: &Settings, now: Instant) {
+    fn note_quiet(&mut self, c: &Cadence, now: Instant) {
         self.unchanged_polls = self.unchanged_polls.saturating_add(1);
-        self.next_poll = now + jittered(self.poll_interval(s), 0.1);
+        self.next_poll = now + jittered(self.poll_interval(c), 0.1);
     }
 
     /// A change: back to the base interval, starting now (a later scheduled poll is pulled in).
@@ -153,9 +154,17 @@ impl SvcEntry {
     }
 }
 
+/// The poll cadence in force: the settings', or the slower one while an events queue delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Cadence {
+    pub base: Duration,
+    pub max: Duration,
+    pub refresh: Duration,
+}
+
 /// Why a service's instances are read (DiscoverInstances).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Read {
+pub(super) enum Read {
     /// Never read, re-created, or the last call failed (by a resync, or a poll of a never-read service).
     New,
     /// The polled revision moved to this.
@@ -164,6 +173,8 @@ enum Read {
     Refresh,
     /// A health-checked service's `health_refresh_interval` is up.
     Health,
+    /// An event from the events queue named this service.
+    Event,
 }
 
 impl Read {
@@ -173,6 +184,7 @@ impl Read {
             Read::Revision(_) => "revision",
             Read::Refresh => "refresh",
             Read::Health => "health",
+            Read::Event => "event",
         }
     }
 }
@@ -310,7 +322,14 @@ pub struct Poller {
     pub(super) metrics: Arc<CloudMapMetrics>,
     core: Option<Arc<Metrics>>,
     publish: Notify,
+    /// An events queue delivers: the slower safety-net cadence applies (`Settings::events`).
+    events_active: AtomicBool,
+    /// A resync asked for out of schedule (an event about the topology); rate-limited by `run`.
+    resync_requested: Notify,
 }
+
+/// Resyncs asked for by events start at most this often.
+const REQUESTED_RESYNC_MIN_GAP: Duration = Duration::from_secs(5);
 
 fn describe(errors: &[String]) -> String {
     const SHOWN: usize = 5;
@@ -329,7 +348,34 @@ impl Poller {
         metrics: Arc<CloudMapMetrics>,
         core: Option<Arc<Metrics>>,
     ) -> Self {
-        Poller { api, settings, state: Mutex::new(State::default()), tx, metrics, core, publish: Notify::new() }
+        Poller {
+            api,
+            settings,
+            state: Mutex::new(State::default()),
+            tx,
+            metrics,
+            core,
+            publish: Notify::new(),
+            events_active: AtomicBool::new(false),
+            resync_requested: Notify::new(),
+        }
+    }
+
+    /// The revision poll cadence in force now.
+    pub(super) fn cadence(&self) -> Cadence {
+        let s = &self.settings;
+        match &s.events {
+            Some(e) if self.events_active() => Cadence {
+                base: s.revision_poll_interval,
+                max: e.revision_poll_max_interval,
+                refresh: e.instances_refresh_interval,
+            },
+            _ => Cadence {
+                base: s.revision_poll_interval,
+                max: s.revision_poll_max_interval,
+                refresh: s.instances_refresh_interval,
+            },
+        }
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -389,12 +435,17 @@ impl Poller {
         tokio::spawn(self.clone().attributes_loop().in_current_span());
         // Start to start: a resync that takes long does not push the next one back.
         let mut next = Instant::now() + jittered(self.settings.resync_interval, 0.05);
+        let mut started = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
+                _ = self.resync_requested.notified() => {
+                    tokio::time::sleep_until(started + REQUESTED_RESYNC_MIN_GAP).await;
+                    tracing::debug!("resync asked for by an event");
+                }
                 _ = self.tx.closed() => return,
             }
-            let started = Instant::now();
+            started = Instant::now();
             self.resync().await;
             next = started + jittered(self.settings.resync_interval, 0.05);
         }
@@ -791,8 +842,9 @@ impl Poller {
             Read::Revision(r) => Some(r),
             _ => None,
         };
-        if polled_revision.is_some() {
-            // A moved revision is a change, whether or not this read succeeds.
+        if polled_revision.is_some() || read == Read::Event {
+            // A moved revision (or an event) is a change, whether or not this read succeeds; after
+            // an event, the polls that follow also catch what the read was too early to see.
             e.note_change(&self.settings, now);
         }
         let changed = match r {
@@ -833,7 +885,7 @@ impl Poller {
         match r {
             Ok(()) => {
                 e.clear_error(key);
-                e.note_quiet(&self.settings, Instant::now());
+                e.note_quiet(&self.cadence(), Instant::now());
             }
             Err(err) => e.record_error(key, err),
         }
@@ -883,6 +935,7 @@ impl Poller {
         let mut st = self.lock();
         let now = Instant::now();
         let settings = &self.settings;
+        let cadence = self.cadence();
         let mut jobs = Vec::new();
         let State { services, namespaces, .. } = &mut *st;
         for (key, e) in services.iter_mut() {
@@ -890,7 +943,7 @@ impl Poller {
             if e.next_poll > now && !health_due {
                 continue;
             }
-            let interval = e.poll_interval(settings);
+            let interval = e.poll_interval(&cadence);
             // Instances read less than an interval ago (by a resync or a refresh) are as fresh as a poll.
             if let Some(t) = e.loaded_at.filter(|t| !health_due && now.duration_since(*t) < interval.mul_f64(0.8)) {
                 e.next_poll = t + jittered(interval, 0.1);
@@ -902,7 +955,7 @@ impl Poller {
                 e.next_health = now + jittered(settings.health_refresh_interval, 0.1);
             }
             let Some(ns) = namespaces.get(&key.0) else { continue };
-            let stale = e.loaded_at.is_none_or(|t| now.duration_since(t) >= settings.instances_refresh_interval);
+            let stale = e.loaded_at.is_none_or(|t| now.duration_since(t) >= cadence.refresh);
             let read = match (&e.data, &e.last_error) {
                 // Never read: retry transient failures; permanent ones wait for the next resync.
                 (None, Some(err)) if !err.error.kind.is_transient() => continue,
@@ -943,6 +996,64 @@ impl Poller {
         let seq = self.lock().next_seq();
         let r = self.api.discover_instances(&job.http_name, &job.key.1, job.owner.as_deref()).await;
         self.apply_discovered(&job.key, seq, r, read)
+    }
+
+    // Hooks for the events consumer (`events.rs`).
+
+    /// Switches between the slower cadence (an events queue delivers) and the normal one. Going
+    /// back to normal pulls in polls scheduled beyond the normal max interval, spread over it.
+    pub(super) fn set_events_active(&self, active: bool) {
+        if self.events_active.swap(active, Ordering::Relaxed) == active || active {
+            return;
+        }
+        let max = self.settings.revision_poll_max_interval;
+        let now = Instant::now();
+        for e in self.lock().services.values_mut() {
+            e.next_poll = e.next_poll.min(now + max.mul_f64(rand::random::<f64>()));
+        }
+    }
+
+    /// The service-attributes refresh interval in force: while an events queue answers
+    /// (UpdateServiceAttributes events re-read at once), at least the events refresh interval.
+    pub(super) fn attributes_interval(&self) -> Duration {
+        match &self.settings.events {
+            Some(e) if self.events_active() => self.settings.attributes_refresh_interval.max(e.instances_refresh_interval),
+            _ => self.settings.attributes_refresh_interval,
+        }
+    }
+
+    pub(super) fn events_active(&self) -> bool {
+        self.events_active.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a resync out of schedule (at most one per `REQUESTED_RESYNC_MIN_GAP`; requests
+    /// made meanwhile are one).
+    pub(super) fn request_resync(&self) {
+        self.resync_requested.notify_one();
+    }
+
+    /// Reads one known service's instances now (an event named it) and publishes a change at
+    /// once. Returns whether the served data changed; `None` when the service is not known.
+    pub(super) async fn read_now(&self, key: &SvcKey) -> Option<bool> {
+        let (http_name, owner, seq) = {
+            let mut st = self.lock();
+            let ns = st.namespaces.get(&key.0)?;
+            let (http_name, owner) = (ns.info.http_name.clone(), ns.info.owner.clone());
+            st.services.get(key)?;
+            (http_name, owner, st.next_seq())
+        };
+        let r = self.api.discover_instances(&http_name, &key.1, owner.as_deref()).await;
+        let changed = self.apply_discovered(key, seq, r, Read::Event);
+        if changed {
+            let mut st = self.lock();
+            self.publish_locked(&mut st);
+        }
+        Some(changed)
+    }
+
+    /// Resolves when nobody receives snapshots any more (the server is stopping).
+    pub(super) async fn closed(&self) {
+        self.tx.closed().await
     }
 
     /// Publishes coalesced changes from the poll loop.
@@ -1248,17 +1359,17 @@ pub(super) mod tests {
         let secs: Vec<u64> = (0..7)
             .map(|n| {
                 e.unchanged_polls = n;
-                e.poll_interval(&p.settings).as_secs()
+                e.poll_interval(&p.cadence()).as_secs()
             })
             .collect();
         assert_eq!(secs, vec![5, 10, 20, 40, 60, 60, 60]);
         e.unchanged_polls = u32::MAX;
-        assert_eq!(e.poll_interval(&p.settings), Duration::from_secs(60), "no overflow");
+        assert_eq!(e.poll_interval(&p.cadence()), Duration::from_secs(60), "no overflow");
 
         // max = base: constant polling.
         let p = poller_with(|s| s.revision_poll_max_interval = s.revision_poll_interval);
         e.unchanged_polls = 3;
-        assert_eq!(e.poll_interval(&p.settings), Duration::from_secs(5));
+        assert_eq!(e.poll_interval(&p.cadence()), Duration::from_secs(5));
     }
 
     #[test]
@@ -1266,11 +1377,11 @@ pub(super) mod tests {
         let p = poller_with(|_| {});
         let mut e = served("srv-1", vec![]);
         let now = Instant::now();
-        e.note_quiet(&p.settings, now);
+        e.note_quiet(&p.cadence(), now);
         assert_eq!(e.unchanged_polls, 1);
         assert!(about(e.next_poll, now, Duration::from_secs(10)));
         for _ in 0..5 {
-            e.note_quiet(&p.settings, now);
+            e.note_quiet(&p.cadence(), now);
         }
         assert_eq!(e.unchanged_polls, 6);
         assert!(about(e.next_poll, now, Duration::from_secs(60)), "capped");
