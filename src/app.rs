@@ -46,10 +46,10 @@ pub struct BoundAddrs {
     pub debug: Option<SocketAddr>,
 }
 
-/// A started source: its snapshot channel, and the Cloud Map poller when that is the source.
+/// A started source: its snapshot channel, and the Cloud Map pollers when that is the source.
 pub struct StartedSource {
     pub snapshots: SnapshotRx,
-    pub cloudmap: Option<Arc<cloudmap::Poller>>,
+    pub cloudmap: Option<cloudmap::CloudMapSource>,
 }
 
 /// Starts the configured source (the registry file or Cloud Map, never both) and returns its
@@ -62,13 +62,20 @@ pub async fn start_source(
     metrics: Arc<Metrics>,
     registry: &mut Registry,
 ) -> Result<StartedSource, AppError> {
-    match (&args.registry_file, args.cloudmap.enabled) {
-        (Some(_), true) => Err(AppError::Config("--registry-file and --cloudmap exclude each other: give one".into())),
-        (None, false) => Err(AppError::Config("no source: give --registry-file FILE or --cloudmap".into())),
+    let cloudmap = args.cloudmap.enabled || args.cloudmap.sources_file.is_some();
+    match (&args.registry_file, cloudmap) {
+        (Some(_), true) => Err(AppError::Config(
+            "--registry-file and --cloudmap/--sources-file exclude each other: give one".into(),
+        )),
+        (None, false) => {
+            Err(AppError::Config("no source: give --registry-file FILE, --cloudmap or --sources-file FILE".into()))
+        }
         (None, true) => {
-            let settings = settings::cloudmap_settings(&args.cloudmap, health)?;
-            let src = cloudmap::start(settings, registry, metrics).await?;
-            Ok(StartedSource { snapshots: src.snapshots, cloudmap: Some(src.poller) })
+            let src = match settings::cloudmap_sources(&args.cloudmap, health)? {
+                None => cloudmap::start(settings::cloudmap_settings(&args.cloudmap, health)?, registry, metrics).await?,
+                Some(sources) => cloudmap::start_many(sources, registry, metrics).await?,
+            };
+            Ok(StartedSource { snapshots: src.snapshots.clone(), cloudmap: Some(src) })
         }
         (Some(path), false) => {
             let (tx, rx) = source::channel();
@@ -298,14 +305,19 @@ pub async fn serve(
             }
         }
     };
-    let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry });
+    // With several sources, readiness names any that has not synced.
+    let detail: Option<admin::ReadinessDetail> = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| {
+        let pollers = c.pollers.clone();
+        Arc::new(move || cloudmap::multi::not_synced(&pollers)) as admin::ReadinessDetail
+    });
+    let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail });
     let debug_app = args.debug_views.then(|| {
-        let extra = source.cloudmap.map(|poller| {
+        let extra = source.cloudmap.map(|c| {
             let snapshots = res_rx.clone();
             ExtraView {
                 path: cloudmap::debug::PATH,
                 view: View::CloudMap,
-                render: Arc::new(move || cloudmap::debug::render_json(&poller, &snapshots)),
+                render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
             }
         });
         let cache = Arc::new(ViewCache::new(view_metrics));

@@ -83,7 +83,9 @@ fn check_unused_source_settings(m: &ArgMatches) -> Result<(), String> {
                 ignored.join(", ")
             ));
         }
-    } else if m.get_flag("cloudmap") {
+    } else if m.get_flag("cloudmap")
+        || matches!(m.value_source("sources_file"), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+    {
         let ignored = explicitly_set(m, SourceArgs::augment_args(clap::Command::new("x")), &["registry_file"])
             .into_iter()
             .filter(|f| f.starts_with("--registry-"))
@@ -141,6 +143,13 @@ pub struct CloudMapArgs {
     /// Read services from the AWS Cloud Map API (credentials from the standard AWS chain).
     #[arg(id = "cloudmap", long = "cloudmap", env = "CLOUDMAP_MCP_CLOUDMAP", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub enabled: bool,
+    /// Several Cloud Map sources (accounts, Regions, roles) from a YAML file (docs/multi-source.md); implies --cloudmap.
+    /// Excludes the single-source flags (--aws-region, the selection flags); the others apply to every source.
+    #[arg(long, env = "CLOUDMAP_MCP_SOURCES_FILE", value_name = "FILE", conflicts_with_all = ["registry_file", "aws_region", "include_namespaces", "exclude_namespaces", "include_services", "exclude_services", "namespace_types"])]
+    pub sources_file: Option<PathBuf>,
+    /// With --sources-file: how long the server waits for each source's first sync before serving the others without it (per source: firstSyncTimeout).
+    #[arg(long, env = "CLOUDMAP_MCP_FIRST_SYNC_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub first_sync_timeout: Duration,
     /// AWS Region [default: from the standard chain: AWS_REGION, profile, instance metadata].
     #[arg(long, env = "CLOUDMAP_MCP_AWS_REGION", value_name = "REGION")]
     pub aws_region: Option<String>,

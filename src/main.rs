@@ -40,18 +40,20 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.translate.mapping_file {
         opts.mapping = std::sync::Arc::new(app::load_mapping(path)?);
     }
-    let snapshot = match (&args.source.registry_file, args.source.cloudmap.enabled) {
-        (Some(_), true) => {
-            anyhow::bail!("--registry-file and --cloudmap exclude each other: give one")
-        }
-        (None, false) => {
-            anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap")
-        }
+    let cloudmap = args.source.cloudmap.enabled || args.source.cloudmap.sources_file.is_some();
+    let snapshot = match (&args.source.registry_file, cloudmap) {
+        (Some(_), true) => anyhow::bail!("--registry-file and --cloudmap/--sources-file exclude each other: give one"),
+        (None, false) => anyhow::bail!("render needs a source: give --registry-file FILE, --cloudmap or --sources-file FILE"),
         (Some(path), false) => source::file::load_with(path, &app::settings::registry_limits(&args.source))?,
         (None, true) => {
-            let settings = app::settings::cloudmap_settings(&args.source.cloudmap, opts.health_filter)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-            rt.block_on(source::cloudmap::sync_once(settings, 3))?
+            match app::settings::cloudmap_sources(&args.source.cloudmap, opts.health_filter)? {
+                Some(sources) => rt.block_on(source::cloudmap::sync_all_once(sources, 3))?,
+                None => {
+                    let settings = app::settings::cloudmap_settings(&args.source.cloudmap, opts.health_filter)?;
+                    rt.block_on(source::cloudmap::sync_once(settings, 3))?
+                }
+            }
         }
     };
     let t = translate::translate(&snapshot, &opts);

@@ -3,12 +3,12 @@
 //! | path | what |
 //! |---|---|
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
-//! | `/debug/cloudmap` | JSON, with `--cloudmap` only: per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
+//! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (`{"sources": [...]}` with several): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
 //!
 //! [`health_router`] serves the first three, [`debug_router`] the debug views; the composition root
 //! puts them on one listener or two, or leaves the debug views out. Every debug view is rendered
@@ -32,11 +32,15 @@ pub mod views;
 
 use views::{Freshness, View, ViewCache};
 
+/// Extra readiness text from the source, e.g. which of several sources has not synced yet.
+pub type ReadinessDetail = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// State of `/healthz`, `/readyz` and `/metrics`.
 #[derive(Clone)]
 pub struct HealthState {
     pub snapshots: ResourceRx,
     pub registry: Arc<Registry>,
+    pub detail: Option<ReadinessDetail>,
 }
 
 /// A live debug view provided by another module (e.g. `/debug/cloudmap`): a path and a function
@@ -89,20 +93,15 @@ pub fn debug_router(state: DebugState, extra: Option<ExtraView>) -> Router {
 }
 
 async fn readyz(State(s): State<HealthState>) -> Response {
-    match s.snapshots.borrow().as_ref() {
-        Some(snap) => (
-            StatusCode::OK,
-            format!(
-                "ready: {} ServiceEntries\n",
-                snap.service_entries.names.len()
-            ),
-        )
-            .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the source has not completed its first sync\n",
-        )
-            .into_response(),
+    let detail = s.detail.as_ref().and_then(|d| d());
+    let served = s.snapshots.borrow().as_ref().map(|snap| snap.service_entries.names.len());
+    match (served, detail) {
+        (Some(n), None) => (StatusCode::OK, format!("ready: {n} ServiceEntries\n")).into_response(),
+        (Some(n), Some(d)) => (StatusCode::OK, format!("ready: {n} ServiceEntries; {d}\n")).into_response(),
+        (None, None) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: the source has not completed its first sync\n").into_response()
+        }
+        (None, Some(d)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {d}\n")).into_response(),
     }
 }
 

@@ -162,6 +162,7 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
             region,
             endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
             call_timeout: a.aws_call_timeout,
+            ..ClientConfig::default()
         },
         selection: Selection::new(
             &a.include_namespaces,
@@ -183,6 +184,21 @@ pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloud
         removal_confirmations: a.removal_confirmations,
         events,
     })
+}
+
+/// The sources of `--sources-file`, each with the command line's settings for what it does not
+/// set; `None` without a sources file (the single-source flags then give the one source).
+pub fn cloudmap_sources(
+    a: &CloudMapArgs,
+    health: HealthFilter,
+) -> Result<Option<Vec<cloudmap::sources::Source>>, CloudMapError> {
+    let Some(path) = &a.sources_file else { return Ok(None) };
+    if a.first_sync_timeout.is_zero() {
+        return Err(CloudMapError::Config("--first-sync-timeout must be more than 0".into()));
+    }
+    let base = cloudmap_settings(a, health)?;
+    let sources = cloudmap::sources::load(path, &base, a.first_sync_timeout)?;
+    Ok(Some(sources))
 }
 
 #[cfg(test)]

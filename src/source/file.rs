@@ -152,7 +152,7 @@ pub const MAX_FLOW_NESTING: usize = 256;
 /// Where flow collections (`[`, `{`) first nest deeper than `limit`, as (line, column), ignoring
 /// quoted scalars and comments. Brackets inside plain scalars are counted too, which can only make
 /// a broken file fail sooner: no valid registry comes near the limit.
-fn flow_nesting_beyond(text: &str, limit: usize) -> Option<(usize, usize)> {
+pub(crate) fn flow_nesting_beyond(text: &str, limit: usize) -> Option<(usize, usize)> {
     #[derive(PartialEq)]
     enum In {
         Plain,

@@ -255,12 +255,12 @@ def check_workload(label: str, docs: list[dict], known: set[str], *, replicas: i
                 return m, vols.get(m["name"])
         return None, None
 
-    for n in ("CLOUDMAP_MCP_REGISTRY_FILE", "CLOUDMAP_MCP_TLS_CERT_FILE", "CLOUDMAP_MCP_TLS_KEY_FILE", "CLOUDMAP_MCP_TLS_CLIENT_CA_FILE"):
+    for n in ("CLOUDMAP_MCP_REGISTRY_FILE", "CLOUDMAP_MCP_SOURCES_FILE", "CLOUDMAP_MCP_TLS_CERT_FILE", "CLOUDMAP_MCP_TLS_KEY_FILE", "CLOUDMAP_MCP_TLS_CLIENT_CA_FILE"):
         if n in env:
             m, v = mount_for(env[n]["value"])
             R.check(f"{label}: {n} is on a mounted volume", m is not None and v is not None, env[n]["value"])
             if v is not None:
-                want = "configMap" if n == "CLOUDMAP_MCP_REGISTRY_FILE" else "secret"
+                want = "configMap" if n in ("CLOUDMAP_MCP_REGISTRY_FILE", "CLOUDMAP_MCP_SOURCES_FILE") else "secret"
                 R.check(f"{label}: {n} volume is a {want}", want in v, str(v))
     R.check(f"{label}: TLS cert and key set together",
             ("CLOUDMAP_MCP_TLS_CERT_FILE" in env) == ("CLOUDMAP_MCP_TLS_KEY_FILE" in env))
@@ -311,8 +311,10 @@ def helm_template(helm_bin: str, *values: str, extra: tuple[str, ...] = ()) -> s
 def check_helm(helm_bin: str, known: set[str]) -> None:
     full = str(HERE / "values-full.yaml")
     registry = str(HERE / "values-registry.yaml")
+    sources = str(HERE / "values-sources.yaml")
 
-    for name, vals in (("defaults", ()), ("values-full", (full,)), ("values-registry", (registry,))):
+    for name, vals in (("defaults", ()), ("values-full", (full,)), ("values-registry", (registry,)),
+                       ("values-sources", (sources,))):
         args = ["lint", str(CHART), "--strict", "--namespace", "istio-system", "--kube-version", KUBE_VERSION]
         for v in vals:
             args += ["-f", v]
@@ -320,7 +322,8 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
         R.check(f"helm lint --strict ({name})", p.returncode == 0, (p.stdout + p.stderr)[-2000:])
 
     renders = {}
-    for name, vals in (("defaults", ()), ("values-full", (full,)), ("values-registry", (registry,))):
+    for name, vals in (("defaults", ()), ("values-full", (full,)), ("values-registry", (registry,)),
+                       ("values-sources", (sources,))):
         p = helm_template(helm_bin, *vals)
         if not R.check(f"helm template ({name})", p.returncode == 0, p.stderr[-2000:]):
             continue
@@ -331,6 +334,29 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
                 all(d["metadata"].get("namespace") == "istio-system" for d in docs),
                 str([(d["kind"], d["metadata"].get("namespace")) for d in docs]))
         renders[name] = docs
+
+    if "values-sources" in renders:
+        docs = renders["values-sources"]
+        w = check_workload("chart values-sources", docs, known, expect_mode="cloudmap")
+        env = {n: e.get("value") for n, e in w["env"].items()}
+        R.check("values-sources: the sources file is given",
+                env.get("CLOUDMAP_MCP_SOURCES_FILE") == "/etc/cloudmap-mcp/sources/sources.yaml", str(sorted(env)))
+        single = [n for n in ("CLOUDMAP_MCP_AWS_REGION", "CLOUDMAP_MCP_INCLUDE_NAMESPACES", "CLOUDMAP_MCP_EXCLUDE_NAMESPACES",
+                              "CLOUDMAP_MCP_INCLUDE_SERVICES", "CLOUDMAP_MCP_EXCLUDE_SERVICES", "CLOUDMAP_MCP_NAMESPACE_TYPES")
+                  if n in env]
+        R.check("values-sources: no single-source flags next to the sources file (the server refuses them)", not single,
+                str(single))
+        R.check("values-sources: shared flags still set", env.get("CLOUDMAP_MCP_AWS_API_RATE") == "50"
+                and env.get("CLOUDMAP_MCP_FIRST_SYNC_TIMEOUT") == "2m", str(sorted(env)))
+        cms = by_kind(docs, "ConfigMap")
+        text = cms[0]["data"].get("sources.yaml", "") if len(cms) == 1 else ""
+        parsed = yaml.safe_load(text) if text else None
+        R.check("values-sources: the sources ConfigMap holds the file",
+                bool(parsed) and [x["name"] for x in parsed["sources"]] == ["platform-use1", "payments-use1", "shared-from-network"],
+                str([d["metadata"]["name"] for d in cms]))
+        annotations = w["dep"]["spec"]["template"]["metadata"].get("annotations", {})
+        R.check("values-sources: a changed file rolls the pods", "cloudmap-mcp.io/sources-checksum" in annotations,
+                str(annotations))
 
     if "defaults" in renders:
         docs = renders["defaults"]

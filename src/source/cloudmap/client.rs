@@ -152,6 +152,14 @@ pub struct ClientConfig {
     /// An explicit endpoint (flag); the SDK also reads AWS_ENDPOINT_URL_SERVICEDISCOVERY / AWS_ENDPOINT_URL.
     pub endpoint_url: Option<String>,
     pub call_timeout: Duration,
+    /// Assume this IAM role (sts:AssumeRole) with the standard chain's credentials.
+    pub role_arn: Option<String>,
+    /// The ExternalId the role's trust policy requires.
+    pub external_id: Option<String>,
+    /// The STS session name (shows in the role account's CloudTrail).
+    pub session_name: Option<String>,
+    /// STS endpoint for the AssumeRole call (an emulator); else the SDK's default.
+    pub sts_endpoint_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,9 +227,6 @@ pub async fn sdk_client(cfg: &ClientConfig) -> Result<aws_sdk_servicediscovery::
     if let Some(r) = &cfg.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }
-    if let Some(url) = &cfg.endpoint_url {
-        loader = loader.endpoint_url(url.clone());
-    }
     let sdk = loader.load().await;
     if sdk.region().is_none() {
         return Err(ClientError::NoRegion);
@@ -238,6 +243,13 @@ pub async fn sdk_client(cfg: &ClientConfig) -> Result<aws_sdk_servicediscovery::
     let mut builder = aws_sdk_servicediscovery::config::Builder::from(&sdk)
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(timeout);
+    // On the Cloud Map client only: the STS call of an assumed role goes to STS's own endpoint.
+    if let Some(url) = &cfg.endpoint_url {
+        builder = builder.endpoint_url(url.clone());
+    }
+    if let Some(role) = &cfg.role_arn {
+        builder = builder.credentials_provider(super::credentials::assume_role(role, cfg, &sdk).await);
+    }
     if custom_endpoint {
         tracing::info!(
             "custom Cloud Map endpoint configured: stripping the data- host prefix of DiscoverInstances calls"

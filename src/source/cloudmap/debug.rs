@@ -1,5 +1,6 @@
 //! `/debug/cloudmap`: what the poller knows, per namespace and service, as JSON.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -13,6 +14,8 @@ use crate::translate::ServiceRef;
 
 #[derive(Debug, serde::Serialize)]
 pub struct DebugView {
+    /// The source's name (`default` for the single-source flags).
+    pub source: String,
     /// False until the first complete sync; nothing is served before.
     pub synced: bool,
     pub last_complete_sync: Option<String>,
@@ -171,6 +174,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
         });
     }
     DebugView {
+        source: s.name.clone(),
         synced: st.synced,
         last_complete_sync: st.last_complete_sync.map(rfc3339),
         sync_age_seconds: st
@@ -214,10 +218,11 @@ pub(super) fn view(p: &Poller) -> DebugView {
 /// Where the view is served (the admin server routes it through its debug-view cache).
 pub const PATH: &str = "/debug/cloudmap";
 
-/// The `/debug/cloudmap` body: the poller's view, with the instances the translation skipped (no
-/// usable address, bad port) joined in from the served snapshot.
-pub fn render_json(poller: &Poller, snapshots: &ResourceRx) -> Bytes {
-    let mut view = poller.debug_view();
+/// The `/debug/cloudmap` body: each poller's view, with the instances the translation skipped (no
+/// usable address, bad port) joined in from the served snapshot. One source (the single-source
+/// flags): its view; several (`multi`, a sources file): `{"sources": [view, ...]}` by source name.
+pub fn render_json(pollers: &[Arc<Poller>], multi: bool, snapshots: &ResourceRx) -> Bytes {
+    let mut views: Vec<DebugView> = pollers.iter().map(|p| p.debug_view()).collect();
     let snap = snapshots.borrow().clone();
     if let Some(snap) = snap {
         let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
@@ -229,16 +234,23 @@ pub fn render_json(poller: &Poller, snapshots: &ResourceRx) -> Bytes {
                     .push(SkippedView { id: id.clone(), reason: n.message.clone() });
             }
         }
-        for ns in &mut view.namespaces {
-            for svc in &mut ns.services {
-                let key = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
-                if let Some(list) = by_service.remove(&key) {
-                    svc.skipped_instances.extend(list);
+        for view in &mut views {
+            for ns in &mut view.namespaces {
+                for svc in &mut ns.services {
+                    let key = ServiceRef { namespace: ns.name.clone(), service: svc.name.clone() };
+                    if let Some(list) = by_service.get(&key) {
+                        svc.skipped_instances.extend(list.iter().cloned());
+                    }
                 }
             }
         }
     }
-    let mut out = serde_json::to_vec(&view).expect("debug view serializes");
+    let mut out = if multi || views.len() != 1 {
+        serde_json::to_vec(&serde_json::json!({ "sources": views }))
+    } else {
+        serde_json::to_vec(&views[0])
+    }
+    .expect("debug view serializes");
     out.push(b'\n');
     Bytes::from(out)
 }

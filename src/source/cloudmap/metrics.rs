@@ -1,6 +1,6 @@
 //! Prometheus families of the Cloud Map source, registered on the server's shared registry.
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -16,45 +16,74 @@ fn call_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.002, 2.0, 14))
 }
 
+/// The families, registered once on the server's registry; every series has a `source` label
+/// (the source's name: `default` for the single-source flags, else from the sources file, so the
+/// label set is bounded by the configuration).
+pub struct CloudMapFamilies {
+    calls: Family<Labels, Counter>,
+    call_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    throttles: Family<Labels, Counter>,
+    budget_waits: Family<Labels, Counter>,
+    budget_wait_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    resyncs: Family<Labels, Counter>,
+    instance_reads: Family<Labels, Counter>,
+    attribute_reads: Family<Labels, Counter>,
+    attributes_denied: Family<Labels, Gauge>,
+    namespaces: Family<Labels, Gauge>,
+    services: Family<Labels, Gauge>,
+    instances: Family<Labels, Gauge>,
+    held_back: Family<Labels, Gauge>,
+    removal_guard_holds: Family<Labels, Counter>,
+    synced: Family<Labels, Gauge>,
+    last_sync: SyncTimes,
+}
+
+/// Unix time (f64 bits) of each source's last complete sync; 0 before the first.
+type SyncTimes = Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>;
+
+/// One source's metrics: the families with its `source` label.
 pub struct CloudMapMetrics {
-    pub calls: Family<Labels, Counter>,
-    pub call_seconds: Family<Labels, Histogram, fn() -> Histogram>,
-    pub throttles: Family<Labels, Counter>,
+    source: String,
+    families: Arc<CloudMapFamilies>,
     pub budget_waits: Counter,
     pub budget_wait_seconds: Counter<f64, AtomicU64>,
-    pub resyncs: Family<Labels, Counter>,
-    pub instance_reads: Family<Labels, Counter>,
-    pub attribute_reads: Family<Labels, Counter>,
     pub attributes_denied: Gauge,
     pub namespaces: Gauge,
     pub services: Gauge,
     pub instances: Gauge,
-    pub held_back: Family<Labels, Gauge>,
     pub removal_guard_holds: Counter,
     pub synced: Gauge,
-    /// Unix time (f64 bits) of the last complete sync; 0 before the first.
     last_sync: Arc<AtomicU64>,
 }
 
-/// Reports the age of the last complete sync at scrape time.
+/// Reports the age of each source's last complete sync at scrape time.
 #[derive(Debug)]
-struct SyncAge(Arc<AtomicU64>);
+struct SyncAge(SyncTimes);
 
 impl Collector for SyncAge {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let last = f64::from_bits(self.0.load(Ordering::Relaxed));
-        if last <= 0.0 {
+        let sources = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = unix_now();
+        let ages: Vec<(Labels, f64)> = sources
+            .iter()
+            .map(|(name, t)| (name, f64::from_bits(t.load(Ordering::Relaxed))))
+            .filter(|(_, last)| *last > 0.0)
+            .map(|(name, last)| (vec![("source", name.clone())], (now - last).max(0.0)))
+            .collect();
+        if ages.is_empty() {
             return Ok(());
         }
-        let age = (unix_now() - last).max(0.0);
-        let g = ConstGauge::new(age);
-        let m = encoder.encode_descriptor(
+        let mut m = encoder.encode_descriptor(
             "cloudmap_mcp_cloudmap_sync_age_seconds",
-            "Seconds since the last complete, successful Cloud Map resync (absent before the first)",
+            "Seconds since the last complete, successful Cloud Map resync, by source (absent before the first)",
             None,
-            g.metric_type(),
+            prometheus_client::metrics::MetricType::Gauge,
         )?;
-        g.encode(m)
+        for (labels, age) in ages {
+            let g = ConstGauge::new(age);
+            g.encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -62,25 +91,25 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-impl CloudMapMetrics {
-    pub fn register(r: &mut Registry) -> Arc<CloudMapMetrics> {
-        let m = CloudMapMetrics {
+impl CloudMapFamilies {
+    pub fn register(r: &mut Registry) -> Arc<CloudMapFamilies> {
+        let m = CloudMapFamilies {
             calls: Family::default(),
             call_seconds: Family::new_with_constructor(call_histogram),
             throttles: Family::default(),
-            budget_waits: Counter::default(),
-            budget_wait_seconds: Counter::default(),
+            budget_waits: Family::default(),
+            budget_wait_seconds: Family::default(),
             resyncs: Family::default(),
             instance_reads: Family::default(),
             attribute_reads: Family::default(),
-            attributes_denied: Gauge::default(),
-            namespaces: Gauge::default(),
-            services: Gauge::default(),
-            instances: Gauge::default(),
+            attributes_denied: Family::default(),
+            namespaces: Family::default(),
+            services: Family::default(),
+            instances: Family::default(),
             held_back: Family::default(),
-            removal_guard_holds: Counter::default(),
-            synced: Gauge::default(),
-            last_sync: Arc::new(AtomicU64::new(0)),
+            removal_guard_holds: Family::default(),
+            synced: Family::default(),
+            last_sync: Arc::default(),
         };
         r.register("cloudmap_mcp_aws_calls", "Cloud Map API call attempts, by operation and outcome", m.calls.clone());
         r.register(
@@ -145,30 +174,64 @@ impl CloudMapMetrics {
         Arc::new(m)
     }
 
+    /// The metrics of one source (series with its `source` label).
+    pub fn source(self: &Arc<Self>, name: &str) -> Arc<CloudMapMetrics> {
+        let l = vec![("source", name.to_string())];
+        let last_sync = Arc::new(AtomicU64::new(0));
+        self.last_sync.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), last_sync.clone()));
+        Arc::new(CloudMapMetrics {
+            source: name.to_string(),
+            families: self.clone(),
+            budget_waits: self.budget_waits.get_or_create(&l).clone(),
+            budget_wait_seconds: self.budget_wait_seconds.get_or_create(&l).clone(),
+            attributes_denied: self.attributes_denied.get_or_create(&l).clone(),
+            namespaces: self.namespaces.get_or_create(&l).clone(),
+            services: self.services.get_or_create(&l).clone(),
+            instances: self.instances.get_or_create(&l).clone(),
+            removal_guard_holds: self.removal_guard_holds.get_or_create(&l).clone(),
+            synced: self.synced.get_or_create(&l).clone(),
+            last_sync,
+        })
+    }
+}
+
+impl CloudMapMetrics {
+    /// The families on `r` with one source, [`super::DEFAULT_SOURCE_NAME`].
+    pub fn register(r: &mut Registry) -> Arc<CloudMapMetrics> {
+        CloudMapFamilies::register(r).source(super::DEFAULT_SOURCE_NAME)
+    }
+
+    fn labels(&self, more: &[(&'static str, &str)]) -> Labels {
+        let mut l = vec![("source", self.source.clone())];
+        l.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+        l
+    }
+
     pub fn call(&self, op: &'static str, outcome: &'static str, seconds: f64) {
-        self.calls.get_or_create(&vec![("operation", op.to_string()), ("outcome", outcome.to_string())]).inc();
-        self.call_seconds.get_or_create(&vec![("operation", op.to_string())]).observe(seconds);
+        let f = &self.families;
+        f.calls.get_or_create(&self.labels(&[("operation", op), ("outcome", outcome)])).inc();
+        f.call_seconds.get_or_create(&self.labels(&[("operation", op)])).observe(seconds);
     }
 
     pub fn throttled(&self, op: &'static str) {
-        self.throttles.get_or_create(&vec![("operation", op.to_string())]).inc();
+        self.families.throttles.get_or_create(&self.labels(&[("operation", op)])).inc();
     }
 
     pub fn resync(&self, complete: bool) {
         let result = if complete { "complete" } else { "incomplete" };
-        self.resyncs.get_or_create(&vec![("result", result.to_string())]).inc();
+        self.families.resyncs.get_or_create(&self.labels(&[("result", result)])).inc();
     }
 
     pub fn instance_read(&self, reason: &'static str) {
-        self.instance_reads.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        self.families.instance_reads.get_or_create(&self.labels(&[("reason", reason)])).inc();
     }
 
     pub fn attribute_read(&self, reason: &'static str) {
-        self.attribute_reads.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        self.families.attribute_reads.get_or_create(&self.labels(&[("reason", reason)])).inc();
     }
 
     pub fn set_held_back(&self, reason: &'static str, n: usize) {
-        self.held_back.get_or_create(&vec![("reason", reason.to_string())]).set(n as i64);
+        self.families.held_back.get_or_create(&self.labels(&[("reason", reason)])).set(n as i64);
     }
 
     pub fn mark_synced(&self) {

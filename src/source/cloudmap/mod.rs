@@ -6,14 +6,17 @@
 //! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules.
 //! - [`attributes`]: service-level attributes (GetServiceAttributes) and when they are re-read.
 //! - [`select`]: namespace and service selection.
+//! - [`credentials`]: the standard chain, then `sts:AssumeRole` into a source's role.
+//! - [`sources`]: the sources file (several accounts/Regions); [`multi`]: their merge.
 //! - [`events`]: event-driven refresh from an SQS queue of EventBridge events.
-//! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families.
+//! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families (`source` label).
 //!
 //! See `docs/cloudmap.md` for the user-facing description.
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::model::Snapshot;
@@ -23,11 +26,14 @@ use crate::translate::HealthFilter;
 pub mod attributes;
 pub mod budget;
 pub mod client;
+pub mod credentials;
 pub mod debug;
 pub mod events;
 pub mod metrics;
+pub mod multi;
 pub mod poller;
 pub mod select;
+pub mod sources;
 
 pub use budget::BudgetConfig;
 pub use client::ClientConfig;
@@ -48,10 +54,14 @@ pub enum CloudMapError {
     Events(#[from] events::EventsError),
     #[error("Cloud Map sync failed after {attempts} attempts: {errors}")]
     SyncFailed { attempts: u32, errors: String },
+    #[error(transparent)]
+    SourcesFile(#[from] sources::SourcesFileError),
+    #[error("Cloud Map source {name}: {source}")]
+    Source { name: String, source: Box<CloudMapError> },
 }
 
 /// Everything one Cloud Map source needs, validated (built by the composition root from the
-/// command line).
+/// command line, and per entry of a sources file by [`sources`]).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The source's name: a label value in metrics, logs and debug views ([`DEFAULT_SOURCE_NAME`]
@@ -79,6 +89,28 @@ pub struct Settings {
     pub events: Option<EventsSettings>,
 }
 
+/// Default settings for unit tests.
+#[cfg(test)]
+pub(crate) fn test_settings() -> Settings {
+    Settings {
+        name: "test".into(),
+        client: ClientConfig::default(),
+        selection: Selection::default(),
+        health: HealthFilter::HealthyOrElseAll,
+        resync_interval: Duration::from_secs(60),
+        revision_poll_interval: Duration::from_secs(5),
+        revision_poll_max_interval: Duration::from_secs(60),
+        instances_refresh_interval: Duration::from_secs(300),
+        health_refresh_interval: Duration::from_secs(15),
+        attributes_refresh_interval: Duration::from_secs(300),
+        budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
+        max_attempts: 3,
+        max_removal_ratio: 0.5,
+        removal_confirmations: 3,
+        events: None,
+    }
+}
+
 /// The source name of the single-source flags (`--cloudmap` without `--sources-file`).
 pub const DEFAULT_SOURCE_NAME: &str = "default";
 
@@ -91,35 +123,39 @@ pub fn check_endpoint_url(what: &str, url: &str) -> Result<(), CloudMapError> {
     }
 }
 
-/// A running Cloud Map source.
+/// A running Cloud Map source: one poller, or one per configured source merged into one channel.
 pub struct CloudMapSource {
     pub snapshots: SnapshotRx,
-    pub poller: Arc<Poller>,
+    /// Sorted by source name.
+    pub pollers: Vec<Arc<Poller>>,
+    /// Configured from a sources file (debug views and readiness then name each source).
+    pub multi: bool,
 }
 
 async fn build(
     settings: Settings,
-    registry: &mut Registry,
+    metrics: Arc<metrics::CloudMapMetrics>,
     core: Option<Arc<Metrics>>,
 ) -> Result<(Arc<Poller>, SnapshotRx), CloudMapError> {
     let sdk = client::sdk_client(&settings.client).await?;
-    let metrics = metrics::CloudMapMetrics::register(registry);
     let budget = Arc::new(budget::Budget::new(settings.budget));
     let api = client::Api::new(sdk, budget, metrics.clone(), settings.max_attempts, settings.health);
     let (tx, rx) = source::channel();
     Ok((Arc::new(Poller::new(api, settings, tx, metrics, core)), rx))
 }
 
-/// Starts polling in the background. Metrics are registered on `registry`. Nothing is published on
-/// the returned channel until the first complete sync.
-pub async fn start(
+/// Builds one source's poller and starts it, its logs in a span naming the source.
+async fn spawn(
     settings: Settings,
-    registry: &mut Registry,
-    core: Arc<Metrics>,
-) -> Result<CloudMapSource, CloudMapError> {
+    families: &Arc<metrics::CloudMapFamilies>,
+    core: &Arc<Metrics>,
+) -> Result<(Arc<Poller>, SnapshotRx), CloudMapError> {
+    let span = tracing::info_span!("cloudmap", source = %settings.name);
     tracing::info!(
+        parent: &span,
         region = settings.client.region.as_deref().unwrap_or("(from the AWS configuration)"),
         endpoint = %client::endpoint_description(&settings.client),
+        role_arn = settings.client.role_arn.as_deref().unwrap_or("(none: the standard credential chain)"),
         resync_interval = ?settings.resync_interval,
         revision_poll_interval = ?settings.revision_poll_interval,
         revision_poll_max_interval = ?settings.revision_poll_max_interval,
@@ -129,19 +165,68 @@ pub async fn start(
         api_rate = settings.budget.rate,
         "starting the Cloud Map source; nothing is served until the first complete sync"
     );
+    let name = settings.name.clone();
+    let metrics = families.source(&name);
+    let (poller, rx) = build(settings, metrics, Some(core.clone()))
+        .await
+        .map_err(|e| CloudMapError::Source { name, source: Box::new(e) })?;
+    tokio::spawn(poller.clone().run().instrument(span));
+    Ok((poller, rx))
+}
+
+/// Starts polling in the background. Metrics are registered on `registry`. Nothing is published on
+/// the returned channel until the first complete sync.
+pub async fn start(
+    settings: Settings,
+    registry: &mut Registry,
+    core: Arc<Metrics>,
+) -> Result<CloudMapSource, CloudMapError> {
+    let families = metrics::CloudMapFamilies::register(registry);
     let events = settings.events.clone();
-    let (poller, rx) = build(settings, registry, Some(core)).await?;
+    let (poller, rx) = spawn(settings, &families, &core).await?;
     if let Some(events) = events {
         events::start(events, vec![poller.clone()], registry).await?;
     }
-    tokio::spawn(poller.clone().run());
-    Ok(CloudMapSource { snapshots: rx, poller })
+    Ok(CloudMapSource { snapshots: rx, pollers: vec![poller], multi: false })
+}
+
+/// Starts one poller per source and the merge ([`multi`]). Nothing is published until the
+/// first-sync hold is over.
+pub async fn start_many(
+    mut sources: Vec<sources::Source>,
+    registry: &mut Registry,
+    core: Arc<Metrics>,
+) -> Result<CloudMapSource, CloudMapError> {
+    sources.sort_by(|a, b| a.settings.name.cmp(&b.settings.name));
+    let families = metrics::CloudMapFamilies::register(registry);
+    // One queue for all sources (the command line's): a message names a service, which every
+    // source that holds it re-reads.
+    let events = sources.first().and_then(|s| s.settings.events.clone());
+    let mut pollers = Vec::with_capacity(sources.len());
+    let mut members = Vec::with_capacity(sources.len());
+    for s in sources {
+        let name = s.settings.name.clone();
+        let (poller, rx) = spawn(s.settings, &families, &core).await?;
+        pollers.push(poller);
+        members.push(multi::Member { name, snapshots: rx, first_sync_timeout: s.first_sync_timeout });
+    }
+    tracing::info!(
+        sources = %members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(","),
+        "Cloud Map sources started; serving once each has synced or reached its first-sync timeout"
+    );
+    if let Some(events) = events {
+        events::start(events, pollers.clone(), registry).await?;
+    }
+    let (tx, rx) = source::channel();
+    tokio::spawn(multi::run(members, tx));
+    Ok(CloudMapSource { snapshots: rx, pollers, multi: true })
 }
 
 /// One complete sync (for `render`), tried up to `attempts` times.
 pub async fn sync_once(settings: Settings, attempts: u32) -> Result<Snapshot, CloudMapError> {
     let mut registry = Registry::default();
-    let (poller, _rx) = build(settings, &mut registry, None).await?;
+    let metrics = metrics::CloudMapFamilies::register(&mut registry).source(&settings.name);
+    let (poller, _rx) = build(settings, metrics, None).await?;
     let attempts = attempts.max(1);
     for attempt in 0..attempts {
         if poller.resync().await {
@@ -153,4 +238,15 @@ pub async fn sync_once(settings: Settings, attempts: u32) -> Result<Snapshot, Cl
     }
     let errors = poller.lock().last_resync.as_ref().map(|r| r.errors.join("; ")).unwrap_or_default();
     Err(CloudMapError::SyncFailed { attempts, errors })
+}
+
+/// One complete sync of every source, merged (for `render`); fails when any source fails.
+pub async fn sync_all_once(sources: Vec<sources::Source>, attempts: u32) -> Result<Snapshot, CloudMapError> {
+    let syncs = sources.into_iter().map(|s| async move {
+        let name = s.settings.name.clone();
+        let r = sync_once(s.settings, attempts).await;
+        r.map(|snap| (name.clone(), snap)).map_err(|e| CloudMapError::Source { name, source: Box::new(e) })
+    });
+    let parts = futures::future::try_join_all(syncs).await?;
+    Ok(multi::merge(parts.iter().map(|(n, s)| (n.as_str(), Some(s)))))
 }

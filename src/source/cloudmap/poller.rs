@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::attributes::{self, ServiceAttributes};
 use super::budget::{backoff, doubled, jittered};
@@ -394,6 +395,16 @@ impl Poller {
         debug::view(self)
     }
 
+    /// The source's name ([`Settings::name`]).
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Whether the first complete sync is done.
+    pub fn synced(&self) -> bool {
+        self.lock().synced
+    }
+
     /// Runs forever (until every snapshot receiver is gone): first sync with retries, then the
     /// resync, poll and publish loops.
     pub(super) async fn run(self: Arc<Self>) {
@@ -419,9 +430,9 @@ impl Poller {
                 _ = self.tx.closed() => return,
             }
         }
-        tokio::spawn(self.clone().poll_loop());
-        tokio::spawn(self.clone().publish_loop());
-        tokio::spawn(self.clone().attributes_loop());
+        tokio::spawn(self.clone().poll_loop().in_current_span());
+        tokio::spawn(self.clone().publish_loop().in_current_span());
+        tokio::spawn(self.clone().attributes_loop().in_current_span());
         // Start to start: a resync that takes long does not push the next one back.
         let mut next = Instant::now() + jittered(self.settings.resync_interval, 0.05);
         let mut started = Instant::now();
@@ -1132,10 +1143,8 @@ pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::source::cloudmap::budget::{Budget, BudgetConfig};
-    use crate::source::cloudmap::client::{ClientConfig, Op};
-    use crate::source::cloudmap::select::Selection;
-    use crate::translate::HealthFilter;
+    use crate::source::cloudmap::budget::Budget;
+    use crate::source::cloudmap::client::Op;
 
     fn poller(ratio: f64, confirmations: u32) -> Poller {
         poller_with(|s| {
@@ -1146,23 +1155,7 @@ pub(super) mod tests {
 
     /// The default settings, changed by `f`.
     pub(in crate::source::cloudmap) fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
-        let mut settings = Settings {
-            name: "test".into(),
-            client: ClientConfig::default(),
-            selection: Selection::default(),
-            health: HealthFilter::HealthyOrElseAll,
-            resync_interval: Duration::from_secs(60),
-            revision_poll_interval: Duration::from_secs(5),
-            revision_poll_max_interval: Duration::from_secs(60),
-            instances_refresh_interval: Duration::from_secs(300),
-            health_refresh_interval: Duration::from_secs(15),
-            attributes_refresh_interval: Duration::from_secs(300),
-            budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
-            max_attempts: 3,
-            max_removal_ratio: 0.5,
-            removal_confirmations: 3,
-            events: None,
-        };
+        let mut settings = super::super::test_settings();
         f(&mut settings);
         // Never called: these tests drive the state directly.
         let conf = aws_sdk_servicediscovery::Config::builder()

@@ -76,6 +76,7 @@ pub struct Selection {
     svc_include: Patterns,
     svc_exclude: Patterns,
     types: Vec<NamespaceType>,
+    owner_account: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -85,6 +86,8 @@ pub struct SelectionView {
     pub include_services: Vec<String>,
     pub exclude_services: Vec<String>,
     pub namespace_types: Vec<NamespaceType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_account: Option<String>,
 }
 
 impl Selection {
@@ -95,13 +98,41 @@ impl Selection {
         exclude_services: &[String],
         types: &[NamespaceType],
     ) -> Result<Self, SelectionError> {
+        Self::with_names(
+            ["--include-namespace", "--exclude-namespace", "--include-service", "--exclude-service"],
+            include_namespaces,
+            exclude_namespaces,
+            include_services,
+            exclude_services,
+            types,
+        )
+    }
+
+    /// As [`Selection::new`], with the names errors give the four glob lists (flags, or the keys
+    /// of a sources file).
+    pub fn with_names(
+        names: [&'static str; 4],
+        include_namespaces: &[String],
+        exclude_namespaces: &[String],
+        include_services: &[String],
+        exclude_services: &[String],
+        types: &[NamespaceType],
+    ) -> Result<Self, SelectionError> {
         Ok(Selection {
-            ns_include: Patterns::new("--include-namespace", include_namespaces)?,
-            ns_exclude: Patterns::new("--exclude-namespace", exclude_namespaces)?,
-            svc_include: Patterns::new("--include-service", include_services)?,
-            svc_exclude: Patterns::new("--exclude-service", exclude_services)?,
+            ns_include: Patterns::new(names[0], include_namespaces)?,
+            ns_exclude: Patterns::new(names[1], exclude_namespaces)?,
+            svc_include: Patterns::new(names[2], include_services)?,
+            svc_exclude: Patterns::new(names[3], exclude_services)?,
             types: types.to_vec(),
+            owner_account: None,
         })
+    }
+
+    /// Only namespaces owned by this account (shared through AWS RAM): ListNamespaces'
+    /// `ResourceOwner`, else the account of the namespace ARN.
+    pub fn with_owner_account(mut self, account: Option<String>) -> Self {
+        self.owner_account = account;
+        self
     }
 
     pub fn view(&self) -> SelectionView {
@@ -111,6 +142,7 @@ impl Selection {
             include_services: self.svc_include.source.clone(),
             exclude_services: self.svc_exclude.source.clone(),
             namespace_types: self.types.clone(),
+            owner_account: self.owner_account.clone(),
         }
     }
 
@@ -118,6 +150,12 @@ impl Selection {
     pub fn namespace(&self, ns: &NamespaceInfo) -> bool {
         if !self.types.is_empty() && !self.types.contains(&ns.kind) {
             return false;
+        }
+        if let Some(want) = &self.owner_account {
+            let arn_account = ns.arn.as_deref().and_then(|a| a.split(':').nth(4)).filter(|a| !a.is_empty());
+            if ns.owner.as_deref().or(arn_account) != Some(want.as_str()) {
+                return false;
+            }
         }
         let m = |p: &Patterns| p.matches_plain(&ns.name) || p.matches_plain(&ns.id);
         (self.ns_include.is_empty() || m(&self.ns_include)) && !m(&self.ns_exclude)
@@ -192,6 +230,19 @@ mod tests {
         assert!(sel.service_name_may_match("blue"), "qualified includes need the namespace");
         let sel = Selection::new(&[], &[], &s(&["front*"]), &[], &[]).unwrap();
         assert!(!sel.service_name_may_match("blue"));
+    }
+
+    #[test]
+    fn owner_account_from_resource_owner_else_arn() {
+        let sel = Selection::default().with_owner_account(Some("444455556666".into()));
+        let mut shared = ns("shared", "ns-1", NamespaceType::Http);
+        assert!(!sel.namespace(&shared), "no owner and no ARN: not the wanted owner");
+        shared.arn = Some("arn:aws:servicediscovery:us-east-1:444455556666:namespace/ns-1".into());
+        assert!(sel.namespace(&shared));
+        shared.owner = Some("111122223333".into());
+        assert!(!sel.namespace(&shared), "ResourceOwner wins over the ARN");
+        shared.owner = Some("444455556666".into());
+        assert!(sel.namespace(&shared));
     }
 
     #[test]

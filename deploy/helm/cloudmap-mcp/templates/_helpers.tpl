@@ -60,6 +60,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-registry" (include "cloudmap-mcp.fullname" .)) .Values.registryFile.existingConfigMap }}
 {{- end }}
 
+{{- define "cloudmap-mcp.sourcesConfigMapName" -}}
+{{- default (printf "%s-sources" (include "cloudmap-mcp.fullname" .)) .Values.cloudmap.sourcesFile.existingConfigMap }}
+{{- end }}
+
 {{/* One container env entry (indented for the container's env list, with a leading newline), or
 nothing when the value is unset/empty. A list is joined with ",", a map becomes k=v pairs. */}}
 {{- define "cloudmap-mcp.envVar" -}}
