@@ -1,15 +1,15 @@
 //! Command line and environment: one documented struct per command (every flag also reads a
-//! `CLOUDMAP_MCP_*` environment variable).
-use std::collections::BTreeMap;
+//! `CLOUDMAP_MCP_*` environment variable). Plain data: the composition root (`app::settings`)
+//! turns these into each module's own settings type.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::model::NamespaceType;
-use crate::translate::{self, render, HealthFilter, HostTemplate, Location};
-use crate::xds::{stream::Limits, AdsConfig};
+use crate::translate::{render, HealthFilter, Location};
 
 #[derive(Parser, Debug)]
 #[command(name = "cloudmap-mcp", version, about = "Serve AWS Cloud Map services to istiod as ServiceEntries over MCP-over-xDS")]
@@ -19,6 +19,83 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line and the environment like [`Parser::parse`], and also refuses
+    /// settings of the source that was not chosen (they would be silently ignored); exits with a
+    /// usage error.
+    pub fn parse_checked() -> Cli {
+        Self::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_checked`] without exiting.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+        if let Some((name, sub)) = matches.subcommand() {
+            if let Err(msg) = check_unused_source_settings(sub) {
+                let mut sub_cmd = cmd.find_subcommand_mut(name).cloned().unwrap_or(cmd);
+                return Err(sub_cmd.error(clap::error::ErrorKind::ArgumentConflict, msg));
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// The settings given explicitly (on the command line, or by a non-empty environment variable)
+/// among `args`' arguments, as `--flag` or `--flag (from ENV_VAR)`. Defaults do not count.
+fn explicitly_set(matches: &ArgMatches, args: clap::Command, skip: &[&str]) -> Vec<String> {
+    args.get_arguments()
+        .filter(|a| !skip.contains(&a.get_id().as_str()))
+        .filter_map(|a| {
+            let flag = format!("--{}", a.get_long()?);
+            match matches.value_source(a.get_id().as_str())? {
+                ValueSource::CommandLine => Some(flag),
+                ValueSource::EnvVariable => {
+                    let env = a.get_env()?.to_string_lossy().into_owned();
+                    // An empty variable (a template rendering `value: ""`) means "not set".
+                    std::env::var_os(&env).filter(|v| !v.is_empty())?;
+                    Some(format!("{flag} (from {env})"))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Refuses Cloud Map settings next to `--registry-file` and registry-file settings next to
+/// `--cloudmap`: the source that was not chosen would ignore them. Environment variables count like
+/// flags (a deployment that sets one expects it to apply); empty ones do not.
+fn check_unused_source_settings(m: &ArgMatches) -> Result<(), String> {
+    let given = matches!(m.value_source("registry_file"), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+    if given {
+        let ignored = explicitly_set(m, CloudMapArgs::augment_args(clap::Command::new("x")), &["cloudmap"]);
+        if !ignored.is_empty() {
+            return Err(format!(
+                "--registry-file is given, so these Cloud Map settings would be ignored: {}. \
+                 Remove them, or drop --registry-file and use --cloudmap",
+                ignored.join(", ")
+            ));
+        }
+    } else if m.get_flag("cloudmap") {
+        let ignored = explicitly_set(m, SourceArgs::augment_args(clap::Command::new("x")), &["registry_file"])
+            .into_iter()
+            .filter(|f| f.starts_with("--registry-"))
+            .collect::<Vec<_>>();
+        if !ignored.is_empty() {
+            return Err(format!(
+                "--cloudmap is given, so these registry-file settings would be ignored: {}. Remove them",
+                ignored.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -91,6 +168,10 @@ pub struct CloudMapArgs {
     /// Services with health checks are re-read this often (health changes do not move the revision).
     #[arg(long, env = "CLOUDMAP_MCP_HEALTH_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
     pub health_refresh_interval: Duration,
+    /// Each service's Cloud Map service attributes (GetServiceAttributes) are re-read this often: updating them moves no
+    /// revision, so this is the longest an `update-service-attributes` takes to be served without events.
+    #[arg(long, env = "CLOUDMAP_MCP_SERVICE_ATTRIBUTES_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub service_attributes_refresh_interval: Duration,
     /// API budget: Cloud Map calls per second, all operations together (token bucket).
     #[arg(long, env = "CLOUDMAP_MCP_AWS_API_RATE", default_value_t = 100.0, value_parser = parse_positive_f64)]
     pub aws_api_rate: f64,
@@ -171,34 +252,10 @@ pub struct TranslateArgs {
     pub export_to: Vec<String>,
 }
 
+/// `KEY=VALUE`; the key and value are validated with the other translation options.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    translate::validate::label_key(k)?;
-    translate::validate::label_value(v)?;
     Ok((k.to_string(), v.to_string()))
-}
-
-impl TranslateArgs {
-    pub fn options(&self) -> Result<translate::Options, String> {
-        let istio_namespace = self
-            .istio_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "istio-system".to_string());
-        translate::validate::dns_label(&istio_namespace).map_err(|e| format!("--istio-namespace: {e}"))?;
-        if let Some(rev) = &self.istio_revision {
-            translate::validate::label_value(rev).map_err(|e| format!("--istio-revision: {e}"))?;
-        }
-        Ok(translate::Options {
-            istio_namespace,
-            host_template: HostTemplate::new(&self.host_template)?,
-            health_filter: self.health_filter,
-            location: self.location,
-            revision: self.istio_revision.clone(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            export_to: self.export_to.clone(),
-        })
-    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -210,9 +267,18 @@ pub struct ServeArgs {
     /// gRPC (ADS, health, reflection) listen address.
     #[arg(long, env = "CLOUDMAP_MCP_GRPC_ADDR", default_value = "0.0.0.0:15010")]
     pub grpc_addr: SocketAddr,
-    /// Admin HTTP listen address: /healthz, /readyz, /metrics, /debug/*.
+    /// Admin HTTP listen address: /healthz, /readyz, /metrics, and /debug/* unless --debug-addr or
+    /// --debug-views=false. No authentication: see docs/operations.md (exposure).
     #[arg(long, env = "CLOUDMAP_MCP_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
+    /// Serve the debug views (/debug/*) on this address instead of --admin-addr (health, readiness and
+    /// metrics stay on --admin-addr), e.g. 127.0.0.1:15015 to keep them off the pod network.
+    #[arg(long, env = "CLOUDMAP_MCP_DEBUG_ADDR", value_name = "ADDR")]
+    pub debug_addr: Option<SocketAddr>,
+    /// Serve the debug views at all (`--debug-views=false`: /debug/* answers 404; health, readiness
+    /// and metrics stay).
+    #[arg(long, env = "CLOUDMAP_MCP_DEBUG_VIEWS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub debug_views: bool,
     /// Largest DiscoveryRequest accepted, in bytes.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,
@@ -222,10 +288,32 @@ pub struct ServeArgs {
     /// Most resource_names one request may carry.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_RESOURCE_NAMES", default_value_t = 10_000)]
     pub max_resource_names: usize,
-    /// A client that does not take a response within this time is disconnected.
+    /// A stream whose responses make no progress for this long (the client stopped reading, even in the
+    /// middle of a single response) is dropped together with its connection.
     #[arg(long, env = "CLOUDMAP_MCP_SEND_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub send_timeout: Duration,
-    /// HTTP/2 keepalive ping interval towards clients (istiod pings every 30s on its own).
+    /// Most gRPC connections open at once (handshakes included); more are closed on accept. Lowered
+    /// to fit the open-file limit. Default: ~100x a large istiod fleet (one connection per istiod), and
+    /// a few tens of MB at most if all are used.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A connection that has not completed TLS (when configured) and sent the HTTP/2 client preface
+    /// within this time is closed.
+    #[arg(long, env = "CLOUDMAP_MCP_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS); istiod opens one.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Most ADS streams open at once over all connections; more get RESOURCE_EXHAUSTED. Default: far
+    /// above any istiod fleet (one stream per istiod), and at most ~130 KB each while a client stalls.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_ADS_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_ads_streams: u32,
+    /// How often client activity (streams opened/closed/refused, connections refused, failed
+    /// handshakes) is summarized at info level when there was any; per-stream lines are at debug.
+    #[arg(long, env = "CLOUDMAP_MCP_ACTIVITY_LOG_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub activity_log_interval: Duration,
+    /// HTTP/2 keepalive ping interval towards clients (istiod pings every 30s on its own); also the
+    /// idle time before TCP keepalive probes.
     #[arg(long, env = "CLOUDMAP_MCP_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
     pub keepalive_interval: Duration,
     /// On SIGTERM, how long to wait for streams to close before exiting.
@@ -247,30 +335,6 @@ pub struct ServeArgs {
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub tls_reload_interval: Duration,
-}
-
-impl ServeArgs {
-    /// The TLS files, when TLS is configured.
-    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
-        Some(crate::tls::TlsFiles {
-            cert: self.tls_cert_file.clone()?,
-            key: self.tls_key_file.clone()?,
-            client_ca: self.tls_client_ca_file.clone(),
-            client_auth: self.tls_client_auth,
-        })
-    }
-
-    pub fn ads_config(&self) -> AdsConfig {
-        AdsConfig {
-            limits: Limits {
-                max_types: self.max_types_per_stream,
-                max_resource_names: self.max_resource_names,
-                ..Limits::default()
-            },
-            max_request_bytes: self.max_request_bytes,
-            send_timeout: self.send_timeout,
-        }
-    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod proto;
 pub mod source;
 pub mod tls;

@@ -1,11 +1,18 @@
 use anyhow::Context;
-use clap::Parser;
 use cloudmap_mcp::config::{Cli, Command, LogFormat, RenderArgs};
 use cloudmap_mcp::{app, source, translate};
 
+/// The level filter when RUST_LOG is unset: info, except the HTTP/2 stack's own warnings about
+/// misbehaving connections (one line per connection a client breaks): they are counted in
+/// `cloudmap_mcp_http2_connection_errors_total` and logged by the server at debug.
+const DEFAULT_FILTER: &str = "info,h2=error,hyper=error";
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
+    // Colour codes only on a terminal, never into files or pipes.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
@@ -29,13 +36,17 @@ async fn shutdown_signal() {
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
-    let opts = args.translate.options().map_err(anyhow::Error::msg).context("invalid options")?;
+    let opts = app::settings::translate_options(&args.translate).map_err(anyhow::Error::msg).context("invalid options")?;
     let snapshot = match (&args.source.registry_file, args.source.cloudmap.enabled) {
-        (Some(_), true) => anyhow::bail!("--registry-file and --cloudmap exclude each other: give one"),
-        (None, false) => anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap"),
+        (Some(_), true) => {
+            anyhow::bail!("--registry-file and --cloudmap exclude each other: give one")
+        }
+        (None, false) => {
+            anyhow::bail!("render needs a source: give --registry-file FILE or --cloudmap")
+        }
         (Some(path), false) => source::file::load(path)?,
         (None, true) => {
-            let settings = source::cloudmap::Settings::from_args(&args.source.cloudmap, opts.health_filter)?;
+            let settings = app::settings::cloudmap_settings(&args.source.cloudmap, opts.health_filter)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             rt.block_on(source::cloudmap::sync_once(settings, 3))?
         }
@@ -49,7 +60,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     init_logging(cli.log_format);
     match cli.command {
         Command::Render(args) => render(&args),

@@ -8,19 +8,49 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Every type URL istiod is known to ask for; anything else is counted as `other` so a client cannot
-/// grow the metric set without bound.
-pub fn type_label(type_url: &str) -> String {
-    const KNOWN_PREFIXES: &[&str] =
-        &["networking.istio.io/", "security.istio.io/", "telemetry.istio.io/", "extensions.istio.io/", "core/v1alpha1/"];
-    if type_url.len() <= 96
-        && KNOWN_PREFIXES.iter().any(|p| type_url.starts_with(p))
-        && type_url.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.'))
-    {
-        type_url.to_string()
-    } else {
-        "other".to_string()
-    }
+/// Config kinds istiod asks a config source for (every Istio version since 1.13), and MeshConfig.
+/// These are the only `type_url` label values; anything else a client sends is counted as `other`,
+/// so clients cannot grow the set of metric series.
+pub const KNOWN_TYPE_URLS: &[&str] = &[
+    "core/v1alpha1/MeshConfig",
+    "networking.istio.io/v1/DestinationRule",
+    "networking.istio.io/v1beta1/DestinationRule",
+    "networking.istio.io/v1alpha3/DestinationRule",
+    "networking.istio.io/v1alpha3/EnvoyFilter",
+    "networking.istio.io/v1/Gateway",
+    "networking.istio.io/v1beta1/Gateway",
+    "networking.istio.io/v1alpha3/Gateway",
+    "networking.istio.io/v1beta1/ProxyConfig",
+    "networking.istio.io/v1/ServiceEntry",
+    "networking.istio.io/v1beta1/ServiceEntry",
+    "networking.istio.io/v1alpha3/ServiceEntry",
+    "networking.istio.io/v1/Sidecar",
+    "networking.istio.io/v1beta1/Sidecar",
+    "networking.istio.io/v1alpha3/Sidecar",
+    "networking.istio.io/v1/VirtualService",
+    "networking.istio.io/v1beta1/VirtualService",
+    "networking.istio.io/v1alpha3/VirtualService",
+    "networking.istio.io/v1/WorkloadEntry",
+    "networking.istio.io/v1beta1/WorkloadEntry",
+    "networking.istio.io/v1alpha3/WorkloadEntry",
+    "networking.istio.io/v1/WorkloadGroup",
+    "networking.istio.io/v1beta1/WorkloadGroup",
+    "networking.istio.io/v1alpha3/WorkloadGroup",
+    "security.istio.io/v1/AuthorizationPolicy",
+    "security.istio.io/v1beta1/AuthorizationPolicy",
+    "security.istio.io/v1/PeerAuthentication",
+    "security.istio.io/v1beta1/PeerAuthentication",
+    "security.istio.io/v1/RequestAuthentication",
+    "security.istio.io/v1beta1/RequestAuthentication",
+    "telemetry.istio.io/v1/Telemetry",
+    "telemetry.istio.io/v1alpha1/Telemetry",
+    "extensions.istio.io/v1alpha1/TrafficExtension",
+    "extensions.istio.io/v1alpha1/WasmPlugin",
+];
+
+/// The `type_url` label value of a type URL: itself when known, else `other`.
+pub fn type_label(type_url: &str) -> &'static str {
+    KNOWN_TYPE_URLS.iter().find(|k| **k == type_url).copied().unwrap_or("other")
 }
 
 pub struct Metrics {
@@ -46,6 +76,16 @@ pub struct Metrics {
     pub source_last_success: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub ready: Gauge,
     pub tls_handshake_errors: Counter,
+    pub streams_refused: Counter,
+    pub streams_closed: Counter,
+    pub connections_accepted: Family<Labels, Counter>,
+    pub connections_open: Family<Labels, Gauge>,
+    pub connections_refused: Family<Labels, Counter>,
+    pub connections_evicted: Family<Labels, Counter>,
+    pub handshake_errors: Family<Labels, Counter>,
+    pub handshake_timeouts: Family<Labels, Counter>,
+    pub accept_errors: Family<Labels, Counter>,
+    pub http2_connection_errors: Counter,
 }
 
 impl Metrics {
@@ -73,6 +113,16 @@ impl Metrics {
             source_last_success: Family::default(),
             ready: Gauge::default(),
             tls_handshake_errors: Counter::default(),
+            streams_refused: Counter::default(),
+            streams_closed: Counter::default(),
+            connections_accepted: Family::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
+            connections_evicted: Family::default(),
+            handshake_errors: Family::default(),
+            handshake_timeouts: Family::default(),
+            accept_errors: Family::default(),
+            http2_connection_errors: Counter::default(),
         };
         macro_rules! reg {
             ($name:expr, $help:expr, Box::new($m:expr) $(,)?) => {
@@ -120,8 +170,72 @@ impl Metrics {
             Box::new(m.source_last_success.clone()),
         );
         reg!("ready", "1 once the first complete snapshot is served", Box::new(m.ready.clone()));
-        reg!("tls_handshake_errors", "TLS handshakes on the gRPC listener that failed or timed out", Box::new(m.tls_handshake_errors.clone()));
+        reg!("tls_handshake_errors", "TLS handshakes on the gRPC listener that failed", Box::new(m.tls_handshake_errors.clone()));
+        reg!(
+            "xds_streams_refused",
+            "ADS streams refused with RESOURCE_EXHAUSTED because --max-ads-streams were open",
+            Box::new(m.streams_refused.clone()),
+        );
+        reg!("xds_streams_closed", "ADS streams ended (for any reason)", Box::new(m.streams_closed.clone()));
+        reg!("connections_accepted", "Connections accepted, by listener", Box::new(m.connections_accepted.clone()));
+        reg!("connections_open", "Connections open now (handshakes included), by listener", Box::new(m.connections_open.clone()));
+        reg!(
+            "connections_refused",
+            "Connections closed on accept because the listener's connection cap was reached, by listener",
+            Box::new(m.connections_refused.clone()),
+        );
+        reg!(
+            "connections_evicted",
+            "Connections still in their handshake closed to make room for a new connection at the cap, by listener",
+            Box::new(m.connections_evicted.clone()),
+        );
+        reg!(
+            "handshake_errors",
+            "Connections closed because their handshake failed (TLS error, not HTTP/2), by listener",
+            Box::new(m.handshake_errors.clone()),
+        );
+        reg!(
+            "handshake_timeouts",
+            "Connections closed because their handshake (TLS, HTTP/2 preface) did not complete in time, by listener",
+            Box::new(m.handshake_timeouts.clone()),
+        );
+        reg!("accept_errors", "Failed accept() calls (e.g. out of file descriptors), by listener", Box::new(m.accept_errors.clone()));
+        reg!(
+            "http2_connection_errors",
+            "gRPC connections that ended with an HTTP/2 or I/O error (protocol errors, too many resets, reset sockets)",
+            Box::new(m.http2_connection_errors.clone()),
+        );
         m
+    }
+
+    /// The counters of one listener (`grpc`, `admin`) for [`crate::net::incoming`].
+    pub fn listener(&self, name: &'static str) -> crate::net::ListenerMetrics {
+        let l = vec![("listener", name.to_string())];
+        crate::net::ListenerMetrics {
+            accepted: self.connections_accepted.get_or_create(&l).clone(),
+            open: self.connections_open.get_or_create(&l).clone(),
+            refused: self.connections_refused.get_or_create(&l).clone(),
+            evicted: self.connections_evicted.get_or_create(&l).clone(),
+            handshake_errors: self.handshake_errors.get_or_create(&l).clone(),
+            handshake_timeouts: self.handshake_timeouts.get_or_create(&l).clone(),
+            accept_errors: self.accept_errors.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Totals of client activity on the gRPC listener, for the periodic summary line.
+    pub fn activity(&self) -> Activity {
+        let g = self.listener("grpc");
+        Activity {
+            streams_opened: self.streams_total.get(),
+            streams_closed: self.streams_closed.get(),
+            streams_refused: self.streams_refused.get(),
+            connections_accepted: g.accepted.get(),
+            connections_refused: g.refused.get() + g.evicted.get(),
+            handshake_errors: g.handshake_errors.get(),
+            handshake_timeouts: g.handshake_timeouts.get(),
+            accept_errors: g.accept_errors.get(),
+            http2_errors: self.http2_connection_errors.get(),
+        }
     }
 
     pub fn source_loaded(&self, source: &'static str) {
@@ -136,6 +250,73 @@ impl Metrics {
     }
 
     pub fn by_type(family: &Family<Labels, Counter>, type_url: &str) -> Counter {
-        family.get_or_create(&vec![("type_url", type_label(type_url))]).clone()
+        family.get_or_create(&vec![("type_url", type_label(type_url).to_string())]).clone()
+    }
+}
+
+/// Counts of client activity (see [`Metrics::activity`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub streams_opened: u64,
+    pub streams_closed: u64,
+    pub streams_refused: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub handshake_errors: u64,
+    pub handshake_timeouts: u64,
+    pub accept_errors: u64,
+    pub http2_errors: u64,
+}
+
+impl Activity {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Activity) -> Activity {
+        Activity {
+            streams_opened: self.streams_opened.saturating_sub(earlier.streams_opened),
+            streams_closed: self.streams_closed.saturating_sub(earlier.streams_closed),
+            streams_refused: self.streams_refused.saturating_sub(earlier.streams_refused),
+            connections_accepted: self.connections_accepted.saturating_sub(earlier.connections_accepted),
+            connections_refused: self.connections_refused.saturating_sub(earlier.connections_refused),
+            handshake_errors: self.handshake_errors.saturating_sub(earlier.handshake_errors),
+            handshake_timeouts: self.handshake_timeouts.saturating_sub(earlier.handshake_timeouts),
+            accept_errors: self.accept_errors.saturating_sub(earlier.accept_errors),
+            http2_errors: self.http2_errors.saturating_sub(earlier.http2_errors),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Activity::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_labels_are_the_known_kinds_and_everything_else_is_other() {
+        assert_eq!(type_label("networking.istio.io/v1/ServiceEntry"), "networking.istio.io/v1/ServiceEntry");
+        assert_eq!(type_label("core/v1alpha1/MeshConfig"), "core/v1alpha1/MeshConfig");
+        for bad in ["networking.istio.io/v1/Made1", "networking.istio.io/v9/ServiceEntry", "", "x\ny", "other"] {
+            assert_eq!(type_label(bad), "other", "{bad:?}");
+        }
+        for k in crate::cache::SERVICE_ENTRY_TYPE_URLS {
+            assert_eq!(type_label(k), *k, "every ServiceEntry kind served is known");
+        }
+    }
+
+    #[test]
+    fn a_label_flood_adds_one_series() {
+        let mut r = Registry::default();
+        let m = Metrics::register(&mut r);
+        for i in 0..5000 {
+            Metrics::by_type(&m.acks, &format!("networking.istio.io/v1/Kind{i}")).inc();
+        }
+        Metrics::by_type(&m.acks, "networking.istio.io/v1/ServiceEntry").inc();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        let series: Vec<_> = out.lines().filter(|l| l.starts_with("cloudmap_mcp_xds_acks_total{")).collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert!(out.contains(r#"cloudmap_mcp_xds_acks_total{type_url="other"} 5000"#));
     }
 }

@@ -11,15 +11,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Whether clients must present a certificate (only with a client CA).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -103,69 +102,67 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
-/// Accepts TCP connections on `listener`, completes TLS handshakes (at most `handshake_timeout` each)
-/// and yields the TLS streams. The files are checked every `reload_interval`; a changed, valid set
-/// replaces the configuration for new connections, an invalid one is logged and the old one kept.
-/// Ends when `stop` turns true.
-pub fn incoming(
-    listener: TcpListener,
-    files: TlsFiles,
-    initial: Arc<ServerConfig>,
-    reload_interval: Duration,
+/// The TLS handshake of the gRPC listener (a [`crate::net::Handshake`]), with the certificate files
+/// checked every `reload_interval`: a changed, valid set replaces the configuration for new
+/// connections, an invalid one is logged and the old one kept. The reload task ends when `stop`
+/// turns true. Failed handshakes are counted in `handshake_errors` (the listener logs them at debug).
+#[derive(Clone)]
+pub struct TlsHandshake {
+    acceptor: Arc<RwLock<TlsAcceptor>>,
     handshake_errors: Counter,
-    mut stop: watch::Receiver<bool>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(initial)));
-    tokio::spawn(async move {
-        let mut seen = fingerprint(&files);
-        let mut tick = tokio::time::interval(reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = crate::util::until_true(&mut stop) => return,
-                _ = tick.tick() => {
-                    let now = fingerprint(&files);
-                    if now != seen {
-                        seen = now;
-                        match load(&files) {
-                            Ok(cfg) => {
-                                *acceptor.write().expect("acceptor lock") = TlsAcceptor::from(cfg);
-                                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
-                            }
-                            Err(e) => tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous certificate"),
-                        }
+}
+
+impl TlsHandshake {
+    pub fn reloading(
+        files: TlsFiles,
+        initial: Arc<ServerConfig>,
+        reload_interval: Duration,
+        handshake_errors: Counter,
+        mut stop: watch::Receiver<bool>,
+    ) -> TlsHandshake {
+        let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(initial)));
+        let shared = acceptor.clone();
+        tokio::spawn(async move {
+            let mut seen = fingerprint(&files);
+            let mut tick = tokio::time::interval(reload_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = crate::util::until_true(&mut stop) => return,
+                    _ = tick.tick() => {}
+                }
+                let now = fingerprint(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match load(&files) {
+                    Ok(cfg) => {
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(cfg);
+                        tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS files changed but cannot be used; keeping the previous certificate")
                     }
                 }
-                accepted = listener.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let acceptor = acceptor.read().expect("acceptor lock").clone();
-                    let tx = tx.clone();
-                    let errors = handshake_errors.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => { let _ = tx.send(Ok(tls)).await; }
-                            Ok(Err(e)) => {
-                                errors.inc();
-                                tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => {
-                                errors.inc();
-                                tracing::info!(%peer, "TLS handshake timed out");
-                            }
-                        }
-                    });
-                }
             }
+        });
+        TlsHandshake { acceptor, handshake_errors }
+    }
+}
+
+impl crate::net::Handshake for TlsHandshake {
+    type Io = TlsStream<TcpStream>;
+
+    fn handshake(&self, tcp: TcpStream, _peer: std::net::SocketAddr) -> impl std::future::Future<Output = io::Result<Self::Io>> + Send {
+        let acceptor = self.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let errors = self.handshake_errors.clone();
+        async move {
+            let r = acceptor.accept(tcp).await;
+            if r.is_err() {
+                errors.inc();
+            }
+            r
         }
-    });
-    ReceiverStream::new(rx)
+    }
 }

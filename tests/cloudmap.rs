@@ -16,38 +16,10 @@ use common::moto::Moto;
 use common::proxy::{self, Action, Proxy};
 use common::seed::Seed;
 use common::server::{metric, Server};
-use common::{eventually, init};
+use common::{args, eventually, init, FAST};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Short intervals so tests run in seconds.
-const FAST: &[&str] = &[
-    "--istio-namespace",
-    "istio-system",
-    "--resync-interval",
-    "1s",
-    "--revision-poll-interval",
-    "200ms",
-    "--revision-poll-max-interval",
-    "400ms",
-    "--instances-refresh-interval",
-    "1s",
-    "--health-refresh-interval",
-    "300ms",
-];
-
-/// `base` with `extra` (flag, value pairs) overriding or added.
-fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = base.to_vec();
-    for pair in extra.chunks(2) {
-        match v.iter().position(|a| *a == pair[0]) {
-            Some(i) => v[i + 1] = pair[1],
-            None => v.extend_from_slice(pair),
-        }
-    }
-    v
-}
 
 /// No resync and no refresh while a test runs: every call is a revision poll or the read it triggers.
 const POLLS_ONLY: &[&str] = &["--resync-interval", "1h", "--instances-refresh-interval", "1h"];

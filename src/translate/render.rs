@@ -49,10 +49,18 @@ pub fn yaml(entries: &[ServiceEntry]) -> String {
     out
 }
 
-/// A Kubernetes `List` of the ServiceEntries as JSON.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    items: Vec<Object<'a>>,
+}
+
+/// A Kubernetes `List` of the ServiceEntries as JSON. Serialized straight from the entries (no
+/// intermediate JSON tree: at 10,000 services that tree is several times the output).
 pub fn json(entries: &[ServiceEntry]) -> String {
-    let items: Vec<_> = entries.iter().map(object).collect();
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let list = List { api_version: "v1", kind: "List", items: entries.iter().map(object).collect() };
     serde_json::to_string_pretty(&list).expect("ServiceEntry serializes") + "\n"
 }
 

@@ -3,8 +3,10 @@
 //! never holds a copy of a whole response. Requests are decoded by tonic with prost.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
@@ -25,8 +27,60 @@ pub fn control_plane_field() -> Bytes {
 
 /// Most bytes of resources copied into one chunk of a response body. The transport asks for the next
 /// chunk only when it has room for it (HTTP/2 flow control), so a stream holds a chunk or two of its
-/// own, whatever the size of the state it sends.
-pub const CHUNK: usize = 64 * 1024;
+/// own, whatever the size of the state it sends. One HTTP/2 DATA frame at the default frame size:
+/// a client that stops reading pins about this much per stream (measured in RELIABILITY.md).
+pub const CHUNK: usize = 16 * 1024;
+
+/// How a stream's responses are moving out, shared by its task and its [`ResponseBody`]: the
+/// responses queued and not yet fully handed to the transport, and when the transport last took
+/// something. The transport asks the body for a chunk only when the client's flow-control window
+/// and the send buffer have room, so a client that stops reading stops the clock, even when a
+/// single response (of any size) is in flight.
+#[derive(Debug)]
+pub struct Progress {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last progress.
+    last: AtomicU64,
+    outstanding: AtomicUsize,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { origin: Instant::now(), last: AtomicU64::new(0), outstanding: AtomicUsize::new(0) }
+    }
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.last.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A response is about to be queued for the body.
+    pub fn queued(&self) {
+        if self.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.touch();
+        }
+    }
+
+    fn written(&self) {
+        self.touch();
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether a response is queued or being written.
+    pub fn busy(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) > 0
+    }
+
+    /// How long nothing moved while a response was outstanding (zero when none is).
+    pub fn stalled_for(&self) -> Duration {
+        if !self.busy() {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
 
 /// The HTTP body of one ADS stream: every [`Outgoing`] becomes one gRPC message written in chunks
 /// of about [`CHUNK`] bytes straight from the shared pre-encoded resources (no per-stream copy of the
@@ -37,12 +91,15 @@ pub struct ResponseBody {
     control_plane: Bytes,
     writing: Option<Writing>,
     ended: bool,
+    progress: Arc<Progress>,
 }
 
 impl ResponseBody {
-    /// `rx`: the responses; `done`: the final status when the stream ends with an error (OK when dropped).
-    pub fn new(rx: mpsc::Receiver<Outgoing>, done: oneshot::Receiver<Status>, control_plane: Bytes) -> Self {
-        ResponseBody { rx, done, control_plane, writing: None, ended: false }
+    /// `rx`: the responses; `done`: the final status when the stream ends with an error (OK when
+    /// dropped); `progress`: updated as chunks are handed out (the stream task calls
+    /// [`Progress::queued`] for each response it sends on `rx`).
+    pub fn new(rx: mpsc::Receiver<Outgoing>, done: oneshot::Receiver<Status>, control_plane: Bytes, progress: Arc<Progress>) -> Self {
+        ResponseBody { rx, done, control_plane, writing: None, ended: false, progress }
     }
 
     fn trailers(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
@@ -129,9 +186,11 @@ impl http_body::Body for ResponseBody {
             }
             if let Some(w) = &mut this.writing {
                 if let Some(chunk) = w.next_chunk() {
+                    this.progress.touch();
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 this.writing = None;
+                this.progress.written();
             }
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(o)) => match Writing::new(&o, &this.control_plane) {
@@ -214,11 +273,7 @@ mod tests {
     async fn body_writes_each_response_as_one_grpc_message_in_bounded_chunks() {
         let cp = control_plane_field();
         // Small resources (copied together), one at the chunk size (sent as it is), an empty state.
-        let sends = [
-            outgoing(&[100; 2000], "1"),
-            outgoing(&[10, CHUNK, 10, CHUNK + 7, 5], "2"),
-            outgoing(&[], "3"),
-        ];
+        let sends = [outgoing(&[100; 2000], "1"), outgoing(&[10, CHUNK, 10, CHUNK + 7, 5], "2"), outgoing(&[], "3")];
         let (tx, rx) = mpsc::channel(8);
         let (done_tx, done_rx) = oneshot::channel::<Status>();
         for o in &sends {
@@ -226,7 +281,7 @@ mod tests {
         }
         // The stream task ends without an error: both its senders go.
         drop((tx, done_tx));
-        let (chunks, trailers) = drain(ResponseBody::new(rx, done_rx, cp.clone())).await;
+        let (chunks, trailers) = drain(ResponseBody::new(rx, done_rx, cp.clone(), Arc::default())).await;
         assert_eq!(trailers.get("grpc-status").unwrap(), "0");
         for c in &chunks {
             assert!(c.len() <= CHUNK + 64, "chunk of {} bytes", c.len());
@@ -257,9 +312,36 @@ mod tests {
         tx.send(outgoing(&[3], "1")).await.unwrap();
         done_tx.send(Status::deadline_exceeded("client did not read responses in time")).unwrap();
         drop(tx);
-        let (chunks, trailers) = drain(ResponseBody::new(rx, done_rx, control_plane_field())).await;
+        let (chunks, trailers) = drain(ResponseBody::new(rx, done_rx, control_plane_field(), Arc::default())).await;
         assert!(!chunks.is_empty());
         assert_eq!(trailers.get("grpc-status").unwrap(), &(tonic::Code::DeadlineExceeded as i32).to_string());
         assert!(trailers.get("grpc-message").is_some());
+    }
+
+    #[tokio::test]
+    async fn progress_stops_while_the_transport_takes_nothing_and_clears_when_written() {
+        let progress = Arc::new(Progress::default());
+        let (tx, rx) = mpsc::channel(1);
+        let (_done_tx, done_rx) = oneshot::channel();
+        let mut body = ResponseBody::new(rx, done_rx, control_plane_field(), progress.clone());
+        assert!(!progress.busy());
+        assert_eq!(progress.stalled_for(), Duration::ZERO);
+        // One response of several chunks; the transport takes the first chunk, then nothing.
+        progress.queued();
+        tx.send(outgoing(&[1000; 3 * CHUNK / 1000], "1")).await.unwrap();
+        let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await.unwrap().unwrap();
+        assert!(first.is_data());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(progress.busy());
+        assert!(progress.stalled_for() >= Duration::from_millis(100), "{:?}", progress.stalled_for());
+        // Taking a chunk is progress.
+        let _ = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await.unwrap().unwrap();
+        assert!(progress.stalled_for() < Duration::from_millis(100));
+        // Draining the response (the next poll waits for another) leaves nothing outstanding.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        while let Poll::Ready(Some(Ok(_))) = Pin::new(&mut body).poll_frame(&mut cx) {}
+        assert!(!progress.busy());
+        assert_eq!(progress.stalled_for(), Duration::ZERO);
     }
 }

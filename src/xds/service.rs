@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
@@ -20,7 +20,12 @@ use super::codec;
 use super::stream::{Action, Limits, Outgoing, RequestBudget, StreamState, TypeState};
 use crate::cache::ResourceRx;
 use crate::metrics::Metrics;
+use crate::net::http2::CloseConnection;
 use crate::proto::DiscoveryRequest;
+use crate::util::LogLimiter;
+
+/// Least time between two warnings of the same kind that clients can trigger.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -32,13 +37,21 @@ pub struct AdsConfig {
     pub limits: Limits,
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
-    /// A client that has not taken a response within this time is dropped.
+    /// A stream whose responses make no progress for this long (the client stopped reading) is
+    /// dropped with its connection, even when a single response is in flight.
     pub send_timeout: Duration,
+    /// Most ADS streams open at once, over all connections; more are refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
 }
 
 impl Default for AdsConfig {
     fn default() -> Self {
-        AdsConfig { limits: Limits::default(), max_request_bytes: 4 * 1024 * 1024, send_timeout: Duration::from_secs(60) }
+        AdsConfig {
+            limits: Limits::default(),
+            max_request_bytes: 4 * 1024 * 1024,
+            send_timeout: Duration::from_secs(60),
+            max_streams: 1000,
+        }
     }
 }
 
@@ -63,6 +76,14 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
     control_plane: Bytes,
+    /// One permit per open stream (`max_streams`).
+    slots: Arc<Semaphore>,
+    /// Warnings a client can cause once per stream, at most one line per interval each.
+    refused_log: LogLimiter,
+    bad_request_log: LogLimiter,
+    slow_log: LogLimiter,
+    throttled_log: LogLimiter,
+    nack_log: LogLimiter,
 }
 
 /// The ADS gRPC service (add it to a tonic `Server`).
@@ -85,10 +106,16 @@ impl AdsServer {
                 snapshots,
                 metrics,
                 clients,
-                config,
                 shutdown,
                 next_id: AtomicU64::new(1),
                 control_plane: codec::control_plane_field(),
+                slots: Arc::new(Semaphore::new(config.max_streams)),
+                refused_log: LogLimiter::new(WARN_EVERY),
+                bad_request_log: LogLimiter::new(WARN_EVERY),
+                slow_log: LogLimiter::new(WARN_EVERY),
+                throttled_log: LogLimiter::new(WARN_EVERY),
+                nack_log: LogLimiter::new(WARN_EVERY),
+                config,
             }),
         }
     }
@@ -143,12 +170,26 @@ fn sotw(inner: Arc<Inner>, req: http::Request<Body>) -> http::Response<Body> {
         req.map(|body| Streaming::new_request(tonic_prost::ProstDecoder::<DiscoveryRequest>::default(), body, None, Some(max))),
     );
     let peer = req.remote_addr();
+    let Ok(slot) = inner.slots.clone().try_acquire_owned() else {
+        inner.metrics.streams_refused.inc();
+        let max = inner.config.max_streams;
+        if let Some(suppressed) = inner.refused_log.allow() {
+            tracing::warn!(peer = ?peer, max_ads_streams = max, suppressed, "ADS stream limit reached; refusing new streams");
+        }
+        return Status::resource_exhausted(format!(
+            "cloudmap-mcp already serves {max} ADS streams (--max-ads-streams); retry later or against another replica"
+        ))
+        .into_http();
+    };
+    let closer = req.extensions().get::<CloseConnection>().cloned();
     let (tx, rx) = mpsc::channel(1);
     let (done_tx, done_rx) = oneshot::channel::<Status>();
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("ads", stream = id, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
-    let body = codec::ResponseBody::new(rx, done_rx, inner.control_plane.clone());
-    tokio::spawn(run_stream(inner, id, peer, req.into_inner(), tx, done_tx).instrument(span));
+    let progress = Arc::new(codec::Progress::default());
+    let body = codec::ResponseBody::new(rx, done_rx, inner.control_plane.clone(), progress.clone());
+    let stream = Stream { id, peer, slot, progress, closer };
+    tokio::spawn(run_stream(inner, stream, req.into_inner(), tx, done_tx).instrument(span));
     let mut resp = http::Response::new(Body::new(body));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     resp
@@ -157,17 +198,35 @@ fn sotw(inner: Arc<Inner>, req: http::Request<Body>) -> http::Response<Body> {
 /// Longest a stream's entry in [`Clients`] lags behind its state.
 const REGISTRY_REFRESH: Duration = Duration::from_millis(50);
 
+/// What a stream task owns besides its channels.
+struct Stream {
+    id: u64,
+    peer: Option<SocketAddr>,
+    /// Its place under `max_streams`, given back when the task ends.
+    slot: OwnedSemaphorePermit,
+    progress: Arc<codec::Progress>,
+    /// Its connection, to drop with a client that stopped reading.
+    closer: Option<CloseConnection>,
+}
+
 /// Removes the stream from the registry and the gauge however the task ends.
 struct StreamGuard {
     id: u64,
     inner: Arc<Inner>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.inner.clients.remove(&self.id);
         self.inner.metrics.streams_connected.dec();
+        self.inner.metrics.streams_closed.inc();
     }
+}
+
+/// How often a busy stream checks that its responses still move: a quarter of the send timeout.
+fn watchdog_period(send_timeout: Duration) -> Duration {
+    (send_timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(5))
 }
 
 enum End {
@@ -181,8 +240,7 @@ enum End {
 
 async fn run_stream(
     inner: Arc<Inner>,
-    id: u64,
-    peer: Option<SocketAddr>,
+    stream: Stream,
     mut inbound: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Outgoing>,
     done: oneshot::Sender<Status>,
@@ -190,11 +248,11 @@ async fn run_stream(
     let m = inner.metrics.clone();
     m.streams_total.inc();
     m.streams_connected.inc();
-    let _guard = StreamGuard { id, inner: inner.clone() };
-    let connected_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let mut info = ClientInfo { stream_id: id, node_id: None, peer: peer.map(|p| p.to_string()), connected_at, types: BTreeMap::new() };
+    let Stream { id, peer, slot, progress, closer } = stream;
+    let _guard = StreamGuard { id, inner: inner.clone(), _slot: slot };
+    let connected_at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let mut info =
+        ClientInfo { stream_id: id, node_id: None, peer: peer.map(|p| p.to_string()), connected_at, types: BTreeMap::new() };
     inner.clients.insert(id, info.clone());
     tracing::debug!("stream opened");
 
@@ -207,7 +265,9 @@ async fn run_stream(
         let cp = inner.control_plane.len();
         let timeout = inner.config.send_timeout;
         let mut shutdown = inner.shutdown.clone();
+        let progress = progress.clone();
         async move {
+            progress.queued();
             let bytes = codec::encoded_len(&o, &[]) + cp;
             let (type_url, serial, version) = (o.type_url.clone(), o.serial, o.body.version.clone());
             // A shutdown does not wait for a client that is slow to take its response.
@@ -236,10 +296,18 @@ async fn run_stream(
     let mut budget = RequestBudget::new(&inner.config.limits, std::time::Instant::now());
     let mut read_after: Option<tokio::time::Instant> = None;
     let mut throttled = false;
+    let mut watchdog = tokio::time::interval(watchdog_period(inner.config.send_timeout));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = 'outer: loop {
         tokio::select! {
             biased;
             _ = crate::util::until_true(&mut shutdown) => break End::Shutdown,
+            _ = watchdog.tick(), if progress.busy() => {
+                if progress.stalled_for() >= inner.config.send_timeout {
+                    break End::SlowClient;
+                }
+                continue;
+            }
             // Snapshots before requests: a client flooding requests cannot delay its own pushes.
             changed = snaps.changed() => {
                 if changed.is_err() { break End::Shutdown; }
@@ -273,10 +341,13 @@ async fn run_stream(
                     if !throttled {
                         throttled = true;
                         m.throttled_streams.inc();
-                        tracing::warn!(
-                            limit = inner.config.limits.max_requests_per_second,
-                            "client sends requests faster than the per-stream bound; reading them at that rate"
-                        );
+                        if let Some(suppressed) = inner.throttled_log.allow() {
+                            tracing::warn!(
+                                limit = inner.config.limits.max_requests_per_second,
+                                suppressed,
+                                "client sends requests faster than the per-stream bound; reading them at that rate"
+                            );
+                        }
                     }
                 }
                 let had_node = state.node_id().is_some();
@@ -286,7 +357,7 @@ async fn run_stream(
                     if let Some(node) = state.node_id() {
                         tracing::Span::current().record("node", node);
                         info.node_id = Some(node.to_string());
-                        tracing::info!(node, "client connected");
+                        tracing::debug!(node, "client connected");
                     }
                 }
                 let t = req.type_url.as_str();
@@ -302,7 +373,9 @@ async fn run_stream(
                     }
                     Ok(Action::Nack { version, message }) => {
                         Metrics::by_type(&m.nacks, t).inc();
-                        tracing::warn!(type_url = t, version, error = message, "client rejected a response (NACK); not resending");
+                        if let Some(suppressed) = inner.nack_log.allow() {
+                            tracing::warn!(type_url = t, version, error = message, suppressed, "client rejected a response (NACK); not resending");
+                        }
                     }
                     Ok(Action::Stale { nonce }) => {
                         Metrics::by_type(&m.stale_requests, t).inc();
@@ -318,35 +391,50 @@ async fn run_stream(
 
     let reason = match end {
         End::ClientClosed => {
-            tracing::info!("client closed the stream");
+            tracing::debug!("client closed the stream");
             None
         }
         End::ClientError(s) => {
             // Decode failures (oversized or malformed requests) surface here: tell the client why.
             if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::Internal | tonic::Code::InvalidArgument) {
-                tracing::warn!(code = ?s.code(), message = s.message(), "unreadable request; ending stream");
+                if let Some(suppressed) = inner.bad_request_log.allow() {
+                    tracing::warn!(code = ?s.code(), message = s.message(), suppressed, "unreadable request; ending stream");
+                }
             } else {
-                tracing::info!(code = ?s.code(), message = s.message(), "stream ended by the client or transport");
+                tracing::debug!(code = ?s.code(), message = s.message(), "stream ended by the client or transport");
             }
             let _ = done.send(s);
             Some("client_error")
         }
         End::BadRequest(s) => {
-            tracing::warn!(code = ?s.code(), message = s.message(), "bad request; ending stream");
+            if let Some(suppressed) = inner.bad_request_log.allow() {
+                tracing::warn!(code = ?s.code(), message = s.message(), suppressed, "bad request; ending stream");
+            }
             let _ = done.send(s);
             Some("bad_request")
         }
         End::SlowClient => {
-            tracing::warn!(timeout = ?inner.config.send_timeout, "client did not take a response in time; dropping the stream");
+            if let Some(suppressed) = inner.slow_log.allow() {
+                tracing::warn!(
+                    timeout = ?inner.config.send_timeout,
+                    suppressed,
+                    "client took no response data for the send timeout; dropping its connection"
+                );
+            }
             let _ = done.send(Status::deadline_exceeded("client did not read responses in time; stream dropped"));
+            // The response in flight waits in the connection's buffers, which only the client can
+            // drain: closing the connection frees them.
+            if let Some(c) = &closer {
+                c.close();
+            }
             Some("slow_client")
         }
         End::Gone => {
-            tracing::info!("client went away");
+            tracing::debug!("client went away");
             None
         }
         End::Shutdown => {
-            tracing::info!("server shutting down; closing stream");
+            tracing::debug!("server shutting down; closing stream");
             let _ = done.send(Status::unavailable("cloudmap-mcp is shutting down; reconnect"));
             None
         }

@@ -50,3 +50,31 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Short intervals so tests run in seconds.
+pub const FAST: &[&str] = &[
+    "--istio-namespace",
+    "istio-system",
+    "--resync-interval",
+    "1s",
+    "--revision-poll-interval",
+    "200ms",
+    "--revision-poll-max-interval",
+    "400ms",
+    "--instances-refresh-interval",
+    "1s",
+    "--health-refresh-interval",
+    "300ms",
+];
+
+/// `base` with `extra` (flag, value pairs) overriding or added.
+pub fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = base.to_vec();
+    for pair in extra.chunks(2) {
+        match v.iter().position(|a| *a == pair[0]) {
+            Some(i) => v[i + 1] = pair[1],
+            None => v.extend_from_slice(pair),
+        }
+    }
+    v
+}

@@ -46,6 +46,7 @@ READ_ONLY_ACTIONS = {
     "servicediscovery:GetService",
     "servicediscovery:DiscoverInstances",
     "servicediscovery:DiscoverInstancesRevision",
+    "servicediscovery:GetServiceAttributes",
 }
 
 
@@ -514,10 +515,14 @@ def check_kustomize(kubectl: str | None, known: set[str]) -> None:
 # istiod snippets, IAM, Dockerfile, docs
 # ---------------------------------------------------------------------------------------------
 
-def config_sources(doc: dict) -> list[dict] | None:
+def config_mesh(doc: dict) -> dict | None:
     if doc.get("kind") == "IstioOperator":
-        return doc.get("spec", {}).get("meshConfig", {}).get("configSources")
-    return doc.get("meshConfig", {}).get("configSources")
+        return doc.get("spec", {}).get("meshConfig")
+    return doc.get("meshConfig")
+
+
+def config_sources(doc: dict) -> list[dict] | None:
+    return (config_mesh(doc) or {}).get("configSources")
 
 
 def check_istio(cert_dns_names: list[str] | None) -> None:
@@ -561,17 +566,16 @@ def check_istio(cert_dns_names: list[str] | None) -> None:
                             f"{sans} vs {cert_dns_names}")
                 host = xds[0]["address"][len("xds://"):].rsplit(":", 1)[0]
                 R.check(f"{rel}: address host is a SAN or the sni", host in sans or host == tls.get("sni"))
-        elif "tcp-vips" in f.stem:
-            env = (doc.get("pilot") or {}).get("env") or {}
-            R.check(f"{rel}: PILOT_ENABLE_IP_AUTOALLOCATE false", str(env.get("PILOT_ENABLE_IP_AUTOALLOCATE")).lower() == "false")
-            pm = doc.get("meshConfig", {}).get("defaultConfig", {}).get("proxyMetadata", {})
-            R.check(f"{rel}: DNS capture and auto-allocation on sidecars",
-                    pm.get("ISTIO_META_DNS_CAPTURE") == "true" and pm.get("ISTIO_META_DNS_AUTO_ALLOCATE") == "true")
         else:
             R.check(f"{rel}: plaintext (no tlsSettings)", tls is None)
+        pm = ((config_mesh(doc) or {}).get("defaultConfig") or {}).get("proxyMetadata") or {}
+        R.check(f"{rel}: DNS capture on sidecars", pm.get("ISTIO_META_DNS_CAPTURE") == "true", str(pm))
+        R.check(f"{rel}: no reliance on istiod's deprecated VIP allocator",
+                "ISTIO_META_DNS_AUTO_ALLOCATE" not in pm
+                and "PILOT_ENABLE_IP_AUTOALLOCATE" not in str((doc.get("pilot") or {}).get("env") or {}))
     R.check("deploy/istio covers IstioOperator, Helm values and TLS", {"IstioOperator", "helm-values", "tls"} <= kinds, str(kinds))
     readme = (ISTIO / "README.md").read_text()
-    R.check("deploy/istio/README.md explains PILOT_ENABLE_IP_AUTOALLOCATE", "PILOT_ENABLE_IP_AUTOALLOCATE" in readme)
+    R.check("deploy/istio/README.md explains DNS capture", "ISTIO_META_DNS_CAPTURE" in readme)
 
 
 def check_iam() -> None:

@@ -61,6 +61,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// With `--debug-addr`: where the debug views are served.
+    pub debug: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -71,7 +73,20 @@ impl ServerProcess {
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_limited(args, env, None)
+    }
+
+    /// Like [`Self::start_env`], with the open-file limit (soft and hard) set to `open_files`.
+    pub fn start_limited(args: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> ServerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"));
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            let rl = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+            // SAFETY: setrlimit is async-signal-safe and touches only this (forked) process.
+            unsafe {
+                cmd.pre_exec(move || if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+            }
+        }
         cmd.args(["--log-format", "json", "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info,cloudmap_mcp=debug")
@@ -79,7 +94,12 @@ impl ServerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
-            cmd.env(k, v);
+            // An empty value removes the variable (e.g. RUST_LOG: the binary's default filter).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut child = cmd.spawn().expect("start cloudmap-mcp");
         let stderr = child.stderr.take().unwrap();
@@ -106,7 +126,8 @@ impl ServerProcess {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let grpc = v["grpc_addr"].as_str().unwrap().parse().unwrap();
         let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
-        ServerProcess { child, grpc, admin, logs }
+        let debug = v["debug_views"].as_str().and_then(|a| a.parse().ok());
+        ServerProcess { child, grpc, admin, debug, logs }
     }
 
     pub fn logs(&self) -> String {
@@ -130,6 +151,16 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// A `/proc/PID/status` figure in KiB, e.g. `VmRSS` or `VmHWM`.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
     }
@@ -142,10 +173,32 @@ impl Drop for ServerProcess {
     }
 }
 
+/// (VmRSS, VmHWM) of a process, in KiB, from /proc.
+pub fn proc_mem(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// GET over plain HTTP/1.0; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_within(addr, path, Duration::from_secs(10))
+}
+
+/// [`http_get`] with a read timeout.
+pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();

@@ -36,6 +36,7 @@ pub enum Op {
     GetService,
     DiscoverInstances,
     DiscoverInstancesRevision,
+    GetServiceAttributes,
 }
 
 impl Op {
@@ -46,6 +47,7 @@ impl Op {
             Op::GetService => "GetService",
             Op::DiscoverInstances => "DiscoverInstances",
             Op::DiscoverInstancesRevision => "DiscoverInstancesRevision",
+            Op::GetServiceAttributes => "GetServiceAttributes",
         }
     }
 }
@@ -190,6 +192,24 @@ fn strip_data_prefix(uri: &str) -> Option<String> {
 
 fn env_set(name: &str) -> bool {
     std::env::var(name).map(|v| !v.trim().is_empty()).unwrap_or(false)
+}
+
+/// The Cloud Map endpoint the client will use, and where it comes from, for the startup log: the
+/// flag, else the SDK's environment variables (service-specific first), else the AWS default.
+pub fn endpoint_description(cfg: &ClientConfig) -> String {
+    describe_endpoint(cfg.endpoint_url.as_deref(), |name| std::env::var(name).ok())
+}
+
+fn describe_endpoint(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    if let Some(url) = flag {
+        return format!("{url} (--aws-endpoint-url)");
+    }
+    for name in ["AWS_ENDPOINT_URL_SERVICEDISCOVERY", "AWS_ENDPOINT_URL"] {
+        if let Some(url) = env(name).filter(|v| !v.trim().is_empty()) {
+            return format!("{url} ({name})");
+        }
+    }
+    "(AWS default for the region)".to_string()
 }
 
 /// Builds the SDK client from the standard AWS configuration chain (env, profile, web identity,
@@ -367,7 +387,9 @@ impl Api {
                 })
                 .await?;
             for ns in page.namespaces() {
-                let (Some(id), Some(name)) = (ns.id(), ns.name()) else { continue };
+                let (Some(id), Some(name)) = (ns.id(), ns.name()) else {
+                    continue;
+                };
                 let kind = match ns.r#type() {
                     Some(aws::NamespaceType::Http) => NamespaceType::Http,
                     Some(aws::NamespaceType::DnsPrivate) => NamespaceType::DnsPrivate,
@@ -435,7 +457,9 @@ impl Api {
                 })
                 .await?;
             for s in page.services() {
-                let (Some(id), Some(name)) = (s.id(), s.name()) else { continue };
+                let (Some(id), Some(name)) = (s.id(), s.name()) else {
+                    continue;
+                };
                 out.push(ServiceSummary {
                     id: id.to_string(),
                     name: name.to_string(),
@@ -474,6 +498,17 @@ impl Api {
             create_date: ts(s.create_date()),
             health_checked: s.health_check_config().is_some() || s.health_check_custom_config().is_some(),
         })
+    }
+
+    /// The service-level attributes of a service (GetServiceAttributes; `id` is its id or ARN).
+    pub async fn get_service_attributes(&self, id: &str) -> Result<BTreeMap<String, String>, ApiError> {
+        let out =
+            self.call(Op::GetServiceAttributes, id, || self.client.get_service_attributes().service_id(id).send()).await?;
+        Ok(out
+            .service_attributes()
+            .and_then(|a| a.attributes())
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     /// Every instance of a service (`MaxResults=1000`), with the configured HealthStatus filter.
@@ -527,7 +562,11 @@ impl Api {
         }
         duplicates.sort();
         duplicates.dedup();
-        Ok(Discovered { instances: by_id.into_values().collect::<Vec<_>>().into(), revision: out.instances_revision(), duplicates })
+        Ok(Discovered {
+            instances: by_id.into_values().collect::<Vec<_>>().into(),
+            revision: out.instances_revision(),
+            duplicates,
+        })
     }
 
     pub async fn discover_revision(
@@ -554,6 +593,27 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_startup_line_names_the_endpoint_in_use_and_where_it_comes_from() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(describe_endpoint(None, env(&[])), "(AWS default for the region)");
+        assert_eq!(describe_endpoint(None, env(&[("AWS_ENDPOINT_URL", "")])), "(AWS default for the region)");
+        assert_eq!(describe_endpoint(None, env(&[("AWS_ENDPOINT_URL", "http://a")])), "http://a (AWS_ENDPOINT_URL)");
+        assert_eq!(
+            describe_endpoint(
+                None,
+                env(&[("AWS_ENDPOINT_URL", "http://a"), ("AWS_ENDPOINT_URL_SERVICEDISCOVERY", "http://sd")])
+            ),
+            "http://sd (AWS_ENDPOINT_URL_SERVICEDISCOVERY)"
+        );
+        assert_eq!(
+            describe_endpoint(Some("http://f"), env(&[("AWS_ENDPOINT_URL", "http://a")])),
+            "http://f (--aws-endpoint-url)"
+        );
+    }
 
     #[test]
     fn data_prefix_is_stripped_once() {

@@ -1,12 +1,8 @@
 //! `/debug/cloudmap`: what the poller knows, per namespace and service, as JSON.
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use bytes::Bytes;
 
 use super::budget::BudgetConfig;
 use super::poller::{rfc3339, ErrorRecord, Poller, ResyncReport};
@@ -22,6 +18,8 @@ pub struct DebugView {
     pub last_complete_sync: Option<String>,
     pub sync_age_seconds: Option<f64>,
     pub last_resync: Option<ResyncReport>,
+    /// GetServiceAttributes denied (IAM policy without it): services are served without their attributes.
+    pub service_attributes_denied: Option<ErrorRecord>,
     pub removal_guard: GuardView,
     pub settings: SettingsView,
     /// Selected namespaces sharing a name with an older one, which is served instead.
@@ -45,6 +43,7 @@ pub struct SettingsView {
     pub revision_poll_max_interval_ms: u64,
     pub instances_refresh_interval_ms: u64,
     pub health_refresh_interval_ms: u64,
+    pub service_attributes_refresh_interval_ms: u64,
     pub health_filter: &'static str,
     pub budget: BudgetConfig,
     pub selection: SelectionView,
@@ -93,6 +92,10 @@ pub struct ServiceView {
     pub skipped_instances: Vec<SkippedView>,
     pub removal_held: bool,
     pub last_error: Option<ErrorRecord>,
+    /// Service-level attributes (GetServiceAttributes), as served.
+    pub attributes: BTreeMap<String, String>,
+    pub attributes_read: Option<String>,
+    pub attributes_error: Option<ErrorRecord>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -149,6 +152,9 @@ pub(super) fn view(p: &Poller) -> DebugView {
             skipped_instances: skipped,
             removal_held: e.removal_held,
             last_error: e.last_error.clone(),
+            attributes: e.attributes.values.clone(),
+            attributes_read: e.attributes.read_at.map(rfc3339),
+            attributes_error: e.attributes.last_error.clone(),
         });
     }
     DebugView {
@@ -159,6 +165,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
         last_resync: st.last_resync.clone(),
+        service_attributes_denied: st.attributes.denied.clone(),
         removal_guard: GuardView {
             max_removal_ratio: s.max_removal_ratio,
             confirmations_required: s.removal_confirmations,
@@ -171,6 +178,7 @@ pub(super) fn view(p: &Poller) -> DebugView {
             revision_poll_max_interval_ms: s.revision_poll_max_interval.as_millis() as u64,
             instances_refresh_interval_ms: s.instances_refresh_interval.as_millis() as u64,
             health_refresh_interval_ms: s.health_refresh_interval.as_millis() as u64,
+            service_attributes_refresh_interval_ms: s.attributes_refresh_interval.as_millis() as u64,
             health_filter: s.health.as_str(),
             budget: s.budget,
             selection: s.selection.view(),
@@ -184,21 +192,15 @@ pub(super) fn view(p: &Poller) -> DebugView {
     }
 }
 
-#[derive(Clone)]
-struct DebugState {
-    poller: Arc<Poller>,
-    snapshots: ResourceRx,
-}
+/// Where the view is served (the admin server routes it through its debug-view cache).
+pub const PATH: &str = "/debug/cloudmap";
 
-/// The `/debug/cloudmap` route, to merge into the admin router. Instances the translation skipped
-/// (no usable address, bad port) are joined in from the served snapshot.
-pub fn router(poller: Arc<Poller>, snapshots: ResourceRx) -> Router {
-    Router::new().route("/debug/cloudmap", get(handler)).with_state(DebugState { poller, snapshots })
-}
-
-async fn handler(State(s): State<DebugState>) -> Response {
-    let mut view = s.poller.debug_view();
-    if let Some(snap) = s.snapshots.borrow().clone() {
+/// The `/debug/cloudmap` body: the poller's view, with the instances the translation skipped (no
+/// usable address, bad port) joined in from the served snapshot.
+pub fn render_json(poller: &Poller, snapshots: &ResourceRx) -> Bytes {
+    let mut view = poller.debug_view();
+    let snap = snapshots.borrow().clone();
+    if let Some(snap) = snap {
         let mut by_service: BTreeMap<ServiceRef, Vec<SkippedView>> = BTreeMap::new();
         for n in snap.notes.iter() {
             if let Some(id) = &n.instance {
@@ -217,5 +219,7 @@ async fn handler(State(s): State<DebugState>) -> Response {
             }
         }
     }
-    axum::Json(view).into_response()
+    let mut out = serde_json::to_vec(&view).expect("debug view serializes");
+    out.push(b'\n');
+    Bytes::from(out)
 }

@@ -24,6 +24,8 @@ pub struct CloudMapMetrics {
     pub budget_wait_seconds: Counter<f64, AtomicU64>,
     pub resyncs: Family<Labels, Counter>,
     pub instance_reads: Family<Labels, Counter>,
+    pub attribute_reads: Family<Labels, Counter>,
+    pub attributes_denied: Gauge,
     pub namespaces: Gauge,
     pub services: Gauge,
     pub instances: Gauge,
@@ -70,6 +72,8 @@ impl CloudMapMetrics {
             budget_wait_seconds: Counter::default(),
             resyncs: Family::default(),
             instance_reads: Family::default(),
+            attribute_reads: Family::default(),
+            attributes_denied: Gauge::default(),
             namespaces: Gauge::default(),
             services: Gauge::default(),
             instances: Gauge::default(),
@@ -109,6 +113,16 @@ impl CloudMapMetrics {
             "DiscoverInstances reads of one service, by reason: new (never read, re-created, or failed before; by a resync), revision (the revision moved), refresh (the periodic safety net), health (health-checked services)",
             m.instance_reads.clone(),
         );
+        r.register(
+            "cloudmap_mcp_cloudmap_service_attribute_reads",
+            "GetServiceAttributes reads of one service, by reason: new (with its first instances), refresh (every --service-attributes-refresh-interval), event (an UpdateServiceAttributes event)",
+            m.attribute_reads.clone(),
+        );
+        r.register(
+            "cloudmap_mcp_cloudmap_service_attributes_denied",
+            "1 while GetServiceAttributes is denied (IAM policy without servicediscovery:GetServiceAttributes): services are served without their service attributes",
+            m.attributes_denied.clone(),
+        );
         r.register("cloudmap_mcp_cloudmap_namespaces", "Cloud Map namespaces selected", m.namespaces.clone());
         r.register("cloudmap_mcp_cloudmap_services", "Cloud Map services known with instance data", m.services.clone());
         r.register("cloudmap_mcp_cloudmap_instances", "Cloud Map instances known", m.instances.clone());
@@ -147,6 +161,10 @@ impl CloudMapMetrics {
 
     pub fn instance_read(&self, reason: &'static str) {
         self.instance_reads.get_or_create(&vec![("reason", reason.to_string())]).inc();
+    }
+
+    pub fn attribute_read(&self, reason: &'static str) {
+        self.attribute_reads.get_or_create(&vec![("reason", reason.to_string())]).inc();
     }
 
     pub fn set_held_back(&self, reason: &'static str, n: usize) {

@@ -4,6 +4,7 @@
 //!   custom endpoint) and the [`client::Api`] wrapper every call goes through.
 //! - [`budget`]: the shared API budget (token bucket with jitter, concurrency limit) and backoff.
 //! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules.
+//! - [`attributes`]: service-level attributes (GetServiceAttributes) and when they are re-read.
 //! - [`select`]: namespace and service selection.
 //! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families.
 //!
@@ -13,12 +14,12 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 
-use crate::config::CloudMapArgs;
 use crate::metrics::Metrics;
 use crate::model::Snapshot;
 use crate::source::{self, SnapshotRx};
 use crate::translate::HealthFilter;
 
+pub mod attributes;
 pub mod budget;
 pub mod client;
 pub mod debug;
@@ -44,9 +45,13 @@ pub enum CloudMapError {
     SyncFailed { attempts: u32, errors: String },
 }
 
-/// Everything the Cloud Map source needs, validated.
+/// Everything one Cloud Map source needs, validated (built by the composition root from the
+/// command line).
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The source's name: a label value in metrics, logs and debug views ([`DEFAULT_SOURCE_NAME`]
+    /// for the single-source flags).
+    pub name: String,
     pub client: ClientConfig,
     pub selection: Selection,
     /// DiscoverInstances' HealthStatus filter (the translation's health filter).
@@ -59,64 +64,23 @@ pub struct Settings {
     /// Longest time a service's instances go without a read (safety net under the revision).
     pub instances_refresh_interval: Duration,
     pub health_refresh_interval: Duration,
+    /// How often each service's attributes are re-read (UpdateServiceAttributes moves no revision).
+    pub attributes_refresh_interval: Duration,
     pub budget: BudgetConfig,
     pub max_attempts: u32,
     pub max_removal_ratio: f64,
     pub removal_confirmations: u32,
 }
 
-impl Settings {
-    pub fn from_args(a: &CloudMapArgs, health: HealthFilter) -> Result<Self, CloudMapError> {
-        for (flag, d) in [
-            ("--resync-interval", a.resync_interval),
-            ("--revision-poll-interval", a.revision_poll_interval),
-            ("--revision-poll-max-interval", a.revision_poll_max_interval),
-            ("--instances-refresh-interval", a.instances_refresh_interval),
-            ("--health-refresh-interval", a.health_refresh_interval),
-            ("--aws-call-timeout", a.aws_call_timeout),
-        ] {
-            if d < Duration::from_millis(10) {
-                return Err(CloudMapError::Config(format!("{flag} must be at least 10ms")));
-            }
-        }
-        if a.revision_poll_max_interval < a.revision_poll_interval {
-            return Err(CloudMapError::Config(format!(
-                "--revision-poll-max-interval ({}) must be at least --revision-poll-interval ({})",
-                humantime::format_duration(a.revision_poll_max_interval),
-                humantime::format_duration(a.revision_poll_interval)
-            )));
-        }
-        if let Some(url) = &a.aws_endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(CloudMapError::Config(format!(
-                    "--aws-endpoint-url {url:?} must start with http:// or https://"
-                )));
-            }
-        }
-        Ok(Settings {
-            client: ClientConfig {
-                region: a.aws_region.clone().filter(|r| !r.is_empty()),
-                endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
-                call_timeout: a.aws_call_timeout,
-            },
-            selection: Selection::new(
-                &a.include_namespaces,
-                &a.exclude_namespaces,
-                &a.include_services,
-                &a.exclude_services,
-                &a.namespace_types,
-            )?,
-            health,
-            resync_interval: a.resync_interval,
-            revision_poll_interval: a.revision_poll_interval,
-            revision_poll_max_interval: a.revision_poll_max_interval,
-            instances_refresh_interval: a.instances_refresh_interval,
-            health_refresh_interval: a.health_refresh_interval,
-            budget: BudgetConfig { rate: a.aws_api_rate, burst: a.aws_api_burst, concurrency: a.aws_api_concurrency },
-            max_attempts: a.aws_max_attempts,
-            max_removal_ratio: a.max_removal_ratio,
-            removal_confirmations: a.removal_confirmations,
-        })
+/// The source name of the single-source flags (`--cloudmap` without `--sources-file`).
+pub const DEFAULT_SOURCE_NAME: &str = "default";
+
+/// Checks an endpoint URL setting (`what` names it in the error).
+pub fn check_endpoint_url(what: &str, url: &str) -> Result<(), CloudMapError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(CloudMapError::Config(format!("{what} {url:?} must start with http:// or https://")))
     }
 }
 
@@ -148,12 +112,13 @@ pub async fn start(
 ) -> Result<CloudMapSource, CloudMapError> {
     tracing::info!(
         region = settings.client.region.as_deref().unwrap_or("(from the AWS configuration)"),
-        endpoint = settings.client.endpoint_url.as_deref().unwrap_or("(default)"),
+        endpoint = %client::endpoint_description(&settings.client),
         resync_interval = ?settings.resync_interval,
         revision_poll_interval = ?settings.revision_poll_interval,
         revision_poll_max_interval = ?settings.revision_poll_max_interval,
         instances_refresh_interval = ?settings.instances_refresh_interval,
         health_refresh_interval = ?settings.health_refresh_interval,
+        attributes_refresh_interval = ?settings.attributes_refresh_interval,
         api_rate = settings.budget.rate,
         "starting the Cloud Map source; nothing is served until the first complete sync"
     );
@@ -177,38 +142,4 @@ pub async fn sync_once(settings: Settings, attempts: u32) -> Result<Snapshot, Cl
     }
     let errors = poller.lock().last_resync.as_ref().map(|r| r.errors.join("; ")).unwrap_or_default();
     Err(CloudMapError::SyncFailed { attempts, errors })
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-    use crate::config::{Cli, Command};
-
-    fn settings(flags: &[&str]) -> Result<Settings, CloudMapError> {
-        let argv = [&["cloudmap-mcp", "serve", "--cloudmap"], flags].concat();
-        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
-        Settings::from_args(&args.source.cloudmap, HealthFilter::HealthyOrElseAll)
-    }
-
-    #[test]
-    fn poll_intervals_default_adaptive_and_are_validated() {
-        let s = settings(&[]).unwrap();
-        assert_eq!(s.revision_poll_interval, Duration::from_secs(5));
-        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(60));
-        assert_eq!(s.instances_refresh_interval, Duration::from_secs(300));
-        // max = base: constant polling.
-        let s = settings(&["--revision-poll-max-interval", "5s"]).unwrap();
-        assert_eq!(s.revision_poll_max_interval, s.revision_poll_interval);
-
-        let e = settings(&["--revision-poll-interval", "10s", "--revision-poll-max-interval", "5s"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("--revision-poll-max-interval (5s)") && e.contains("--revision-poll-interval (10s)"), "{e}");
-        for flag in ["--revision-poll-max-interval", "--instances-refresh-interval"] {
-            let e = settings(&["--revision-poll-interval", "10ms", flag, "5ms"]).unwrap_err().to_string();
-            assert!(e.contains(&format!("{flag} must be at least 10ms")), "{e}");
-        }
-    }
 }

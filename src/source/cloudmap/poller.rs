@@ -31,6 +31,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::attributes::{self, ServiceAttributes};
 use super::budget::{backoff, doubled, jittered};
 use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary};
 use super::debug::{self, DebugView};
@@ -57,7 +58,7 @@ pub struct ErrorRecord {
 }
 
 impl ErrorRecord {
-    fn new(error: ApiError) -> Self {
+    pub(super) fn new(error: ApiError) -> Self {
         ErrorRecord { at: now_rfc3339(), error }
     }
 }
@@ -102,6 +103,8 @@ pub(super) struct SvcEntry {
     /// The model form of this service in the last published snapshot, reused by the next one
     /// while nothing in it changed (snapshots then share it, and the resource cache skips it).
     pub published: Option<Arc<model::Service>>,
+    /// Service-level attributes (GetServiceAttributes; see `attributes.rs`).
+    pub attributes: ServiceAttributes,
 }
 
 impl SvcEntry {
@@ -205,12 +208,14 @@ pub(super) struct State {
     pub last_resync: Option<ResyncReport>,
     /// Namespaces ignored because another selected namespace has the same name: (name, kept id, ignored id).
     pub collisions: Vec<(String, String, String)>,
+    /// Whether GetServiceAttributes is denied.
+    pub attributes: attributes::Access,
     seq: u64,
-    dirty: bool,
+    pub(super) dirty: bool,
 }
 
 impl State {
-    fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
     }
@@ -231,6 +236,7 @@ impl State {
                             && p.id.as_deref() == Some(e.id.as_str())
                             && p.arn == e.arn
                             && p.create_date == e.create_date
+                            && p.attributes == e.attributes.values
                             && (Arc::ptr_eq(&p.instances, &d.instances) || p.instances == d.instances)
                     });
                     let service = match current {
@@ -249,7 +255,7 @@ impl State {
                                 id: Some(e.id.clone()),
                                 arn: e.arn.clone(),
                                 create_date: e.create_date,
-                                attributes: Default::default(),
+                                attributes: e.attributes.values.clone(),
                                 instances,
                             })
                         }
@@ -299,7 +305,7 @@ pub struct Poller {
     pub(super) api: Api,
     pub(super) settings: Settings,
     pub(super) state: Mutex<State>,
-    tx: SnapshotTx,
+    pub(super) tx: SnapshotTx,
     pub(super) metrics: Arc<CloudMapMetrics>,
     core: Option<Arc<Metrics>>,
     publish: Notify,
@@ -329,8 +335,13 @@ impl Poller {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn concurrency(&self) -> usize {
+    pub(super) fn concurrency(&self) -> usize {
         self.settings.budget.concurrency.max(1) as usize
+    }
+
+    /// Something changed outside the poll loop: publish (debounced).
+    pub(super) fn notify_changed(&self) {
+        self.publish.notify_one();
     }
 
     pub fn debug_view(&self) -> DebugView {
@@ -364,6 +375,7 @@ impl Poller {
         }
         tokio::spawn(self.clone().poll_loop());
         tokio::spawn(self.clone().publish_loop());
+        tokio::spawn(self.clone().attributes_loop());
         // Start to start: a resync that takes long does not push the next one back.
         let mut next = Instant::now() + jittered(self.settings.resync_interval, 0.05);
         loop {
@@ -582,6 +594,7 @@ impl Poller {
                         next_poll: now + self.settings.revision_poll_interval.mul_f64(rand::random::<f64>()),
                         next_health: now,
                         published: None,
+                        attributes: Default::default(),
                     }
                 });
                 let id_changed = entry.id != l.id;
@@ -615,7 +628,11 @@ impl Poller {
         // 6. Instances of those services. One bad service never blocks the others.
         stream::iter(to_discover)
             .map(|(key, http_name, owner, seq)| async move {
-                let r = self.api.discover_instances(&http_name, &key.1, owner.as_deref()).await;
+                // Attributes first, so that a new service is never published without them.
+                let ((), r) = tokio::join!(
+                    self.read_attributes_if_new(&key),
+                    self.api.discover_instances(&http_name, &key.1, owner.as_deref())
+                );
                 self.apply_discovered(&key, seq, r, Read::New);
             })
             .buffer_unordered(self.concurrency())
@@ -1000,7 +1017,7 @@ fn log_instance_changes(key: &SvcKey, old: Option<&Discovered>, new: &Discovered
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -1017,8 +1034,9 @@ mod tests {
     }
 
     /// The default settings, changed by `f`.
-    fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
+    pub(in crate::source::cloudmap) fn poller_with(f: impl FnOnce(&mut Settings)) -> Poller {
         let mut settings = Settings {
+            name: "test".into(),
             client: ClientConfig::default(),
             selection: Selection::default(),
             health: HealthFilter::HealthyOrElseAll,
@@ -1027,6 +1045,7 @@ mod tests {
             revision_poll_max_interval: Duration::from_secs(60),
             instances_refresh_interval: Duration::from_secs(300),
             health_refresh_interval: Duration::from_secs(15),
+            attributes_refresh_interval: Duration::from_secs(300),
             budget: BudgetConfig { rate: 100.0, burst: 10, concurrency: 4 },
             max_attempts: 3,
             max_removal_ratio: 0.5,
@@ -1077,10 +1096,11 @@ mod tests {
             next_poll: now,
             next_health: now,
             published: None,
+            attributes: Default::default(),
         }
     }
 
-    fn state_with(n: usize) -> State {
+    pub(in crate::source::cloudmap) fn state_with(n: usize) -> State {
         let mut st = State::default();
         st.namespaces.insert(
             "ns".into(),
@@ -1105,7 +1125,7 @@ mod tests {
         st
     }
 
-    fn keys(v: &[usize]) -> Vec<SvcKey> {
+    pub(in crate::source::cloudmap) fn keys(v: &[usize]) -> Vec<SvcKey> {
         v.iter().map(|i| ("ns".to_string(), format!("s{i}"))).collect()
     }
 

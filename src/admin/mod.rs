@@ -1,0 +1,223 @@
+//! Admin HTTP: health, readiness, Prometheus metrics and debug views.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/healthz` | 200 while the process runs |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason |
+//! | `/metrics` | Prometheus / OpenMetrics text |
+//! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
+//! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
+//! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
+//! | `/debug/cloudmap` | JSON, with `--cloudmap` only: per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
+//!
+//! [`health_router`] serves the first three, [`debug_router`] the debug views; the composition root
+//! puts them on one listener or two, or leaves the debug views out. Every debug view is rendered
+//! through one [`views::ViewCache`] (single flight, once per snapshot).
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+
+use crate::cache::ResourceRx;
+use crate::translate::render;
+use crate::xds::Clients;
+
+pub mod views;
+
+use views::{Freshness, View, ViewCache};
+
+/// State of `/healthz`, `/readyz` and `/metrics`.
+#[derive(Clone)]
+pub struct HealthState {
+    pub snapshots: ResourceRx,
+    pub registry: Arc<Registry>,
+}
+
+/// A live debug view provided by another module (e.g. `/debug/cloudmap`): a path and a function
+/// rendering its JSON body.
+#[derive(Clone)]
+pub struct ExtraView {
+    pub path: &'static str,
+    pub view: View,
+    pub render: Arc<dyn Fn() -> Bytes + Send + Sync>,
+}
+
+/// State of the debug views.
+#[derive(Clone)]
+pub struct DebugState {
+    pub snapshots: ResourceRx,
+    pub clients: Arc<Clients>,
+    pub cache: Arc<ViewCache>,
+}
+
+pub fn health_router(state: HealthState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+pub fn debug_router(state: DebugState, extra: Option<ExtraView>) -> Router {
+    let mut router = Router::new()
+        .route("/debug/serviceentries", get(serviceentries))
+        .route("/debug/rejected", get(rejected))
+        .route("/debug/clients", get(clients));
+    if let Some(x) = extra {
+        let cache = state.cache.clone();
+        router = router.route(
+            x.path,
+            get(move || {
+                let (cache, x) = (cache.clone(), x.clone());
+                async move {
+                    let render = x.render.clone();
+                    respond(
+                        cache.get(x.view, Freshness::Live, move || render()).await,
+                        "application/json",
+                    )
+                }
+            }),
+        );
+    }
+    router.with_state(state)
+}
+
+async fn readyz(State(s): State<HealthState>) -> Response {
+    match s.snapshots.borrow().as_ref() {
+        Some(snap) => (
+            StatusCode::OK,
+            format!(
+                "ready: {} ServiceEntries\n",
+                snap.service_entries.names.len()
+            ),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the source has not completed its first sync\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<HealthState>) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+fn respond(body: Result<Bytes, views::RenderError>, content_type: &'static str) -> Response {
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "debug view");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+fn json_bytes(value: &impl serde::Serialize) -> Bytes {
+    let mut out = serde_json::to_vec(value).expect("debug views serialize");
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+#[derive(serde::Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn serviceentries(State(s): State<DebugState>, Query(q): Query<FormatQuery>) -> Response {
+    let (format, view, content_type) = match q.format.as_deref() {
+        None | Some("yaml") => (
+            render::Format::Yaml,
+            View::ServiceEntriesYaml,
+            "application/yaml",
+        ),
+        Some("json") => (
+            render::Format::Json,
+            View::ServiceEntriesJson,
+            "application/json",
+        ),
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown format {other:?}: use yaml or json\n"),
+            )
+                .into_response()
+        }
+    };
+    let Some(snap) = s.snapshots.borrow().clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "# not ready: no snapshot yet\n",
+        )
+            .into_response();
+    };
+    // Translated again (the snapshot keeps only the encoded entries): at 10,000 services that is
+    // hundreds of milliseconds of CPU and tens of megabytes, hence once per snapshot.
+    let body = s
+        .cache
+        .get(view, Freshness::Snapshot(snap.serial), move || {
+            let t = snap.translation();
+            let mut body = render::render(&t.entries, format);
+            if format == render::Format::Yaml {
+                body.push_str(&render::report_comments(&t));
+            }
+            Bytes::from(body)
+        })
+        .await;
+    respond(body, content_type)
+}
+
+async fn rejected(State(s): State<DebugState>) -> Response {
+    let Some(snap) = s.snapshots.borrow().clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"error\":\"not ready\"}\n",
+        )
+            .into_response();
+    };
+    let body = s
+        .cache
+        .get(
+            View::Rejected,
+            Freshness::Snapshot(snap.serial),
+            move || {
+                json_bytes(&serde_json::json!({ "rejected": *snap.rejected, "notes": *snap.notes }))
+            },
+        )
+        .await;
+    respond(body, "application/json")
+}
+
+async fn clients(State(s): State<DebugState>) -> Response {
+    let clients = s.clients.clone();
+    let body = s
+        .cache
+        .get(View::Clients, Freshness::Live, move || {
+            let mut list: Vec<_> = clients.iter().map(|e| e.value().clone()).collect();
+            list.sort_by_key(|c| c.stream_id);
+            json_bytes(&list)
+        })
+        .await;
+    respond(body, "application/json")
+}

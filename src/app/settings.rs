@@ -1,0 +1,188 @@
+//! The composition root's half of configuration: turns the parsed command line ([`crate::config`],
+//! plain clap structs) into each module's own settings type, validating what clap cannot. No other
+//! module sees `config`.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::{CloudMapArgs, ServeArgs, TranslateArgs};
+use crate::source::cloudmap::{self, BudgetConfig, ClientConfig, CloudMapError, Selection};
+use crate::translate::{self, HealthFilter, HostTemplate};
+use crate::xds::{stream::Limits, AdsConfig};
+
+/// The translation options of `serve` and `render`.
+pub fn translate_options(a: &TranslateArgs) -> Result<translate::Options, String> {
+    let istio_namespace = a
+        .istio_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "istio-system".to_string());
+    translate::validate::dns_label(&istio_namespace).map_err(|e| format!("--istio-namespace: {e}"))?;
+    if let Some(rev) = &a.istio_revision {
+        translate::validate::label_value(rev).map_err(|e| format!("--istio-revision: {e}"))?;
+    }
+    for (k, v) in &a.labels {
+        translate::validate::label_key(k).map_err(|e| format!("--label {k}={v}: {e}"))?;
+        translate::validate::label_value(v).map_err(|e| format!("--label {k}={v}: {e}"))?;
+    }
+    Ok(translate::Options {
+        istio_namespace,
+        host_template: HostTemplate::new(&a.host_template)?,
+        health_filter: a.health_filter,
+        location: a.location,
+        revision: a.istio_revision.clone(),
+        labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        export_to: a.export_to.clone(),
+    })
+}
+
+/// The xDS server's limits.
+pub fn ads_config(a: &ServeArgs) -> AdsConfig {
+    AdsConfig {
+        limits: Limits {
+            max_types: a.max_types_per_stream,
+            max_resource_names: a.max_resource_names,
+            ..Limits::default()
+        },
+        max_request_bytes: a.max_request_bytes,
+        send_timeout: a.send_timeout,
+        max_streams: a.max_ads_streams as usize,
+    }
+}
+
+/// Limits of the gRPC listener.
+pub fn grpc_listener(a: &ServeArgs) -> crate::net::ListenerSettings {
+    crate::net::ListenerSettings {
+        name: "grpc",
+        max_connections: a.max_connections as usize,
+        handshake_timeout: a.handshake_timeout,
+        tcp_keepalive: Some(a.keepalive_interval),
+    }
+}
+
+/// HTTP/2 limits of each gRPC connection.
+pub fn http2(a: &ServeArgs) -> crate::net::http2::Http2Settings {
+    crate::net::http2::Http2Settings {
+        max_concurrent_streams: a.max_streams_per_connection,
+        // h2's default: more streams reset by the client before they were served → GOAWAY.
+        max_pending_accept_reset_streams: 20,
+        max_local_error_reset_streams: 1024,
+        keepalive_interval: Some(a.keepalive_interval),
+        keepalive_timeout: Duration::from_secs(20),
+        // One response chunk: the stream's body is asked for the next one when this drained.
+        max_send_buf_size: crate::xds::codec::CHUNK,
+        max_header_list_size: 16 * 1024,
+    }
+}
+
+/// The TLS files, when TLS is configured.
+pub fn tls_files(a: &ServeArgs) -> Option<crate::tls::TlsFiles> {
+    Some(crate::tls::TlsFiles {
+        cert: a.tls_cert_file.clone()?,
+        key: a.tls_key_file.clone()?,
+        client_ca: a.tls_client_ca_file.clone(),
+        client_auth: a.tls_client_auth,
+    })
+}
+
+/// The Cloud Map source's settings from the single-source flags (`--cloudmap`), validated.
+pub fn cloudmap_settings(a: &CloudMapArgs, health: HealthFilter) -> Result<cloudmap::Settings, CloudMapError> {
+    for (flag, d) in [
+        ("--resync-interval", a.resync_interval),
+        ("--revision-poll-interval", a.revision_poll_interval),
+        ("--revision-poll-max-interval", a.revision_poll_max_interval),
+        ("--instances-refresh-interval", a.instances_refresh_interval),
+        ("--health-refresh-interval", a.health_refresh_interval),
+        ("--service-attributes-refresh-interval", a.service_attributes_refresh_interval),
+        ("--aws-call-timeout", a.aws_call_timeout),
+    ] {
+        if d < Duration::from_millis(10) {
+            return Err(CloudMapError::Config(format!("{flag} must be at least 10ms")));
+        }
+    }
+    if a.revision_poll_max_interval < a.revision_poll_interval {
+        return Err(CloudMapError::Config(format!(
+            "--revision-poll-max-interval ({}) must be at least --revision-poll-interval ({})",
+            humantime::format_duration(a.revision_poll_max_interval),
+            humantime::format_duration(a.revision_poll_interval)
+        )));
+    }
+    if let Some(url) = &a.aws_endpoint_url {
+        cloudmap::check_endpoint_url("--aws-endpoint-url", url)?;
+    }
+    Ok(cloudmap::Settings {
+        name: cloudmap::DEFAULT_SOURCE_NAME.to_string(),
+        client: ClientConfig {
+            region: a.aws_region.clone().filter(|r| !r.is_empty()),
+            endpoint_url: a.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
+            call_timeout: a.aws_call_timeout,
+        },
+        selection: Selection::new(
+            &a.include_namespaces,
+            &a.exclude_namespaces,
+            &a.include_services,
+            &a.exclude_services,
+            &a.namespace_types,
+        )?,
+        health,
+        resync_interval: a.resync_interval,
+        revision_poll_interval: a.revision_poll_interval,
+        revision_poll_max_interval: a.revision_poll_max_interval,
+        instances_refresh_interval: a.instances_refresh_interval,
+        health_refresh_interval: a.health_refresh_interval,
+        attributes_refresh_interval: a.service_attributes_refresh_interval,
+        budget: BudgetConfig { rate: a.aws_api_rate, burst: a.aws_api_burst, concurrency: a.aws_api_concurrency },
+        max_attempts: a.aws_max_attempts,
+        max_removal_ratio: a.max_removal_ratio,
+        removal_confirmations: a.removal_confirmations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let argv = [&["cloudmap-mcp", "serve"], flags].concat();
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+        args
+    }
+
+    fn settings(flags: &[&str]) -> Result<cloudmap::Settings, CloudMapError> {
+        let args = serve_args(&[&["--cloudmap"], flags].concat());
+        cloudmap_settings(&args.source.cloudmap, HealthFilter::HealthyOrElseAll)
+    }
+
+    #[test]
+    fn poll_intervals_default_adaptive_and_are_validated() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.revision_poll_interval, Duration::from_secs(5));
+        assert_eq!(s.revision_poll_max_interval, Duration::from_secs(60));
+        assert_eq!(s.instances_refresh_interval, Duration::from_secs(300));
+        // max = base: constant polling.
+        let s = settings(&["--revision-poll-max-interval", "5s"]).unwrap();
+        assert_eq!(s.revision_poll_max_interval, s.revision_poll_interval);
+
+        let e = settings(&["--revision-poll-interval", "10s", "--revision-poll-max-interval", "5s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--revision-poll-max-interval (5s)") && e.contains("--revision-poll-interval (10s)"), "{e}");
+        for flag in ["--revision-poll-max-interval", "--instances-refresh-interval"] {
+            let e = settings(&["--revision-poll-interval", "10ms", flag, "5ms"]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{flag} must be at least 10ms")), "{e}");
+        }
+        let e = settings(&["--aws-endpoint-url", "localhost:4566"]).unwrap_err().to_string();
+        assert!(e.contains("--aws-endpoint-url \"localhost:4566\" must start with http://"), "{e}");
+    }
+
+    #[test]
+    fn labels_are_validated_when_options_are_built() {
+        let args = serve_args(&["--cloudmap", "--label", "team=a", "--label", "bad key=x"]);
+        let e = translate_options(&args.translate).unwrap_err();
+        assert!(e.starts_with("--label bad key=x:"), "{e}");
+        let args = serve_args(&["--cloudmap", "--label", "team=a"]);
+        assert_eq!(translate_options(&args.translate).unwrap().labels.get("team").map(String::as_str), Some("a"));
+    }
+}

@@ -1,0 +1,263 @@
+//! The admin server attacked like an outsider would, against the real binary: concurrent debug
+//! views at a large registry (memory bounded, istiod unaffected), the debug-view switches.
+//!
+//! `CLOUDMAP_MCP_ADMIN_SERVICES` (default 2,000 services × 10 instances) and
+//! `CLOUDMAP_MCP_ADMIN_REQUESTS` (default 20) scale the attack, e.g. to the 10,000.
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{http_get, http_get_within, AdsStream, ServerProcess};
+
+const SE_V1: &str = "networking.istio.io/v1/ServiceEntry";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `services` services (10 instances each) in one namespace, one line per instance.
+fn big_registry(services: usize) -> String {
+    let mut s =
+        String::from("namespaces:\n- name: big.example\n  type: DNS_PRIVATE\n  services:\n");
+    for n in 0..services {
+        s +=
+            &format!("  - name: app-{n}\n    createDate: '2024-02-01T00:00:00Z'\n    instances:\n");
+        for i in 0..10 {
+            s += &format!(
+                "    - {{id: inst-{i}, attributes: {{AWS_INSTANCE_IPV4: 10.{}.{}.{}, AWS_INSTANCE_PORT: '9000', track: t{i}, AVAILABILITY_ZONE: us-east-1a, REGION: us-east-1}}}}\n",
+                n / 200,
+                n % 200,
+                i + 1
+            );
+        }
+    }
+    s
+}
+
+fn metric(server: &ServerProcess, name: &str, labels: &str) -> f64 {
+    let (_, body) = http_get(server.admin, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Connects like istiod and waits for the full ServiceEntry state; returns how long it took.
+async fn full_answer(url: &str, services: usize) -> Duration {
+    let t0 = Instant::now();
+    let mut ads = AdsStream::connect(url).await;
+    ads.send(SE_V1, "", "").await;
+    let r = ads
+        .recv(Duration::from_secs(60))
+        .await
+        .expect("ServiceEntry response");
+    let took = t0.elapsed();
+    let names: BTreeSet<_> = support::service_entries(&r)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names.len(), services, "a full state");
+    took
+}
+
+fn wait_ready(server: &ServerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while http_get(server.admin, "/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready; logs:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_debug_views_at_a_large_registry_are_rendered_once() {
+    let services = env_usize("CLOUDMAP_MCP_ADMIN_SERVICES", 2_000);
+    let requests = env_usize("CLOUDMAP_MCP_ADMIN_REQUESTS", 20);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, big_registry(services)).unwrap();
+    let server = ServerProcess::start(&["--registry-file", path.to_str().unwrap()]);
+    wait_ready(&server);
+    let url = server.url();
+    let first = full_answer(&url, services).await;
+    let idle = server.status_kib("VmRSS");
+    println!(
+        "{services} services x 10: first full answer in {first:.2?}; server idle rss {idle} KiB"
+    );
+
+    // Sample the server's RSS every 10 ms during the attack.
+    let peak = Arc::new(AtomicU64::new(idle));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done, pid) = (peak.clone(), done.clone(), server.child.id());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
+                peak.fetch_max(rss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // `requests` at once: YAML, JSON and the rejected view, in that proportion 2:1:1.
+    let t0 = Instant::now();
+    let admin = server.admin;
+    let attackers: Vec<_> = (0..requests)
+        .map(|i| {
+            let path = [
+                "/debug/serviceentries",
+                "/debug/serviceentries?format=json",
+                "/debug/serviceentries",
+                "/debug/rejected",
+            ][i % 4];
+            std::thread::spawn(move || {
+                (path, http_get_within(admin, path, Duration::from_secs(300)))
+            })
+        })
+        .collect();
+    // A new istiod-like client during the attack still gets its full answer within 1 s.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = full_answer(&url, services).await;
+    let mut sizes = std::collections::BTreeMap::new();
+    for a in attackers {
+        let (path, (code, body)) = a.join().unwrap();
+        assert_eq!(code, 200, "{path}: {}", &body[..body.len().min(200)]);
+        sizes
+            .entry(path)
+            .or_insert_with(BTreeSet::new)
+            .insert(body.len());
+    }
+    let attack = t0.elapsed();
+    let after = full_answer(&url, services).await;
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    let hwm = server.status_kib("VmHWM");
+    println!(
+        "{requests} concurrent debug views answered in {attack:.2?}; body sizes {sizes:?}; server rss idle {idle} KiB, peak sampled {peak} KiB, VmHWM {hwm} KiB; istiod-like client answered in {during:.2?} during, {after:.2?} after"
+    );
+    for (path, lens) in &sizes {
+        assert_eq!(lens.len(), 1, "{path}: every request got the same body");
+    }
+    assert!(
+        sizes["/debug/serviceentries"].first().unwrap() > &(services * 500),
+        "the YAML holds every entry"
+    );
+    assert!(
+        peak <= 2 * idle,
+        "peak rss {peak} KiB > 2 x idle {idle} KiB"
+    );
+    assert!(
+        during < Duration::from_secs(1),
+        "a new client waited {during:?} during the attack"
+    );
+    assert!(
+        after < Duration::from_secs(1),
+        "a new client waited {after:?} after the attack"
+    );
+    // Rendered once per view and snapshot, everything else shared.
+    for view in ["serviceentries_yaml", "serviceentries_json", "rejected"] {
+        let renders = metric(
+            &server,
+            "cloudmap_mcp_debug_view_renders_total",
+            &format!("view=\"{view}\""),
+        );
+        assert_eq!(renders, 1.0, "{view} rendered once");
+    }
+    let shared = metric(&server, "cloudmap_mcp_debug_view_shared_total", "");
+    assert_eq!(
+        shared as usize,
+        requests - 3,
+        "the other requests shared a render"
+    );
+}
+
+/// A small registry for the switches below.
+fn small_server(extra: &[&str]) -> (tempfile::TempDir, ServerProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, big_registry(3)).unwrap();
+    let mut args = vec!["--registry-file", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(&args);
+    wait_ready(&server);
+    (dir, server)
+}
+
+const DEBUG_PATHS: &[&str] = &[
+    "/debug/serviceentries",
+    "/debug/serviceentries?format=json",
+    "/debug/rejected",
+    "/debug/clients",
+];
+
+#[test]
+fn debug_views_off_answer_404_while_health_readiness_and_metrics_stay() {
+    let (_dir, server) = small_server(&["--debug-views=false"]);
+    for p in DEBUG_PATHS {
+        assert_eq!(http_get(server.admin, p).0, 404, "{p}");
+    }
+    assert_eq!(http_get(server.admin, "/healthz").0, 200);
+    let (code, body) = http_get(server.admin, "/readyz");
+    assert_eq!((code, body.as_str()), (200, "ready: 3 ServiceEntries\n"));
+    assert!(http_get(server.admin, "/metrics")
+        .1
+        .contains("cloudmap_mcp_resources"));
+    assert!(
+        server.logs().contains("\"debug_views\":\"off\""),
+        "the startup line says so"
+    );
+}
+
+#[test]
+fn debug_addr_serves_the_debug_views_there_and_not_on_the_admin_address() {
+    let (_dir, server) = small_server(&["--debug-addr", "127.0.0.1:0"]);
+    let debug = server
+        .debug
+        .expect("the listening line names the debug address");
+    assert_ne!(debug, server.admin);
+    for p in DEBUG_PATHS {
+        assert_eq!(http_get(server.admin, p).0, 404, "{p} on the admin address");
+        assert_eq!(http_get(debug, p).0, 200, "{p} on the debug address");
+    }
+    assert!(http_get(debug, "/debug/serviceentries")
+        .1
+        .contains("app-2.big.example"));
+    for p in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(http_get(server.admin, p).0, 200, "{p} on the admin address");
+        assert_eq!(http_get(debug, p).0, 404, "{p} not on the debug address");
+    }
+}
+
+#[test]
+fn debug_addr_with_debug_views_off_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"))
+        .args([
+            "serve",
+            "--registry-file",
+            "/nonexistent",
+            "--debug-addr",
+            "127.0.0.1:0",
+            "--debug-views",
+            "false",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--debug-views=false turns off"), "{err}");
+}
