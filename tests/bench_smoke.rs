@@ -39,7 +39,8 @@ fn scale_bench_runs_at_tiny_size() {
     for r in &report.rows {
         assert_eq!(r.values.len(), cfg.sizes.len());
         for v in &r.values {
-            assert!(v.is_finite() && *v >= 0.0, "{}: {v}", r.label);
+            // A growth can be negative (istiod's garbage collector ran); everything else cannot.
+            assert!(v.is_finite() && (*v >= 0.0 || r.label.contains("growth")), "{}: {v}", r.label);
         }
         if r.unit == scale::Unit::Ratio {
             assert!(
