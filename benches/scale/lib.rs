@@ -21,6 +21,18 @@
 //! that load from other processes spreads over the three alike and the ratios stay meaningful.
 #![allow(dead_code)]
 
+pub mod cloudmap_api;
+mod config;
+pub mod realpath;
+mod report;
+pub mod rows_file;
+pub mod rows_istiod;
+pub mod rows_moto;
+pub mod rows_poller;
+
+pub use config::{Config, Size};
+pub use report::{labels, machine, mb, median, ms, percentile, Report, Table, Unit};
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -39,7 +51,9 @@ use cloudmap_mcp::proto::envoy::config::core::v3::Node;
 use cloudmap_mcp::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use cloudmap_mcp::proto::istio::mcp::v1alpha1 as mcp;
 use cloudmap_mcp::proto::istio::networking::v1alpha3 as net;
-use cloudmap_mcp::proto::{DiscoveryRequest, DiscoveryResponse, MCP_RESOURCE_TYPE_URL, SERVICE_ENTRY_BODY_TYPE_URL};
+use cloudmap_mcp::proto::{
+    DiscoveryRequest, DiscoveryResponse, MCP_RESOURCE_TYPE_URL, SERVICE_ENTRY_BODY_TYPE_URL,
+};
 use cloudmap_mcp::translate;
 use cloudmap_mcp::xds::{codec as ads_codec, AdsConfig, AdsServer, Clients};
 use prost::Message;
@@ -79,191 +93,6 @@ const ISTIOD_130_KINDS: &[&str] = &[
 ];
 
 // ---------------------------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------------------------
-
-/// One registry size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Size {
-    pub services: usize,
-    pub endpoints: usize,
-}
-
-impl Size {
-    pub fn label(&self) -> String {
-        let s = if self.services >= 1000 && self.services % 1000 == 0 {
-            format!("{}k", self.services / 1000)
-        } else {
-            self.services.to_string()
-        };
-        format!("{s}×{}", self.endpoints)
-    }
-
-    fn parse(s: &str) -> Result<Size, String> {
-        let (a, b) = s.trim().split_once(['x', 'X', '×']).ok_or_else(|| format!("size {s:?}: use SERVICESxENDPOINTS, e.g. 10000x10"))?;
-        let num = |t: &str| -> Result<usize, String> {
-            let t = t.trim().to_ascii_lowercase();
-            let (t, mul) = match t.strip_suffix('k') {
-                Some(p) => (p.to_string(), 1000),
-                None => (t, 1),
-            };
-            t.parse::<usize>().map(|v| v * mul).map_err(|_| format!("size {s:?}: {t:?} is not a number"))
-        };
-        let size = Size { services: num(a)?, endpoints: num(b)? };
-        if size.services == 0 || size.endpoints == 0 {
-            return Err(format!("size {s:?}: both numbers must be at least 1"));
-        }
-        Ok(size)
-    }
-}
-
-/// What one run measures.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub sizes: Vec<Size>,
-    /// Concurrent clients of the full-push measurement.
-    pub clients: Vec<usize>,
-    /// Clients connected during the change-latency and idle measurements.
-    pub change_clients: usize,
-    /// Changes measured (fewer if `change_budget` runs out first; at least 5).
-    pub changes: usize,
-    pub change_budget: Duration,
-    /// Repetitions of each full push (the median is reported).
-    pub reps: usize,
-    /// Repetitions of the in-process translate/encode timings (the median is reported).
-    pub encode_reps: usize,
-    pub idle: Duration,
-    /// Bytes currently allocated on the heap, when the executable counts them (benches/scale.rs).
-    pub live_heap: Option<fn() -> usize>,
-}
-
-impl Config {
-    pub fn full() -> Config {
-        Config {
-            sizes: [(1000, 1), (1000, 10), (10_000, 1), (10_000, 10), (50_000, 1), (50_000, 10)]
-                .into_iter()
-                .map(|(services, endpoints)| Size { services, endpoints })
-                .collect(),
-            clients: vec![1, 8, 32],
-            change_clients: 32,
-            changes: 50,
-            change_budget: Duration::from_secs(60),
-            reps: 3,
-            encode_reps: 5,
-            idle: Duration::from_secs(5),
-            live_heap: None,
-        }
-    }
-
-    /// A couple of minutes: the two 1k sizes and 10k×10.
-    pub fn quick() -> Config {
-        Config {
-            sizes: vec![Size { services: 1000, endpoints: 1 }, Size { services: 1000, endpoints: 10 }, Size { services: 10_000, endpoints: 10 }],
-            changes: 20,
-            change_budget: Duration::from_secs(20),
-            reps: 1,
-            encode_reps: 3,
-            idle: Duration::from_secs(2),
-            ..Config::full()
-        }
-    }
-
-    /// Seconds, for the test suite: proves every part runs, measures nothing meaningful.
-    pub fn tiny() -> Config {
-        Config {
-            sizes: vec![Size { services: 20, endpoints: 2 }],
-            clients: vec![1, 3],
-            change_clients: 3,
-            changes: 5,
-            change_budget: Duration::from_secs(10),
-            reps: 1,
-            encode_reps: 1,
-            idle: Duration::from_millis(300),
-            live_heap: None,
-        }
-    }
-
-    pub const USAGE: &'static str = "\
-usage: cargo bench --bench scale -- [--quick | --tiny] [--sizes 1000x1,10000x10] [--clients 1,8,32]
-                                    [--change-clients 32] [--changes 50] [--change-budget-secs 60]
-                                    [--reps 3] [--idle-secs 5]
-Each flag also reads an environment variable: CLOUDMAP_MCP_BENCH_SIZES, _CLIENTS, _CHANGE_CLIENTS,
-_CHANGES, _CHANGE_BUDGET_SECS, _REPS, _IDLE_SECS (prefix CLOUDMAP_MCP_BENCH), and
-CLOUDMAP_MCP_BENCH_QUICK=1 / CLOUDMAP_MCP_BENCH_TINY=1.
-Default: 1k, 10k, 50k services × 1 and 10 endpoints; 1, 8, 32 clients; 50 changes with 32 clients.";
-
-    /// Parses command-line arguments (`--bench`, which cargo adds, is ignored) over environment
-    /// variables over the defaults.
-    pub fn from_args_and_env(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
-        let truthy = |v: Option<String>| v.is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
-        let mut quick = truthy(env("CLOUDMAP_MCP_BENCH_QUICK"));
-        let mut tiny = truthy(env("CLOUDMAP_MCP_BENCH_TINY"));
-        let mut values: BTreeMap<&str, String> = BTreeMap::new();
-        for key in ["sizes", "clients", "change-clients", "changes", "change-budget-secs", "reps", "idle-secs"] {
-            let var = format!("CLOUDMAP_MCP_BENCH_{}", key.to_ascii_uppercase().replace('-', "_"));
-            if let Some(v) = env(&var) {
-                values.insert(key, v);
-            }
-        }
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let (flag, inline) = match a.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_string())),
-                None => (a.as_str(), None),
-            };
-            match flag {
-                "--bench" => {}
-                "--quick" => quick = true,
-                "--tiny" => tiny = true,
-                "-h" | "--help" => return Err(Self::USAGE.to_string()),
-                f if f.starts_with("--") => {
-                    let key = &f[2..];
-                    let known = ["sizes", "clients", "change-clients", "changes", "change-budget-secs", "reps", "idle-secs"];
-                    let Some(k) = known.iter().find(|k| **k == key) else {
-                        return Err(format!("unknown flag {f}\n{}", Self::USAGE));
-                    };
-                    let v = match inline {
-                        Some(v) => v,
-                        None => it.next().cloned().ok_or_else(|| format!("{f} needs a value"))?,
-                    };
-                    values.insert(k, v);
-                }
-                other => return Err(format!("unexpected argument {other:?}\n{}", Self::USAGE)),
-            }
-        }
-        let mut c = if tiny {
-            Config::tiny()
-        } else if quick {
-            Config::quick()
-        } else {
-            Config::full()
-        };
-        let num = |k: &str, v: &str| v.trim().parse::<f64>().map_err(|_| format!("--{k}: {v:?} is not a number"));
-        for (k, v) in values {
-            match k {
-                "sizes" => c.sizes = v.split(',').filter(|s| !s.trim().is_empty()).map(Size::parse).collect::<Result<_, _>>()?,
-                "clients" => {
-                    c.clients = v
-                        .split(',')
-                        .map(|s| s.trim().parse::<usize>().map_err(|_| format!("--clients: {s:?} is not a number")))
-                        .collect::<Result<_, _>>()?
-                }
-                "change-clients" => c.change_clients = num(k, &v)? as usize,
-                "changes" => c.changes = num(k, &v)? as usize,
-                "change-budget-secs" => c.change_budget = Duration::from_secs_f64(num(k, &v)?),
-                "reps" => c.reps = (num(k, &v)? as usize).max(1),
-                "idle-secs" => c.idle = Duration::from_secs_f64(num(k, &v)?),
-                _ => unreachable!(),
-            }
-        }
-        if c.sizes.is_empty() || c.clients.is_empty() || c.clients.contains(&0) || c.change_clients == 0 {
-            return Err("need at least one size, and client counts of at least 1".into());
-        }
-        Ok(c)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Synthetic Cloud Map
 // ---------------------------------------------------------------------------------------------
 
@@ -284,12 +113,20 @@ pub fn synthetic_model(size: Size) -> model::Snapshot {
             .map(|s| {
                 let name = format!("svc-{s:05}");
                 let id = format!("srv-{:016x}", 0xab_0000_0000u64 + s as u64);
-                let instances = (0..size.endpoints).map(|e| instance(s, e, size.endpoints, &name)).collect::<Vec<_>>().into();
+                let instances = (0..size.endpoints)
+                    .map(|e| instance(s, e, size.endpoints, &name))
+                    .collect::<Vec<_>>()
+                    .into();
                 Arc::new(model::Service {
-                    arn: Some(format!("arn:aws:servicediscovery:us-east-1:123456789012:service/{id}")),
+                    arn: Some(format!(
+                        "arn:aws:servicediscovery:us-east-1:123456789012:service/{id}"
+                    )),
                     id: Some(id),
                     name,
-                    create_date: Some(Timestamp { seconds: 1_600_000_000 + s as i64, nanos: 0 }),
+                    create_date: Some(Timestamp {
+                        seconds: 1_600_000_000 + s as i64,
+                        nanos: 0,
+                    }),
                     attributes: Default::default(),
                     instances,
                 })
@@ -297,7 +134,9 @@ pub fn synthetic_model(size: Size) -> model::Snapshot {
             .collect();
         let name = format!("ns-{n:04}.prod.internal");
         out.push(model::Namespace {
-            arn: Some(format!("arn:aws:servicediscovery:us-east-1:123456789012:namespace/{ns_id}")),
+            arn: Some(format!(
+                "arn:aws:servicediscovery:us-east-1:123456789012:namespace/{ns_id}"
+            )),
             id: Some(ns_id),
             http_name: name.clone(),
             name,
@@ -339,7 +178,12 @@ pub fn change_one_service(snap: &mut model::Snapshot, seq: usize) {
     let total = snap.service_count();
     let target = (seq * 7919) % total;
     let ns = &mut snap.namespaces[target / SERVICES_PER_NAMESPACE];
-    let addr = format!("172.{}.{}.{}", 16 + ((seq >> 16) & 15), (seq >> 8) & 255, seq & 255);
+    let addr = format!(
+        "172.{}.{}.{}",
+        16 + ((seq >> 16) & 15),
+        (seq >> 8) & 255,
+        seq & 255
+    );
     model::Service::edit_instances(&mut ns.services[target % SERVICES_PER_NAMESPACE], |v| {
         v[0].attributes.insert("AWS_INSTANCE_IPV4".into(), addr);
     });
@@ -378,9 +222,13 @@ pub fn child_main() -> bool {
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return false;
     };
-    let kind = Kind::parse(&role).unwrap_or_else(|| panic!("{ROLE_ENV}={role:?}: expected ours, floor or naive"));
+    let kind = Kind::parse(&role)
+        .unwrap_or_else(|| panic!("{ROLE_ENV}={role:?}: expected ours, floor or naive"));
     let size = Size::parse(&std::env::var(SIZE_ENV).expect("size")).expect("size");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(serve_child(kind, size));
     true
 }
@@ -431,7 +279,13 @@ async fn serve_child(kind: Kind, size: Size) {
             let (_stop_tx, stop_rx) = watch::channel(false);
             let mut published = res_rx.clone();
             published.borrow_and_update();
-            let ads = AdsServer::new(res_rx, metrics, Arc::new(Clients::default()), AdsConfig::default(), stop_rx);
+            let ads = AdsServer::new(
+                res_rx,
+                metrics,
+                Arc::new(Clients::default()),
+                AdsConfig::default(),
+                stop_rx,
+            );
             tokio::spawn(builder().add_service(ads).serve_with_incoming(incoming));
             ready(addr);
             let mut seq = 0;
@@ -450,7 +304,13 @@ async fn serve_child(kind: Kind, size: Size) {
                     if published.changed().await.is_ok() {
                         published.borrow_and_update();
                         let mut out = std::io::stdout().lock();
-                        writeln!(out, "{PUBLISHED} {} {}", t0.elapsed().as_micros(), cloned.as_micros()).unwrap();
+                        writeln!(
+                            out,
+                            "{PUBLISHED} {} {}",
+                            t0.elapsed().as_micros(),
+                            cloned.as_micros()
+                        )
+                        .unwrap();
                         out.flush().unwrap();
                     }
                 }
@@ -479,7 +339,10 @@ async fn serve_child(kind: Kind, size: Size) {
                     .map(|(se, (_, version))| {
                         let md = mcp::Metadata {
                             name: se.resource_name(),
-                            create_time: Some(prost_types::Timestamp { seconds: se.create_time.seconds, nanos: se.create_time.nanos }),
+                            create_time: Some(prost_types::Timestamp {
+                                seconds: se.create_time.seconds,
+                                nanos: se.create_time.nanos,
+                            }),
                             version: version.clone(),
                             labels: se.labels.clone(),
                             annotations: se.annotations.clone(),
@@ -487,7 +350,10 @@ async fn serve_child(kind: Kind, size: Size) {
                         (md, cache::to_proto(&se.spec))
                     })
                     .collect();
-                NaiveState { version: snap.service_entries.version.clone(), entries }
+                NaiveState {
+                    version: snap.service_entries.version.clone(),
+                    entries,
+                }
             };
             let svc = FixedAds(Arc::new(Responder::Naive(typed)));
             tokio::spawn(builder().add_service(svc).serve_with_incoming(incoming));
@@ -520,9 +386,15 @@ impl NaiveState {
             .map(|(md, se)| {
                 let res = mcp::Resource {
                     metadata: Some(md.clone()),
-                    body: Some(prost_types::Any { type_url: SERVICE_ENTRY_BODY_TYPE_URL.into(), value: se.encode_to_vec() }),
+                    body: Some(prost_types::Any {
+                        type_url: SERVICE_ENTRY_BODY_TYPE_URL.into(),
+                        value: se.encode_to_vec(),
+                    }),
                 };
-                prost_types::Any { type_url: MCP_RESOURCE_TYPE_URL.into(), value: res.encode_to_vec() }
+                prost_types::Any {
+                    type_url: MCP_RESOURCE_TYPE_URL.into(),
+                    value: res.encode_to_vec(),
+                }
             })
             .collect();
         let cp = cloudmap_mcp::proto::envoy::config::core::v3::ControlPlane {
@@ -561,7 +433,8 @@ impl tonic::server::NamedService for FixedAds {
 impl tower::Service<http::Request<Body>> for FixedAds {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -570,7 +443,8 @@ impl tower::Service<http::Request<Body>> for FixedAds {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let inner = self.0.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(ReplyCodec).apply_max_message_size_config(None, Some(usize::MAX));
+            let mut grpc = tonic::server::Grpc::new(ReplyCodec)
+                .apply_max_message_size_config(None, Some(usize::MAX));
             Ok(grpc.streaming(FixedStream(inner), req).await)
         })
     }
@@ -684,7 +558,10 @@ impl ServerChild {
                 if let Some(addr) = l.split_once(READY).and_then(|(_, a)| a.trim().parse().ok()) {
                     let _ = ready_tx.send(addr);
                 } else if let Some((_, v)) = l.split_once(PUBLISHED) {
-                    let us: Vec<f64> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                    let us: Vec<f64> = v
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
                     if let [total, clone] = us[..] {
                         let _ = tx.send((total / 1000.0, clone / 1000.0));
                     }
@@ -700,7 +577,13 @@ impl ServerChild {
             }
         };
         let stdin = child.stdin.take();
-        ServerChild { kind, child, stdin, addr, published }
+        ServerChild {
+            kind,
+            child,
+            stdin,
+            addr,
+            published,
+        }
     }
 
     fn command(&mut self, cmd: &str) {
@@ -715,7 +598,9 @@ impl ServerChild {
 
     /// Server-side time of the last change (ms, and ms of it in the source), once reported.
     fn published_ms(&self) -> (f64, f64) {
-        self.published.recv_timeout(Duration::from_secs(300)).expect("the server reports each published change")
+        self.published
+            .recv_timeout(Duration::from_secs(300))
+            .expect("the server reports each published change")
     }
 }
 
@@ -778,7 +663,11 @@ pub fn cpu_ticks_of(pid: u32) -> u64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime 14, stime 15 (1-based over the whole line).
-    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     get(14) + get(15)
 }
 
@@ -798,11 +687,16 @@ fn clock_ticks_per_second() -> f64 {
 
 fn istiod_node() -> Node {
     use prost_types::{value::Kind, Struct, Value};
-    let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
     Node {
         id: "sidecar~10.244.0.7~istiod-bench.istio-system~istio-system.svc.cluster.local".into(),
         metadata: Some(Struct {
-            fields: BTreeMap::from([("GENERATOR".into(), s("api")), ("ISTIO_VERSION".into(), s("65536.65536.65536"))]),
+            fields: BTreeMap::from([
+                ("GENERATOR".into(), s("api")),
+                ("ISTIO_VERSION".into(), s("65536.65536.65536")),
+            ]),
         }),
         ..Default::default()
     }
@@ -826,7 +720,12 @@ fn timestamp_nonce() -> String {
 async fn connect(addr: SocketAddr, n: usize) -> Vec<Channel> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let ch = Endpoint::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.expect("connect");
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
         out.push(ch);
     }
     out
@@ -838,10 +737,17 @@ struct OpenStream {
 }
 
 async fn open(ch: &Channel) -> OpenStream {
-    let mut client = AggregatedDiscoveryServiceClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(64);
-    let resp = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.expect("open stream");
-    OpenStream { tx, rx: resp.into_inner() }
+    let resp = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("open stream");
+    OpenStream {
+        tx,
+        rx: resp.into_inner(),
+    }
 }
 
 /// A full push of the ServiceEntry kind to `n` clients at once: every client opens a stream, then
@@ -854,7 +760,9 @@ async fn full_push(chans: &[Channel]) -> (Duration, usize, usize) {
     }
     let t0 = Instant::now();
     for s in &streams {
-        s.tx.send(request(SE_V1, &timestamp_nonce(), "")).await.unwrap();
+        s.tx.send(request(SE_V1, &timestamp_nonce(), ""))
+            .await
+            .unwrap();
     }
     let tasks: Vec<_> = streams
         .into_iter()
@@ -879,7 +787,11 @@ async fn full_push(chans: &[Channel]) -> (Duration, usize, usize) {
         let (at, b, n) = t.await.unwrap();
         last = last.max(at);
         if bytes != 0 {
-            assert_eq!((b, n), (bytes, resources), "every client gets the same response");
+            assert_eq!(
+                (b, n),
+                (bytes, resources),
+                "every client gets the same response"
+            );
         }
         (bytes, resources) = (b, n);
     }
@@ -895,12 +807,19 @@ struct Event {
 
 /// Connects `chans.len()` clients that play istiod's opening (MeshConfig + 15 kinds, timestamp
 /// nonces), ACK every response and report each one. Returns once every kind was answered everywhere.
-async fn istiod_clients(chans: &[Channel]) -> (mpsc::UnboundedReceiver<Event>, Vec<tokio::task::JoinHandle<()>>) {
+async fn istiod_clients(
+    chans: &[Channel],
+) -> (
+    mpsc::UnboundedReceiver<Event>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for (i, ch) in chans.iter().enumerate() {
         let mut s = open(ch).await;
-        s.tx.send(request(MESH_CONFIG, &timestamp_nonce(), "")).await.unwrap();
+        s.tx.send(request(MESH_CONFIG, &timestamp_nonce(), ""))
+            .await
+            .unwrap();
         for k in ISTIOD_130_KINDS {
             s.tx.send(request(k, &timestamp_nonce(), "")).await.unwrap();
         }
@@ -911,7 +830,15 @@ async fn istiod_clients(chans: &[Channel]) -> (mpsc::UnboundedReceiver<Event>, V
                 let ack = request(&r.type_url, &r.nonce, &r.version_info);
                 let type_url = r.type_url.clone();
                 drop(r);
-                if ev_tx.send(Event { client: i, type_url, at }).is_err() || s.tx.send(ack).await.is_err() {
+                if ev_tx
+                    .send(Event {
+                        client: i,
+                        type_url,
+                        at,
+                    })
+                    .is_err()
+                    || s.tx.send(ack).await.is_err()
+                {
                     break;
                 }
             }
@@ -920,7 +847,10 @@ async fn istiod_clients(chans: &[Channel]) -> (mpsc::UnboundedReceiver<Event>, V
     let kinds = ISTIOD_130_KINDS.len() + 1;
     let mut answered = vec![0usize; chans.len()];
     while answered.iter().any(|a| *a < kinds) {
-        let ev = tokio::time::timeout(Duration::from_secs(300), ev_rx.recv()).await.expect("handshake answered").expect("event");
+        let ev = tokio::time::timeout(Duration::from_secs(300), ev_rx.recv())
+            .await
+            .expect("handshake answered")
+            .expect("event");
         answered[ev.client] += 1;
     }
     (ev_rx, tasks)
@@ -957,7 +887,10 @@ async fn changes(
                 .await
                 .expect("every client receives the change")
                 .expect("event");
-            assert_eq!(ev.type_url, SE_V1, "a change pushes the ServiceEntry kind only");
+            assert_eq!(
+                ev.type_url, SE_V1,
+                "a change pushes the ServiceEntry kind only"
+            );
             assert!(!got[ev.client], "one push per change per client");
             got[ev.client] = true;
             firsts.get_or_insert(ev.at);
@@ -972,387 +905,418 @@ async fn changes(
     (all, first, built)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unit {
-    Ms,
-    Bytes,
-    Mb,
-    Ratio,
-    Count,
-    Percent,
-}
+/// A real-path row group: measures its rows into one cell.
+type GroupRows = fn(Cell<'_>);
 
-#[derive(Clone, Debug)]
-pub struct Row {
-    pub label: String,
-    pub unit: Unit,
-    /// One value per size (NaN: not measured).
-    pub values: Vec<f64>,
-}
-
-/// One table: a column per size, a row per figure.
-#[derive(Clone, Debug)]
-pub struct Report {
-    pub machine: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<Row>,
-}
-
-impl Report {
-    pub fn row(&self, label: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| r.label == label)
-    }
-
-    pub fn render(&self) -> String {
-        let fmt = |unit: Unit, v: f64| -> String {
-            if v.is_nan() {
-                return "-".into();
-            }
-            match unit {
-                Unit::Ms if v < 10.0 => format!("{v:.2}"),
-                Unit::Ms => format!("{v:.1}"),
-                Unit::Bytes => format!("{v:.0}"),
-                Unit::Mb => format!("{v:.1}"),
-                Unit::Ratio => format!("{v:.2}"),
-                Unit::Count => format!("{v:.0}"),
-                Unit::Percent => format!("{v:.2}"),
-            }
-        };
-        let mut lines: Vec<Vec<String>> = Vec::new();
-        let mut head = vec!["figure".to_string()];
-        head.extend(self.columns.iter().cloned());
-        lines.push(head);
-        for r in &self.rows {
-            let mut l = vec![r.label.clone()];
-            l.extend(r.values.iter().map(|v| fmt(r.unit, *v)));
-            lines.push(l);
-        }
-        let widths: Vec<usize> =
-            (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
-        let mut out = String::new();
-        out.push_str(&self.machine);
-        out.push('\n');
-        for (n, l) in lines.iter().enumerate() {
-            out.push('|');
-            for (i, cell) in l.iter().enumerate() {
-                let pad = widths[i] - cell.chars().count();
-                if i == 0 {
-                    out.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
-                } else {
-                    out.push_str(&format!(" {}{cell} |", " ".repeat(pad)));
-                }
-            }
-            out.push('\n');
-            if n == 0 {
-                out.push('|');
-                for (i, w) in widths.iter().enumerate() {
-                    let dashes = "-".repeat(w + 1);
-                    if i == 0 {
-                        out.push_str(&format!(":{dashes}|"));
-                    } else {
-                        out.push_str(&format!("{dashes}:|"));
-                    }
-                }
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-/// Row labels, in the order they are printed.
-pub mod labels {
-    pub const BYTES: &str = "ServiceEntry response (bytes)";
-    pub const TRANSLATE: &str = "translate only, full snapshot (ms)";
-    pub const BUILD_FULL: &str = "translate+encode, full snapshot (ms)";
-    pub const BUILD_ONE: &str = "re-encode after 1 service changed (ms)";
-    pub fn push(n: usize, what: &str) -> String {
-        format!("full push, {n} client{}: {what}", if n == 1 { "" } else { "s" })
-    }
-    pub const OURS_MS: &str = "ours (ms)";
-    pub const FLOOR_MS: &str = "transport floor (ms)";
-    pub const NAIVE_MS: &str = "naive re-encode (ms)";
-    pub const VS_FLOOR: &str = "ours ÷ floor";
-    pub const VS_NAIVE: &str = "ours ÷ naive";
-    pub fn change_all(n: usize, p: &str) -> String {
-        format!("change→receipt at all {n} clients {p} (ms)")
-    }
-    pub fn change_first(n: usize) -> String {
-        format!("change→receipt at first of {n} clients p50 (ms)")
-    }
-    pub const CHANGES: &str = "changes measured (per client count)";
-    pub const CHANGE_BUILT: &str = "server: change → new snapshot published p50 (ms)";
-    pub const CHANGE_CLONE: &str = "server: of which the source's new model snapshot p50 (ms)";
-    /// Change latency over the transport floor's full push to as many clients (SotW sends the
-    /// whole state on every change, so that push is its lower bound).
-    pub fn change_vs_floor(n: usize) -> String {
-        format!("change→receipt at {} p50 ÷ floor {n}-client full push", if n == 1 { "1 client".to_string() } else { format!("all {n} clients") })
-    }
-    pub fn change_one(p: &str) -> String {
-        format!("change→receipt, 1 client {p} (ms)")
-    }
-    pub const RSS_OURS: &str = "server peak RSS, ours (MB)";
-    pub const RSS_OURS_START: &str = "server RSS before any client, ours (MB)";
-    pub fn push_rss(n: usize, what: &str) -> String {
-        format!("server RSS added by the {n}-client full push, {what} (MB)")
-    }
-    pub const PUSH_RSS_OURS: &str = "ours";
-    pub const PUSH_RSS_FLOOR: &str = "floor";
-    pub const PUSH_RSS_NAIVE: &str = "naive";
-    pub fn idle_cpu(n: usize) -> String {
-        format!("idle CPU with {n} clients, ours (% of a core)")
-    }
-    pub const IDLE_PUSHES: &str = "pushes received while idle";
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Nearest-rank percentile.
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    v[rank.min(v.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn mb(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
-}
-
-/// nproc, CPU model, memory and load average, for the report header.
-pub fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!(
-        "machine: {nproc} CPUs ({model}), {:.1} GiB RAM; load average {} (1/5/15 min) at {}; {} build",
-        mem_kb as f64 / 1024.0 / 1024.0,
-        load.join(" "),
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        if cfg!(debug_assertions) { "DEBUG (figures meaningless)" } else { "release" },
-    )
+/// What a row group measures into: one column (size) of the table.
+pub struct Cell<'a> {
+    pub cfg: &'a Config,
+    pub size: Size,
+    pub col: usize,
+    pub rt: &'a tokio::runtime::Runtime,
+    pub t: &'a mut Table,
+    pub progress: &'a mut dyn FnMut(&str),
 }
 
 /// Runs the benchmark. `launcher` gives a command that runs [`child_main`] in a new process (this
 /// executable); `progress` receives one line per step.
 pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMut(&str)) -> Report {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let mut rows: Vec<Row> = Vec::new();
-    let mut set = |label: String, unit: Unit, col: usize, v: f64| {
-        let i = match rows.iter().position(|r| r.label == label) {
-            Some(i) => i,
-            None => {
-                rows.push(Row { label, unit, values: vec![f64::NAN; cfg.sizes.len()] });
-                rows.len() - 1
-            }
-        };
-        rows[i].values[col] = v;
-    };
-    let tck = clock_ticks_per_second();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut t = Table::new(cfg.sizes.len());
     let header = machine();
-
     for (col, &size) in cfg.sizes.iter().enumerate() {
-        progress(&format!("== {} services × {} endpoints", size.services, size.endpoints));
-
-        // In-process: heap held by each stage (when the executable counts allocations).
-        if let Some(live) = cfg.live_heap {
-            let base = live();
-            let model = Arc::new(synthetic_model(size));
-            let m = live().wrapping_sub(base);
-            let tr = translate::translate(&model, &translate::Options::default());
-            let t = live().wrapping_sub(base).wrapping_sub(m);
-            drop(tr);
-            let mut cache = ResourceCache::new(translate::Options::default());
-            let before = live();
-            let (snap, _) = cache.build(&model);
-            let c = live().wrapping_sub(before);
-            progress(&format!(
-                "  live heap: model {:.1} MB, one translation {:.1} MB, cache + snapshot after a full build {:.1} MB (encoded resources {:.1} MB)",
-                mb(m as u64),
-                mb(t as u64),
-                mb(c as u64),
-                mb(snap.service_entries.resources_len as u64)
-            ));
+        progress(&format!(
+            "== {} services × {} endpoints",
+            size.services, size.endpoints
+        ));
+        if cfg.applies("synthetic", size) {
+            synthetic_rows(cfg, size, col, &rt, launcher, &mut t, progress);
         }
-
-        // In-process: translate and encode.
-        let (bytes_expected, resources_expected) = {
-            let mut model = synthetic_model(size);
-            let opts = translate::Options::default();
-            let mut translate_ms = Vec::new();
-            let mut full_ms = Vec::new();
-            let mut one_ms = Vec::new();
-            let mut expected = (0, 0);
-            for rep in 0..cfg.encode_reps {
-                let t = Instant::now();
-                let tr = translate::translate(&model, &opts);
-                translate_ms.push(ms(t.elapsed()));
-                drop(tr);
-                let mut cache = ResourceCache::new(opts.clone());
-                let full = Arc::new(model.clone());
-                let t = Instant::now();
-                let (snap, encoded) = cache.build(&full);
-                full_ms.push(ms(t.elapsed()));
-                assert_eq!(encoded, size.services);
-                if rep == 0 {
-                    expected = (prebuilt_response(&snap).len(), snap.service_entries.resources.len());
-                }
-                drop(snap);
-                change_one_service(&mut model, 1_000_000 + rep);
-                let changed = Arc::new(model.clone());
-                let t = Instant::now();
-                let (snap, encoded) = cache.build(&changed);
-                one_ms.push(ms(t.elapsed()));
-                assert_eq!(encoded, 1, "one changed service re-encodes one entry");
-                drop(snap);
-            }
-            set(labels::BYTES.into(), Unit::Bytes, col, expected.0 as f64);
-            set(labels::TRANSLATE.into(), Unit::Ms, col, median(&mut translate_ms));
-            set(labels::BUILD_FULL.into(), Unit::Ms, col, median(&mut full_ms));
-            set(labels::BUILD_ONE.into(), Unit::Ms, col, median(&mut one_ms));
-            expected
-        };
-        assert_eq!(resources_expected, size.services, "every synthetic service becomes a ServiceEntry");
-
-        // Servers.
-        let mut servers: Vec<ServerChild> = Kind::ALL.iter().map(|k| ServerChild::start(*k, size, launcher)).collect();
-        let (_, ours_start_rss) = memory_of(servers[2].pid());
-        set(labels::RSS_OURS_START.into(), Unit::Mb, col, mb(ours_start_rss));
-        let max_clients = cfg.clients.iter().copied().max().unwrap_or(1).max(cfg.change_clients);
-        let chans: Vec<Vec<Channel>> = rt.block_on(async {
-            let mut v = Vec::new();
-            for s in &servers {
-                v.push(connect(s.addr, max_clients).await);
-            }
-            v
-        });
-
-        // Full pushes, interleaved.
-        let mut times: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
-        let top = cfg.clients.iter().copied().max().unwrap_or(1);
-        let mut push_rss = [0u64; 3];
-        for rep in 0..cfg.reps {
-            for &n in &cfg.clients {
-                for (k, kind) in Kind::ALL.iter().enumerate() {
-                    let sampler = (n == top).then(|| RssSampler::start(servers[k].pid()));
-                    let (d, bytes, resources) = rt.block_on(full_push(&chans[k][..n]));
-                    if let Some(s) = sampler {
-                        push_rss[k] = push_rss[k].max(s.finish());
-                    }
-                    assert_eq!(resources, size.services, "{kind:?}: every ServiceEntry in the push");
-                    if *kind != Kind::Naive {
-                        assert_eq!(bytes, bytes_expected, "{kind:?} sends the response `ours` encodes");
-                    }
-                    progress(&format!("  rep {rep} {n:>2} clients {:<5} {:>9.1} ms {bytes} B", kind.as_str(), ms(d)));
-                    times.entry((n, k)).or_default().push(ms(d));
-                }
+        let groups: [(&str, GroupRows); 5] = [
+            ("file", rows_file::rows),
+            ("api", rows_poller::api_rows),
+            ("moto", rows_moto::rows),
+            ("istiod", rows_istiod::rows),
+            ("pacing", rows_istiod::pacing_rows),
+        ];
+        for (group, rows) in groups {
+            if cfg.applies(group, size) {
+                rows(Cell {
+                    cfg,
+                    size,
+                    col,
+                    rt: &rt,
+                    t: &mut t,
+                    progress: &mut *progress,
+                });
             }
         }
-        let hwm = |s: &ServerChild| mb(memory_of(s.pid()).0);
-        progress(&format!("  peak RSS after full pushes: ours {:.1} MB, floor {:.1} MB, naive {:.1} MB", hwm(&servers[2]), hwm(&servers[0]), hwm(&servers[1])));
-        for (k, label) in [(2, labels::PUSH_RSS_OURS), (0, labels::PUSH_RSS_FLOOR), (1, labels::PUSH_RSS_NAIVE)] {
-            set(labels::push_rss(top, label), Unit::Mb, col, mb(push_rss[k]));
-        }
-        for &n in &cfg.clients {
-            let get = |k: usize, times: &mut BTreeMap<(usize, usize), Vec<f64>>| median(times.get_mut(&(n, k)).unwrap());
-            let (floor, naive, ours) = (get(0, &mut times), get(1, &mut times), get(2, &mut times));
-            set(labels::push(n, labels::OURS_MS), Unit::Ms, col, ours);
-            set(labels::push(n, labels::FLOOR_MS), Unit::Ms, col, floor);
-            set(labels::push(n, labels::NAIVE_MS), Unit::Ms, col, naive);
-            set(labels::push(n, labels::VS_FLOOR), Unit::Ratio, col, ours / floor);
-            set(labels::push(n, labels::VS_NAIVE), Unit::Ratio, col, ours / naive);
-        }
-
-        // Change → receipt: first with one istiod-like client on `ours`, then with `change_clients`;
-        // then idle with those connected.
-        let ours = &mut servers[2];
-        let (mut one, _, mut built) = rt.block_on(async {
-            let (mut events, tasks) = istiod_clients(&chans[2][..1]).await;
-            let r = changes(ours, &mut events, 1, cfg).await;
-            for t in tasks {
-                t.abort();
-            }
-            r
-        });
-        progress(&format!("  peak RSS after 1-client changes: ours {:.1} MB", mb(memory_of(ours.pid()).0)));
-        let n = cfg.change_clients;
-        let (mut all, mut first, mut built_n, idle_pushes, idle_ticks) = rt.block_on(async {
-            let (mut events, tasks) = istiod_clients(&chans[2][..n]).await;
-            let (all, first, built) = changes(ours, &mut events, n, cfg).await;
-            // Idle: clients connected and ACKed, nothing changes.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            while events.try_recv().is_ok() {}
-            let c0 = cpu_ticks_of(ours.pid());
-            tokio::time::sleep(cfg.idle).await;
-            let c1 = cpu_ticks_of(ours.pid());
-            let mut pushes = 0;
-            while events.try_recv().is_ok() {
-                pushes += 1;
-            }
-            for t in tasks {
-                t.abort();
-            }
-            (all, first, built, pushes, c1 - c0)
-        });
-        built.append(&mut built_n);
-        let (mut built, mut cloned): (Vec<f64>, Vec<f64>) = built.into_iter().unzip();
-        progress(&format!("  peak RSS after changes: ours {:.1} MB", mb(memory_of(servers[2].pid()).0)));
-        set(labels::CHANGE_BUILT.into(), Unit::Ms, col, percentile(&mut built, 50.0));
-        set(labels::CHANGE_CLONE.into(), Unit::Ms, col, percentile(&mut cloned, 50.0));
-        set(labels::change_one("p50"), Unit::Ms, col, percentile(&mut one, 50.0));
-        set(labels::change_one("p99"), Unit::Ms, col, percentile(&mut one, 99.0));
-        let changes = all.len();
-        set(labels::change_all(n, "p50"), Unit::Ms, col, percentile(&mut all, 50.0));
-        set(labels::change_all(n, "p99"), Unit::Ms, col, percentile(&mut all, 99.0));
-        set(labels::change_first(n), Unit::Ms, col, percentile(&mut first, 50.0));
-        for (clients, p50) in [(1, percentile(&mut one, 50.0)), (n, percentile(&mut all, 50.0))] {
-            if let Some(floor) = times.get_mut(&(clients, 0)).map(|t| median(t)) {
-                set(labels::change_vs_floor(clients), Unit::Ratio, col, p50 / floor);
-            }
-        }
-        set(labels::CHANGES.into(), Unit::Count, col, changes as f64);
-        set(labels::idle_cpu(n), Unit::Percent, col, idle_ticks as f64 / tck / cfg.idle.as_secs_f64() * 100.0);
-        set(labels::IDLE_PUSHES.into(), Unit::Count, col, idle_pushes as f64);
-        set(labels::RSS_OURS.into(), Unit::Mb, col, mb(memory_of(servers[2].pid()).0));
-        drop(chans);
-        drop(servers);
     }
-
     // Print rows in a fixed order.
     let order = expected_labels(cfg);
-    rows.sort_by_key(|r| order.iter().position(|o| *o == r.label).unwrap_or(usize::MAX));
-    Report { machine: header, columns: cfg.sizes.iter().map(Size::label).collect(), rows }
+    let Table {
+        mut rows, notes, ..
+    } = t;
+    rows.sort_by_key(|r| {
+        order
+            .iter()
+            .position(|o| *o == r.label)
+            .unwrap_or(usize::MAX)
+    });
+    Report {
+        machine: header,
+        columns: cfg.sizes.iter().map(Size::label).collect(),
+        rows,
+        notes,
+    }
+}
+
+/// Group `synthetic`: in-process translate/encode, then the three server children (`ours` fed by
+/// the synthetic source, the transport floor, naive re-encode) with real tonic clients.
+fn synthetic_rows(
+    cfg: &Config,
+    size: Size,
+    col: usize,
+    rt: &tokio::runtime::Runtime,
+    launcher: &dyn Fn() -> Command,
+    t: &mut Table,
+    progress: &mut dyn FnMut(&str),
+) {
+    let mut set = |label: String, unit: Unit, col: usize, v: f64| t.set(label, unit, col, v);
+    let tck = clock_ticks_per_second();
+
+    // In-process: heap held by each stage (when the executable counts allocations).
+    if let Some(live) = cfg.live_heap {
+        let base = live();
+        let model = Arc::new(synthetic_model(size));
+        let m = live().wrapping_sub(base);
+        let tr = translate::translate(&model, &translate::Options::default());
+        let t = live().wrapping_sub(base).wrapping_sub(m);
+        drop(tr);
+        let mut cache = ResourceCache::new(translate::Options::default());
+        let before = live();
+        let (snap, _) = cache.build(&model);
+        let c = live().wrapping_sub(before);
+        progress(&format!(
+            "  live heap: model {:.1} MB, one translation {:.1} MB, cache + snapshot after a full build {:.1} MB (encoded resources {:.1} MB)",
+            mb(m as u64),
+            mb(t as u64),
+            mb(c as u64),
+            mb(snap.service_entries.resources_len as u64)
+        ));
+    }
+
+    // In-process: translate and encode.
+    let (bytes_expected, resources_expected) = {
+        let mut model = synthetic_model(size);
+        let opts = translate::Options::default();
+        let mut translate_ms = Vec::new();
+        let mut full_ms = Vec::new();
+        let mut one_ms = Vec::new();
+        let mut expected = (0, 0);
+        for rep in 0..cfg.encode_reps {
+            let t = Instant::now();
+            let tr = translate::translate(&model, &opts);
+            translate_ms.push(ms(t.elapsed()));
+            drop(tr);
+            let mut cache = ResourceCache::new(opts.clone());
+            let full = Arc::new(model.clone());
+            let t = Instant::now();
+            let (snap, encoded) = cache.build(&full);
+            full_ms.push(ms(t.elapsed()));
+            assert_eq!(encoded, size.services);
+            if rep == 0 {
+                expected = (
+                    prebuilt_response(&snap).len(),
+                    snap.service_entries.resources.len(),
+                );
+            }
+            drop(snap);
+            change_one_service(&mut model, 1_000_000 + rep);
+            let changed = Arc::new(model.clone());
+            let t = Instant::now();
+            let (snap, encoded) = cache.build(&changed);
+            one_ms.push(ms(t.elapsed()));
+            assert_eq!(encoded, 1, "one changed service re-encodes one entry");
+            drop(snap);
+        }
+        set(labels::BYTES.into(), Unit::Bytes, col, expected.0 as f64);
+        set(
+            labels::TRANSLATE.into(),
+            Unit::Ms,
+            col,
+            median(&mut translate_ms),
+        );
+        set(
+            labels::BUILD_FULL.into(),
+            Unit::Ms,
+            col,
+            median(&mut full_ms),
+        );
+        set(labels::BUILD_ONE.into(), Unit::Ms, col, median(&mut one_ms));
+        expected
+    };
+    assert_eq!(
+        resources_expected, size.services,
+        "every synthetic service becomes a ServiceEntry"
+    );
+
+    // Servers.
+    let mut servers: Vec<ServerChild> = Kind::ALL
+        .iter()
+        .map(|k| ServerChild::start(*k, size, launcher))
+        .collect();
+    let (_, ours_start_rss) = memory_of(servers[2].pid());
+    set(
+        labels::RSS_OURS_START.into(),
+        Unit::Mb,
+        col,
+        mb(ours_start_rss),
+    );
+    let max_clients = cfg
+        .clients
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(cfg.change_clients);
+    let chans: Vec<Vec<Channel>> = rt.block_on(async {
+        let mut v = Vec::new();
+        for s in &servers {
+            v.push(connect(s.addr, max_clients).await);
+        }
+        v
+    });
+
+    // Full pushes, interleaved.
+    let mut times: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    let top = cfg.clients.iter().copied().max().unwrap_or(1);
+    let mut push_rss = [0u64; 3];
+    for rep in 0..cfg.reps {
+        for &n in &cfg.clients {
+            for (k, kind) in Kind::ALL.iter().enumerate() {
+                let sampler = (n == top).then(|| RssSampler::start(servers[k].pid()));
+                let (d, bytes, resources) = rt.block_on(full_push(&chans[k][..n]));
+                if let Some(s) = sampler {
+                    push_rss[k] = push_rss[k].max(s.finish());
+                }
+                assert_eq!(
+                    resources, size.services,
+                    "{kind:?}: every ServiceEntry in the push"
+                );
+                if *kind != Kind::Naive {
+                    assert_eq!(
+                        bytes, bytes_expected,
+                        "{kind:?} sends the response `ours` encodes"
+                    );
+                }
+                progress(&format!(
+                    "  rep {rep} {n:>2} clients {:<5} {:>9.1} ms {bytes} B",
+                    kind.as_str(),
+                    ms(d)
+                ));
+                times.entry((n, k)).or_default().push(ms(d));
+            }
+        }
+    }
+    let hwm = |s: &ServerChild| mb(memory_of(s.pid()).0);
+    progress(&format!(
+        "  peak RSS after full pushes: ours {:.1} MB, floor {:.1} MB, naive {:.1} MB",
+        hwm(&servers[2]),
+        hwm(&servers[0]),
+        hwm(&servers[1])
+    ));
+    for (k, label) in [
+        (2, labels::PUSH_RSS_OURS),
+        (0, labels::PUSH_RSS_FLOOR),
+        (1, labels::PUSH_RSS_NAIVE),
+    ] {
+        set(labels::push_rss(top, label), Unit::Mb, col, mb(push_rss[k]));
+    }
+    for &n in &cfg.clients {
+        let get = |k: usize, times: &mut BTreeMap<(usize, usize), Vec<f64>>| {
+            median(times.get_mut(&(n, k)).unwrap())
+        };
+        let (floor, naive, ours) = (get(0, &mut times), get(1, &mut times), get(2, &mut times));
+        set(labels::push(n, labels::OURS_MS), Unit::Ms, col, ours);
+        set(labels::push(n, labels::FLOOR_MS), Unit::Ms, col, floor);
+        set(labels::push(n, labels::NAIVE_MS), Unit::Ms, col, naive);
+        set(
+            labels::push(n, labels::VS_FLOOR),
+            Unit::Ratio,
+            col,
+            ours / floor,
+        );
+        set(
+            labels::push(n, labels::VS_NAIVE),
+            Unit::Ratio,
+            col,
+            ours / naive,
+        );
+    }
+
+    // Change → receipt: first with one istiod-like client on `ours`, then with `change_clients`;
+    // then idle with those connected.
+    let ours = &mut servers[2];
+    let (mut one, _, mut built) = rt.block_on(async {
+        let (mut events, tasks) = istiod_clients(&chans[2][..1]).await;
+        let r = changes(ours, &mut events, 1, cfg).await;
+        for t in tasks {
+            t.abort();
+        }
+        r
+    });
+    progress(&format!(
+        "  peak RSS after 1-client changes: ours {:.1} MB",
+        mb(memory_of(ours.pid()).0)
+    ));
+    let n = cfg.change_clients;
+    let (mut all, mut first, mut built_n, idle_pushes, idle_ticks) = rt.block_on(async {
+        let (mut events, tasks) = istiod_clients(&chans[2][..n]).await;
+        let (all, first, built) = changes(ours, &mut events, n, cfg).await;
+        // Idle: clients connected and ACKed, nothing changes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while events.try_recv().is_ok() {}
+        let c0 = cpu_ticks_of(ours.pid());
+        tokio::time::sleep(cfg.idle).await;
+        let c1 = cpu_ticks_of(ours.pid());
+        let mut pushes = 0;
+        while events.try_recv().is_ok() {
+            pushes += 1;
+        }
+        for t in tasks {
+            t.abort();
+        }
+        (all, first, built, pushes, c1 - c0)
+    });
+    built.append(&mut built_n);
+    let (mut built, mut cloned): (Vec<f64>, Vec<f64>) = built.into_iter().unzip();
+    progress(&format!(
+        "  peak RSS after changes: ours {:.1} MB",
+        mb(memory_of(servers[2].pid()).0)
+    ));
+    set(
+        labels::CHANGE_BUILT.into(),
+        Unit::Ms,
+        col,
+        percentile(&mut built, 50.0),
+    );
+    set(
+        labels::CHANGE_CLONE.into(),
+        Unit::Ms,
+        col,
+        percentile(&mut cloned, 50.0),
+    );
+    set(
+        labels::change_one("p50"),
+        Unit::Ms,
+        col,
+        percentile(&mut one, 50.0),
+    );
+    set(
+        labels::change_one("p99"),
+        Unit::Ms,
+        col,
+        percentile(&mut one, 99.0),
+    );
+    let changes = all.len();
+    set(
+        labels::change_all(n, "p50"),
+        Unit::Ms,
+        col,
+        percentile(&mut all, 50.0),
+    );
+    set(
+        labels::change_all(n, "p99"),
+        Unit::Ms,
+        col,
+        percentile(&mut all, 99.0),
+    );
+    set(
+        labels::change_first(n),
+        Unit::Ms,
+        col,
+        percentile(&mut first, 50.0),
+    );
+    for (clients, p50) in [
+        (1, percentile(&mut one, 50.0)),
+        (n, percentile(&mut all, 50.0)),
+    ] {
+        if let Some(floor) = times.get_mut(&(clients, 0)).map(|t| median(t)) {
+            set(
+                labels::change_vs_floor(clients),
+                Unit::Ratio,
+                col,
+                p50 / floor,
+            );
+        }
+    }
+    set(labels::CHANGES.into(), Unit::Count, col, changes as f64);
+    set(
+        labels::idle_cpu(n),
+        Unit::Percent,
+        col,
+        idle_ticks as f64 / tck / cfg.idle.as_secs_f64() * 100.0,
+    );
+    set(
+        labels::IDLE_PUSHES.into(),
+        Unit::Count,
+        col,
+        idle_pushes as f64,
+    );
+    set(
+        labels::RSS_OURS.into(),
+        Unit::Mb,
+        col,
+        mb(memory_of(servers[2].pid()).0),
+    );
+    drop(chans);
+    drop(servers);
 }
 
 /// Every row label a report for `cfg` has.
 pub fn expected_labels(cfg: &Config) -> Vec<String> {
-    let mut v: Vec<String> =
-        vec![labels::BYTES.into(), labels::TRANSLATE.into(), labels::BUILD_FULL.into(), labels::BUILD_ONE.into()];
+    let any = |g: &str| cfg.sizes.iter().any(|s| cfg.applies(g, *s));
+    let mut v = Vec::new();
+    if any("synthetic") {
+        v = synthetic_labels(cfg);
+    }
+    if any("file") {
+        v.extend(rows_file::labels(cfg));
+    }
+    if any("api") {
+        v.extend(rows_poller::labels("api", cfg));
+    }
+    if any("moto") && rows_moto::find().is_ok() {
+        v.extend(rows_moto::labels(cfg));
+    }
+    if any("istiod") && rows_istiod::find().is_ok() {
+        v.extend(rows_istiod::labels(cfg));
+    }
+    if any("pacing") && rows_istiod::find().is_ok() {
+        v.extend(rows_istiod::pacing_labels(cfg));
+    }
+    v
+}
+
+fn synthetic_labels(cfg: &Config) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        labels::BYTES.into(),
+        labels::TRANSLATE.into(),
+        labels::BUILD_FULL.into(),
+        labels::BUILD_ONE.into(),
+    ];
     for &n in &cfg.clients {
-        for w in [labels::OURS_MS, labels::FLOOR_MS, labels::NAIVE_MS, labels::VS_FLOOR, labels::VS_NAIVE] {
+        for w in [
+            labels::OURS_MS,
+            labels::FLOOR_MS,
+            labels::NAIVE_MS,
+            labels::VS_FLOOR,
+            labels::VS_NAIVE,
+        ] {
             v.push(labels::push(n, w));
         }
     }
