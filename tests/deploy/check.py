@@ -386,6 +386,10 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
                 str(env.get("CLOUDMAP_MCP_LABELS")))
         R.check("values-full: lists joined with commas", env.get("CLOUDMAP_MCP_EXPORT_TO") == ".,istio-system",
                 str(env.get("CLOUDMAP_MCP_EXPORT_TO")))
+        R.check("values-full: listener limits, pacing and debug views", env.get("CLOUDMAP_MCP_MAX_CONNECTIONS") == "500"
+                and env.get("CLOUDMAP_MCP_MAX_ADS_STREAMS") == "200" and env.get("CLOUDMAP_MCP_MIN_PUSH_INTERVAL") == "2s"
+                and env.get("CLOUDMAP_MCP_DEBUG_ADDR") == "127.0.0.1:15015" and env.get("CLOUDMAP_MCP_DEBUG_VIEWS") == "false",
+                str({k: v for k, v in env.items() if "CONNECTIONS" in k or "DEBUG" in k or "PUSH" in k or "ADS" in k}))
         R.check("values-full: log format", env.get("CLOUDMAP_MCP_LOG_FORMAT") == "text" and env.get("RUST_LOG") == "info,cloudmap_mcp=debug")
         R.check("values-full: TLS files set", all(f"CLOUDMAP_MCP_TLS_{k}_FILE" in env for k in ("CERT", "KEY", "CLIENT_CA")), str(sorted(env)))
         R.check("values-full: TLS client auth and reload interval", env.get("CLOUDMAP_MCP_TLS_CLIENT_AUTH") == "optional"
@@ -425,6 +429,10 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
         vols = {v["name"]: v for v in w["dep"]["spec"]["template"]["spec"]["volumes"]}
         R.check("values-registry: mounted ConfigMap is the rendered one", vols["registry"]["configMap"]["name"] == cm["metadata"]["name"])
         R.check("values-registry: ConfigMap holds the file the env var names", key in cm["data"], f"{key} not in {list(cm['data'])}")
+        renv = {k: v.get("value") for k, v in w["env"].items()}
+        R.check("values-registry: registry caps rendered", renv.get("CLOUDMAP_MCP_REGISTRY_MAX_BYTES") == "1048576"
+                and renv.get("CLOUDMAP_MCP_REGISTRY_MAX_INSTANCES") == "1000" and "CLOUDMAP_MCP_REGISTRY_MAX_SERVICES" not in renv,
+                str({k: v for k, v in renv.items() if "REGISTRY" in k}))
         content = cm["data"].get(key, "")
         reg = yaml.safe_load(content)
         R.check("values-registry: registry parses with namespaces", isinstance(reg, dict) and reg.get("namespaces"))
