@@ -57,12 +57,17 @@ fn breaks_lines(c: char) -> bool {
 /// and other line-based output: the result is always one line. Backslashes and quotes are kept, so
 /// text already quoted with `{:?}` is not escaped twice.
 pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(breaks_lines) {
+    escape_where(s, breaks_lines)
+}
+
+/// `s` with the characters `escape` picks written as Rust escapes; borrowed when there are none.
+fn escape_where(s: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(&escape) {
         return std::borrow::Cow::Borrowed(s);
     }
-    let mut out = String::with_capacity(s.len() + 8);
+    let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
-        if breaks_lines(c) {
+        if escape(c) {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
@@ -103,21 +108,13 @@ impl<W: std::io::Write> std::io::Write for OneLinePerEvent<W> {
         };
         let text = String::from_utf8_lossy(body);
         let keep_esc = self.keep_esc;
-        let unsafe_char = |c: char| breaks_lines(c) && c != '\t' && !(keep_esc && c == '\u{1b}');
-        if !text.chars().any(unsafe_char) {
-            self.inner.write_all(buf)?;
-            return Ok(buf.len());
-        }
-        let mut out = String::with_capacity(buf.len() + 16);
-        for c in text.chars() {
-            if unsafe_char(c) {
-                out.extend(c.escape_debug());
-            } else {
-                out.push(c);
+        match escape_where(&text, |c| breaks_lines(c) && c != '\t' && !(keep_esc && c == '\u{1b}')) {
+            std::borrow::Cow::Borrowed(_) => self.inner.write_all(buf)?,
+            std::borrow::Cow::Owned(mut out) => {
+                out.push_str(std::str::from_utf8(end).unwrap_or_default());
+                self.inner.write_all(out.as_bytes())?;
             }
         }
-        out.push_str(std::str::from_utf8(end).unwrap_or_default());
-        self.inner.write_all(out.as_bytes())?;
         Ok(buf.len())
     }
 
