@@ -1299,6 +1299,32 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn answers_at_the_instance_cap_are_served_counted_and_noted_until_they_shrink() {
+        let p = poller(0.5, 3);
+        *p.lock() = state_with(2);
+        let key = keys(&[0]).remove(0);
+        let at = |n: usize, at_cap: bool| Discovered {
+            instances: (0..n).map(|i| instance(&format!("i{i:04}"), &format!("10.0.{}.{}", i / 256, i % 256))).collect::<Vec<_>>().into(),
+            revision: Some(n as i64),
+            duplicates: vec![],
+            at_cap,
+        };
+        let gauge = |p: &Poller| {
+            p.publish_locked(&mut p.lock());
+            p.metrics.at_instance_cap.get()
+        };
+        let note = |p: &Poller| debug::view(p).namespaces.iter().flat_map(|n| &n.services).find(|s| s.name == key.1).and_then(|s| s.note.clone());
+        assert_eq!(gauge(&p), 0);
+        assert!(p.apply_discovered(&key, 1, Ok(at(1000, true)), Read::Refresh));
+        assert_eq!(p.lock().services[&key].data.as_ref().unwrap().instances.len(), 1000, "served as returned");
+        assert_eq!(gauge(&p), 1);
+        assert!(note(&p).is_some_and(|n| n.contains("1000")), "{:?}", note(&p));
+        assert!(p.apply_discovered(&key, 2, Ok(at(999, false)), Read::Refresh));
+        assert_eq!(gauge(&p), 0);
+        assert_eq!(note(&p), None);
+    }
+
+    #[test]
     fn failures_keep_data_and_older_answers_never_win() {
         let p = poller(0.5, 3);
         *p.lock() = state_with(1);
