@@ -870,7 +870,6 @@ impl Poller {
                 if d.at_cap && !e.data.as_ref().is_some_and(|old| old.at_cap) {
                     if let Some(held) = self.cap_log.allow() {
                         tracing::warn!(
-                            source = %self.settings.name,
                             namespace = %key.0,
                             service = %key.1,
                             instances = d.instances.len(),
