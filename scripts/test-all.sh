@@ -42,14 +42,15 @@ fi
 
 # RustSec advisories: the vendored database snapshot beside the repository, no fetch, warnings
 # (unmaintained, yanked) fail too. cargo-audit comes from PATH when installed there, else it is
-# built once into target/tools (without the default binary-scanning feature, which this step does
-# not use): about 13 min of CPU, 24 min wall on the shared 2-core machine; reused while target/ is kept.
+# built once into target/tools and reused while target/ is kept. Built unoptimized (--debug) and
+# without the default binary-scanning feature (not used here): 4 min of CPU instead of 13 for the
+# release build, and the audit still takes under 2 s.
 audit() {
   local db=../shared/advisory-db bin=target/tools/bin/cargo-audit
   if [ ! -d "$db" ]; then echo "no advisory database at $db (clone the repository with ../shared beside it)"; return 1; fi
   if [ ! -x "$bin" ] && command -v cargo-audit >/dev/null; then bin=$(command -v cargo-audit); fi
   if [ ! -x "$bin" ]; then
-    cargo install cargo-audit --locked --no-default-features --root target/tools --quiet
+    cargo install cargo-audit --locked --no-default-features --debug --root target/tools --quiet
   fi
   "$bin" audit --db "$db" --no-fetch --deny warnings
 }
