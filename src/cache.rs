@@ -21,6 +21,7 @@ use crate::source::SnapshotRx;
 use crate::translate::{
     self, CollisionCandidate, Location, Note, NoteKind, Rejection, Resolution, ServiceEntry, ServiceRef, Translation,
 };
+use crate::util::Escaped;
 
 /// Field number of `DiscoveryResponse.resources`.
 const RESOURCES_FIELD: u32 = 2;
@@ -581,13 +582,18 @@ fn log_changes(prev: Option<&ResourceSnapshot>, next: &ResourceSnapshot, encoded
     let old_rejected = prev.map(|p| p.rejected.as_slice()).unwrap_or_default();
     for r in next.rejected.iter() {
         if !old_rejected.contains(r) {
-            tracing::warn!(service = %r.source, reason = %r.reason, "Cloud Map service left out: its ServiceEntry would be invalid");
+            tracing::warn!(service = %Escaped(&r.source.to_string()), reason = %Escaped(&r.reason), "Cloud Map service left out: its ServiceEntry would be invalid");
         }
     }
     let old_notes = prev.map(|p| p.notes.as_slice()).unwrap_or_default();
     for n in next.notes.iter() {
         if !old_notes.contains(n) {
-            tracing::warn!(service = %n.source, instance = n.instance.as_deref().unwrap_or("-"), "{}", n.message);
+            tracing::warn!(
+                service = %Escaped(&n.source.to_string()),
+                instance = %Escaped(n.instance.as_deref().unwrap_or("-")),
+                "{}",
+                Escaped(&n.message)
+            );
         }
     }
 }

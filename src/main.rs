@@ -11,8 +11,10 @@ fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
     // Colour codes only on a terminal, never into files or pipes.
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    // Every event on one line: a newline in a registry's attribute or name cannot forge a log line.
+    let ansi = std::io::stderr().is_terminal();
+    let writer = move || cloudmap_mcp::util::OneLinePerEvent::new(std::io::stderr(), ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),

@@ -45,9 +45,116 @@ impl LogLimiter {
     }
 }
 
+/// Whether printing `c` could start a new line or drive a terminal: control characters and the
+/// Unicode line and paragraph separators.
+fn breaks_lines(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `s` with control characters (newline, carriage return, escape, ...) and the Unicode line and
+/// paragraph separators escaped as Rust does (`\n`, `\r`, `\u{1b}`, `\u{2028}`), everything else kept.
+/// For text from registries (attribute keys and values, names, ids) printed into logs, YAML comments
+/// and other line-based output: the result is always one line. Backslashes and quotes are kept, so
+/// text already quoted with `{:?}` is not escaped twice.
+pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_where(s, breaks_lines)
+}
+
+/// `s` with the characters `escape` picks written as Rust escapes; borrowed when there are none.
+fn escape_where(s: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(&escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if escape(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Displays a string with [`escape_control`]: `tracing::warn!(reason = %Escaped(&r), ...)`.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&escape_control(self.0))
+    }
+}
+
+/// A log writer that keeps every event on one line whatever its fields hold: the log layer writes
+/// each event with one `write_all` ending in `\n`; any other line break or control character in it
+/// is escaped (see [`escape_control`]), except the escape character when colours are on (a terminal).
+/// The last line of defence: fields printed with `%` (Display) are not escaped by the text format.
+pub struct OneLinePerEvent<W> {
+    inner: W,
+    keep_esc: bool,
+}
+
+impl<W> OneLinePerEvent<W> {
+    pub fn new(inner: W, ansi: bool) -> Self {
+        OneLinePerEvent { inner, keep_esc: ansi }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for OneLinePerEvent<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end): (&[u8], &[u8]) = match buf.split_last() {
+            Some((b'\n', body)) => (body, b"\n"),
+            _ => (buf, b""),
+        };
+        let text = String::from_utf8_lossy(body);
+        let keep_esc = self.keep_esc;
+        match escape_where(&text, |c| breaks_lines(c) && c != '\t' && !(keep_esc && c == '\u{1b}')) {
+            std::borrow::Cow::Borrowed(_) => self.inner.write_all(buf)?,
+            std::borrow::Cow::Owned(mut out) => {
+                out.push_str(std::str::from_utf8(end).unwrap_or_default());
+                self.inner.write_all(out.as_bytes())?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_control_keeps_text_on_one_line() {
+        assert!(matches!(escape_control("plain key: ü \\ \"q\""), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape_control("k\nINFO forged"), "k\\nINFO forged");
+        assert_eq!(escape_control("a\r\n# b\tc"), "a\\r\\n# b\\tc");
+        assert_eq!(escape_control("\u{1b}[31mred\u{2028}x\u{85}\0"), "\\u{1b}[31mred\\u{2028}x\\u{85}\\0");
+        // Already-quoted text is not escaped again.
+        let quoted = format!("{:?}", "a\nb");
+        assert_eq!(escape_control(&quoted), quoted);
+        for s in ["x\ny", "\r", "a\u{2029}b", "\u{0}\u{7f}\u{9f}"] {
+            let e = escape_control(s);
+            assert!(!e.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'), "{e:?}");
+            assert_eq!(Escaped(s).to_string(), e);
+        }
+    }
+
+    #[test]
+    fn one_line_per_event_escapes_all_but_the_final_newline() {
+        use std::io::Write;
+        let mut w = OneLinePerEvent::new(Vec::new(), false);
+        w.write_all(b"INFO msg key=a\nERROR forged\r\n").unwrap();
+        w.write_all(b"INFO plain\tline\n").unwrap();
+        w.write_all(b"INFO \x1b[1mbold\n").unwrap();
+        assert_eq!(String::from_utf8(w.inner).unwrap(), "INFO msg key=a\\nERROR forged\\r\nINFO plain\tline\nINFO \\u{1b}[1mbold\n");
+        let mut w = OneLinePerEvent::new(Vec::new(), true);
+        w.write_all(b"\x1b[1mINFO\x1b[0m a\nb\n").unwrap();
+        assert_eq!(String::from_utf8(w.inner).unwrap(), "\x1b[1mINFO\x1b[0m a\\nb\n");
+    }
 
     #[test]
     fn log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {

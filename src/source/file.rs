@@ -233,7 +233,8 @@ pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Sna
         FileRegistry { namespaces: Vec::new() }
     } else {
         budget::with_budget(*limits, text.len(), || serde_yaml::from_str(text))
-            .map_err(|e| RegistryFileError::Parse { path: path_buf(), message: e.to_string() })?
+            // The parser quotes pieces of the file (unknown keys) unescaped: keep the message on one line.
+            .map_err(|e| RegistryFileError::Parse { path: path_buf(), message: crate::util::escape_control(&e.to_string()).into_owned() })?
     };
     let invalid = |at: String, message: String| RegistryFileError::Invalid { path: path_buf(), at, message };
 

@@ -3,6 +3,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::util::escape_control;
+
 use super::{NoteKind, ServiceEntry, ServiceEntrySpec, Translation};
 
 #[derive(Serialize)]
@@ -71,19 +73,24 @@ pub fn render(entries: &[ServiceEntry], format: Format) -> String {
     }
 }
 
-/// YAML comment lines listing what was left out, appended by `render` and the debug view.
+/// YAML comment lines listing what was left out, appended by `render` and the debug view. Names,
+/// ids and reasons come from the registry: control characters are escaped, so each stays one
+/// comment line and the YAML around it still parses.
 pub fn report_comments(t: &Translation) -> String {
     let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str("# ");
+        out.push_str(&escape_control(&text));
+        out.push('\n');
+    };
     for r in &t.rejected {
-        out.push_str(&format!("# rejected {}: {}\n", r.source, r.reason));
+        line(format!("rejected {}: {}", r.source, r.reason));
     }
     for n in &t.notes {
         match (&n.instance, n.kind) {
-            (Some(i), NoteKind::SkippedInstance) => {
-                out.push_str(&format!("# skipped instance {} of {}: {}\n", i, n.source, n.message))
-            }
-            (Some(i), _) => out.push_str(&format!("# note on instance {} of {}: {}\n", i, n.source, n.message)),
-            (None, _) => out.push_str(&format!("# note on {}: {}\n", n.source, n.message)),
+            (Some(i), NoteKind::SkippedInstance) => line(format!("skipped instance {} of {}: {}", i, n.source, n.message)),
+            (Some(i), _) => line(format!("note on instance {} of {}: {}", i, n.source, n.message)),
+            (None, _) => line(format!("note on {}: {}", n.source, n.message)),
         }
     }
     out

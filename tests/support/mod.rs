@@ -78,6 +78,15 @@ impl ServerProcess {
 
     /// Like [`Self::start_env`], with the open-file limit (soft and hard) set to `open_files`.
     pub fn start_limited(args: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> ServerProcess {
+        Self::start_with(args, env, open_files, "json")
+    }
+
+    /// Like [`Self::start_env`], logging in the text format (`--log-format text`).
+    pub fn start_text_logs(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_with(args, env, None, "text")
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)], open_files: Option<u64>, log_format: &str) -> ServerProcess {
         // CLOUDMAP_MCP_BIN: another build of the server (e.g. release, for measured runs).
         let bin = std::env::var_os("CLOUDMAP_MCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cloudmap-mcp").into());
         let mut cmd = Command::new(bin);
@@ -89,7 +98,7 @@ impl ServerProcess {
                 cmd.pre_exec(move || if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
             }
         }
-        cmd.args(["--log-format", "json", "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        cmd.args(["--log-format", log_format, "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info,cloudmap_mcp=debug")
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -111,7 +120,7 @@ impl ServerProcess {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("\"listening\"") {
+                    if line.contains("\"listening\"") || line.contains(" listening grpc_addr=") {
                         let _ = tx.send(line.clone());
                     }
                     logs.lock().unwrap().push(line);
@@ -125,10 +134,16 @@ impl ServerProcess {
                 panic!("server did not start; logs:\n{}", logs.lock().unwrap().join("\n"));
             }
         };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let grpc = v["grpc_addr"].as_str().unwrap().parse().unwrap();
-        let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
-        let debug = v["debug_views"].as_str().and_then(|a| a.parse().ok());
+        let field = |name: &str| -> Option<String> {
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => v[name].as_str().map(str::to_owned),
+                // Text format: `... listening grpc_addr=127.0.0.1:1 admin_addr=127.0.0.1:2 debug_views=...`
+                Err(_) => line.split(' ').find_map(|w| w.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned),
+            }
+        };
+        let grpc = field("grpc_addr").unwrap().parse().unwrap();
+        let admin = field("admin_addr").unwrap().parse().unwrap();
+        let debug = field("debug_views").and_then(|a| a.parse().ok());
         ServerProcess { child, grpc, admin, debug, logs }
     }
 

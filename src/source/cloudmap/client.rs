@@ -19,7 +19,9 @@ use crate::translate::HealthFilter;
 /// Page size for the List* calls (the API's maximum).
 const PAGE_SIZE: i32 = 100;
 /// DiscoverInstances' maximum: a service holds at most 1,000 instances, so one call gets them all.
-const DISCOVER_MAX_RESULTS: i32 = 1000;
+/// DiscoverInstances answers at most this many instances (`MaxResults`, the API's own cap) and has
+/// no paging: an answer this long may leave instances out.
+pub const DISCOVER_MAX_RESULTS: i32 = 1000;
 /// A listing that has not ended after this many pages is treated as broken.
 const MAX_PAGES: usize = 10_000;
 /// First retry delay after a throttle, doubled per attempt.
@@ -143,6 +145,9 @@ pub struct Discovered {
     pub revision: Option<i64>,
     /// Instance ids that appeared more than once (one was kept).
     pub duplicates: Vec<String>,
+    /// The answer held [`DISCOVER_MAX_RESULTS`] instances (or more): Cloud Map may hold more that
+    /// no call can return. Served as it is, with a warning, a metric and a `/debug/cloudmap` note.
+    pub at_cap: bool,
 }
 
 /// Where the SDK client comes from.
@@ -543,6 +548,7 @@ impl Api {
                     .send()
             })
             .await?;
+        let at_cap = out.instances().len() >= DISCOVER_MAX_RESULTS as usize;
         let mut by_id: BTreeMap<String, model::Instance> = BTreeMap::new();
         let mut duplicates = Vec::new();
         for i in out.instances() {
@@ -578,6 +584,7 @@ impl Api {
             instances: by_id.into_values().collect::<Vec<_>>().into(),
             revision: out.instances_revision(),
             duplicates,
+            at_cap,
         })
     }
 

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::budget::BudgetConfig;
+use super::client::DISCOVER_MAX_RESULTS;
 use super::poller::{rfc3339, ErrorRecord, Poller, ResyncReport};
 use super::select::SelectionView;
 use crate::cache::ResourceRx;
@@ -104,6 +105,9 @@ pub struct ServiceView {
     pub served: bool,
     pub last_refresh: Option<String>,
     pub instance_count: Option<usize>,
+    /// Set when the last DiscoverInstances answer held the API's maximum (1,000) instances.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub skipped_instances: Vec<SkippedView>,
     pub removal_held: bool,
     pub last_error: Option<ErrorRecord>,
@@ -165,6 +169,11 @@ pub(super) fn view(p: &Poller) -> DebugView {
             served: e.data.is_some(),
             last_refresh: e.refreshed_at.map(rfc3339),
             instance_count: e.data.as_ref().map(|d| d.instances.len()),
+            note: e.data.as_ref().filter(|d| d.at_cap).map(|_| {
+                format!(
+                    "DiscoverInstances returned {DISCOVER_MAX_RESULTS} instances, its maximum: served as returned, but Cloud Map may hold more that are not served"
+                )
+            }),
             skipped_instances: skipped,
             removal_held: e.removal_held,
             last_error: e.last_error.clone(),

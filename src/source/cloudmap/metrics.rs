@@ -33,6 +33,7 @@ pub struct CloudMapFamilies {
     services: Family<Labels, Gauge>,
     instances: Family<Labels, Gauge>,
     held_back: Family<Labels, Gauge>,
+    at_instance_cap: Family<Labels, Gauge>,
     removal_guard_holds: Family<Labels, Counter>,
     synced: Family<Labels, Gauge>,
     last_sync: SyncTimes,
@@ -51,6 +52,7 @@ pub struct CloudMapMetrics {
     pub namespaces: Gauge,
     pub services: Gauge,
     pub instances: Gauge,
+    pub at_instance_cap: Gauge,
     pub removal_guard_holds: Counter,
     pub synced: Gauge,
     last_sync: Arc<AtomicU64>,
@@ -107,6 +109,7 @@ impl CloudMapFamilies {
             services: Family::default(),
             instances: Family::default(),
             held_back: Family::default(),
+            at_instance_cap: Family::default(),
             removal_guard_holds: Family::default(),
             synced: Family::default(),
             last_sync: Arc::default(),
@@ -161,6 +164,11 @@ impl CloudMapFamilies {
             m.held_back.clone(),
         );
         r.register(
+            "cloudmap_mcp_cloudmap_services_at_instance_cap",
+            "Services whose last DiscoverInstances answer held 1,000 instances, the API's maximum: served, but Cloud Map may hold more that are not",
+            m.at_instance_cap.clone(),
+        );
+        r.register(
             "cloudmap_mcp_cloudmap_removal_guard_holds",
             "Resyncs whose removals were held back by the mass-removal guard",
             m.removal_guard_holds.clone(),
@@ -188,6 +196,7 @@ impl CloudMapFamilies {
             namespaces: self.namespaces.get_or_create(&l).clone(),
             services: self.services.get_or_create(&l).clone(),
             instances: self.instances.get_or_create(&l).clone(),
+            at_instance_cap: self.at_instance_cap.get_or_create(&l).clone(),
             removal_guard_holds: self.removal_guard_holds.get_or_create(&l).clone(),
             synced: self.synced.get_or_create(&l).clone(),
             last_sync,

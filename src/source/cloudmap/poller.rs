@@ -35,13 +35,14 @@ use tracing::Instrument;
 
 use super::attributes::{self, ServiceAttributes};
 use super::budget::{backoff, doubled, jittered};
-use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary};
+use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary, DISCOVER_MAX_RESULTS};
 use super::debug::{self, DebugView};
 use super::metrics::CloudMapMetrics;
 use super::Settings;
 use crate::metrics::Metrics;
 use crate::model::{self, Timestamp};
 use crate::source::SnapshotTx;
+use crate::util::LogLimiter;
 
 /// `(namespace name, service name)`: the identity of a ServiceEntry.
 pub(super) type SvcKey = (String, String);
@@ -326,7 +327,13 @@ pub struct Poller {
     events_active: AtomicBool,
     /// A resync asked for out of schedule (an event about the topology); rate-limited by `run`.
     resync_requested: Notify,
+    /// The warning about services whose instances reach the DiscoverInstances cap.
+    cap_log: LogLimiter,
 }
+
+/// Warnings a registry can cause over and over (services at the instance cap) are logged at most
+/// once per this interval, with the number held back.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Resyncs asked for by events start at most this often.
 const REQUESTED_RESYNC_MIN_GAP: Duration = Duration::from_secs(5);
@@ -358,6 +365,7 @@ impl Poller {
             publish: Notify::new(),
             events_active: AtomicBool::new(false),
             resync_requested: Notify::new(),
+            cap_log: LogLimiter::new(WARN_EVERY),
         }
     }
 
@@ -859,6 +867,18 @@ impl Poller {
                 e.loaded_at = Some(now);
                 e.next_health = now + jittered(self.settings.health_refresh_interval, 0.1);
                 let changed = log_instance_changes(key, e.data.as_ref(), &d, read);
+                if d.at_cap && !e.data.as_ref().is_some_and(|old| old.at_cap) {
+                    if let Some(held) = self.cap_log.allow() {
+                        tracing::warn!(
+                            namespace = %key.0,
+                            service = %key.1,
+                            instances = d.instances.len(),
+                            cap = DISCOVER_MAX_RESULTS,
+                            held_back = held,
+                            "DiscoverInstances returned its maximum number of instances: the service is served with these, but Cloud Map may hold more that are not served (the API has no paging); split the service or filter by health"
+                        );
+                    }
+                }
                 if changed {
                     e.note_change(&self.settings, now);
                 }
@@ -1082,6 +1102,7 @@ impl Poller {
         self.metrics
             .set_held_back("stale", st.services.values().filter(|e| e.served() && e.last_error.is_some()).count());
         self.metrics.set_held_back("pending", st.services.values().filter(|e| !e.served()).count());
+        self.metrics.at_instance_cap.set(st.services.values().filter(|e| e.data.as_ref().is_some_and(|d| d.at_cap)).count() as i64);
         if !st.synced || !st.dirty {
             return;
         }
@@ -1190,7 +1211,7 @@ pub(super) mod tests {
             arn: None,
             create_date: None,
             health_checked: false,
-            data: Some(Discovered { instances: instances.into(), revision: Some(1), duplicates: Vec::new() }),
+            data: Some(Discovered { instances: instances.into(), revision: Some(1), duplicates: Vec::new(), at_cap: false }),
             loaded_seq: 1,
             refreshed_at: None,
             loaded_at: None,
@@ -1277,6 +1298,32 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn answers_at_the_instance_cap_are_served_counted_and_noted_until_they_shrink() {
+        let p = poller(0.5, 3);
+        *p.lock() = state_with(2);
+        let key = keys(&[0]).remove(0);
+        let at = |n: usize, at_cap: bool| Discovered {
+            instances: (0..n).map(|i| instance(&format!("i{i:04}"), &format!("10.0.{}.{}", i / 256, i % 256))).collect::<Vec<_>>().into(),
+            revision: Some(n as i64),
+            duplicates: vec![],
+            at_cap,
+        };
+        let gauge = |p: &Poller| {
+            p.publish_locked(&mut p.lock());
+            p.metrics.at_instance_cap.get()
+        };
+        let note = |p: &Poller| debug::view(p).namespaces.iter().flat_map(|n| &n.services).find(|s| s.name == key.1).and_then(|s| s.note.clone());
+        assert_eq!(gauge(&p), 0);
+        assert!(p.apply_discovered(&key, 1, Ok(at(1000, true)), Read::Refresh));
+        assert_eq!(p.lock().services[&key].data.as_ref().unwrap().instances.len(), 1000, "served as returned");
+        assert_eq!(gauge(&p), 1);
+        assert!(note(&p).is_some_and(|n| n.contains("1000")), "{:?}", note(&p));
+        assert!(p.apply_discovered(&key, 2, Ok(at(999, false)), Read::Refresh));
+        assert_eq!(gauge(&p), 0);
+        assert_eq!(note(&p), None);
+    }
+
+    #[test]
     fn failures_keep_data_and_older_answers_never_win() {
         let p = poller(0.5, 3);
         *p.lock() = state_with(1);
@@ -1298,9 +1345,10 @@ pub(super) mod tests {
             instances: vec![instance("a", "10.0.0.1"), instance("b", "10.0.0.2")].into(),
             revision: Some(2),
             duplicates: vec![],
+            at_cap: false,
         };
         assert!(p.apply_discovered(&key, 7, Ok(newer), Read::Revision(2)));
-        let older = Discovered { instances: Vec::new().into(), revision: Some(0), duplicates: vec![] };
+        let older = Discovered { instances: Vec::new().into(), revision: Some(0), duplicates: vec![], at_cap: false };
         assert!(!p.apply_discovered(&key, 6, Ok(older), Read::New), "an answer to an older request is dropped");
         let st = p.lock();
         let e = &st.services[&key];
@@ -1416,10 +1464,10 @@ pub(super) mod tests {
         assert!(p.lock().services[&key].last_error.is_none(), "an OK revision answer clears the error");
 
         // A read that finds the same instances changes nothing; one that finds others resets.
-        let same = Discovered { instances: vec![instance("a", "10.0.0.1")].into(), revision: Some(1), duplicates: vec![] };
+        let same = Discovered { instances: vec![instance("a", "10.0.0.1")].into(), revision: Some(1), duplicates: vec![], at_cap: false };
         assert!(!p.apply_discovered(&key, 2, Ok(same), Read::Refresh));
         assert_eq!(level(&p), 3);
-        let other = Discovered { instances: vec![instance("a", "10.0.0.9")].into(), revision: Some(1), duplicates: vec![] };
+        let other = Discovered { instances: vec![instance("a", "10.0.0.9")].into(), revision: Some(1), duplicates: vec![], at_cap: false };
         assert!(p.apply_discovered(&key, 3, Ok(other), Read::Refresh));
         assert_eq!(level(&p), 0);
         let now = Instant::now();
