@@ -50,7 +50,7 @@ audit() {
   if [ ! -d "$db" ]; then echo "no advisory database at $db (clone the repository with ../shared beside it)"; return 1; fi
   if [ ! -x "$bin" ] && command -v cargo-audit >/dev/null; then bin=$(command -v cargo-audit); fi
   if [ ! -x "$bin" ]; then
-    cargo install cargo-audit --locked --no-default-features --debug --root target/tools --quiet
+    cargo install cargo-audit --version 0.22.2 --locked --no-default-features --debug --root target/tools --quiet
   fi
   "$bin" audit --db "$db" --no-fetch --deny warnings
 }
