@@ -19,7 +19,7 @@ pub fn labels(cfg: &Config) -> Vec<String> {
     rows_poller::labels(P, cfg)
 }
 
-/// moto_server: $MOTO_SERVER, else `moto_server` on PATH, else the crate's `.venv/bin/moto_server`.
+/// moto_server: $MOTO_SERVER, else the crate's `.venv/bin/moto_server`, else `moto_server` on PATH.
 pub fn find() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("MOTO_SERVER").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
@@ -29,16 +29,17 @@ pub fn find() -> Result<PathBuf, String> {
             Err(format!("MOTO_SERVER={} does not exist", p.display()))
         };
     }
+    // The venv first: a moto on PATH may be too old (5.2.1 lacks GetServiceAttributes).
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    if venv.is_file() {
+        return Ok(venv);
+    }
     if let Some(p) = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|d| d.join("moto_server"))
             .find(|p| p.is_file())
     }) {
         return Ok(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    if venv.is_file() {
-        return Ok(venv);
     }
     Err("moto_server not found (set MOTO_SERVER, or run scripts/test-all.sh, which installs it into .venv)".into())
 }

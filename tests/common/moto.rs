@@ -1,7 +1,7 @@
 //! A real moto server (`moto_server`) on a free loopback port, one per test, killed on drop.
 //!
-//! The binary is `$MOTO_SERVER`, else `moto_server` on PATH, else `.venv/bin/moto_server` in the
-//! crate (what `.ci/run` installs). Without one, tests print a skip message and pass, unless
+//! The binary is `$MOTO_SERVER`, else `.venv/bin/moto_server` in the crate (what `.ci/run`
+//! installs), else `moto_server` on PATH. Without one, tests print a skip message and pass, unless
 //! `CLOUDMAP_MCP_REQUIRE_TOOLS=1`, where they fail.
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,12 +28,14 @@ pub fn find() -> Result<PathBuf, String> {
         let p = PathBuf::from(p);
         return if p.is_file() { Ok(p) } else { Err(format!("MOTO_SERVER={} does not exist", p.display())) };
     }
-    if let Some(p) = on_path("moto_server") {
-        return Ok(p);
-    }
+    // The venv scripts/test-all.sh installs comes first: a moto on PATH may be too old (5.2.1
+    // lacks GetServiceAttributes).
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
     if venv.is_file() {
         return Ok(venv);
+    }
+    if let Some(p) = on_path("moto_server") {
+        return Ok(p);
     }
     Err("moto_server not found: set MOTO_SERVER, put moto_server on PATH, or run \
          `python3 -m venv .venv && .venv/bin/pip install 'moto[server]'`"

@@ -1,0 +1,183 @@
+//! The poll loop: revision polls and refresh reads per service, on an adaptive schedule, and
+//! their answers applied to the state (see the parent module).
+use super::*;
+
+impl Poller {
+    /// Applies a DiscoverInstances answer (or failure). Returns whether the served data changed.
+    pub(super) fn apply_discovered(&self, key: &SvcKey, seq: u64, r: Result<Discovered, ApiError>, read: Read) -> bool {
+        self.metrics.instance_read(read.label());
+        let mut st = self.lock();
+        let now = Instant::now();
+        let Some(e) = st.services.get_mut(key) else { return false };
+        let polled_revision = match read {
+            Read::Revision(r) => Some(r),
+            _ => None,
+        };
+        if polled_revision.is_some() || read == Read::Event {
+            // A moved revision (or an event) is a change, whether or not this read succeeds; after
+            // an event, the polls that follow also catch what the read was too early to see.
+            e.note_change(&self.settings, now);
+        }
+        let changed = match r {
+            Ok(d) => {
+                if seq < e.loaded_seq {
+                    return false;
+                }
+                e.clear_error(key);
+                e.revision_seen = polled_revision.or(e.revision_seen).or(d.revision);
+                e.loaded_seq = seq;
+                e.refreshed_at = Some(SystemTime::now());
+                e.loaded_at = Some(now);
+                e.next_health = now + jittered(self.settings.health_refresh_interval, 0.1);
+                let changed = log_instance_changes(key, e.data.as_ref(), &d, read);
+                if d.at_cap && !e.data.as_ref().is_some_and(|old| old.at_cap) {
+                    if let Some(held) = self.cap_log.allow() {
+                        tracing::warn!(
+                            namespace = %key.0,
+                            service = %key.1,
+                            instances = d.instances.len(),
+                            cap = DISCOVER_MAX_RESULTS,
+                            held_back = held,
+                            "DiscoverInstances returned its maximum number of instances: the service is served with these, but Cloud Map may hold more that are not served (the API has no paging); split the service or filter by health"
+                        );
+                    }
+                }
+                if changed {
+                    e.note_change(&self.settings, now);
+                }
+                e.data = Some(d);
+                changed
+            }
+            Err(err) => {
+                e.record_error(key, err);
+                false
+            }
+        };
+        if changed {
+            st.dirty = true;
+        }
+        changed
+    }
+
+    /// Applies a DiscoverInstancesRevision answer that needs no read: the revision seen before (a
+    /// quiet poll: the next one comes later, and a previous error is over), or a failure (kept; the
+    /// poll interval stays as it is).
+    pub(super) fn apply_revision(&self, key: &SvcKey, r: Result<(), ApiError>) {
+        let mut st = self.lock();
+        let Some(e) = st.services.get_mut(key) else { return };
+        match r {
+            Ok(()) => {
+                e.clear_error(key);
+                e.note_quiet(&self.cadence(), Instant::now());
+            }
+            Err(err) => e.record_error(key, err),
+        }
+    }
+
+    /// Polls revisions of the services that are due, in batches, forever.
+    pub(super) async fn poll_loop(self: Arc<Self>) {
+        let interval = self.settings.revision_poll_interval;
+        let tick = (interval / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut paused = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.tx.closed() => return,
+            }
+            // While Cloud Map does not answer at all, polling every service only piles up
+            // timeouts: the resyncs keep probing, and polls resume with the first answer.
+            if self.api.unreachable() != paused {
+                paused = !paused;
+                if paused {
+                    tracing::warn!("Cloud Map is unreachable: revision polls paused; resyncs keep trying; serving the last good data");
+                } else {
+                    tracing::info!("Cloud Map answers again: revision polls resumed");
+                }
+            }
+            if paused {
+                continue;
+            }
+            let jobs = self.due_jobs();
+            if jobs.is_empty() {
+                continue;
+            }
+            stream::iter(jobs)
+                .map(|job| self.run_job(job))
+                .buffer_unordered(self.concurrency())
+                .for_each(|changed| {
+                    if changed {
+                        self.publish.notify_one();
+                    }
+                    async {}
+                })
+                .await;
+        }
+    }
+
+    pub(super) fn due_jobs(&self) -> Vec<Job> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let settings = &self.settings;
+        let cadence = self.cadence();
+        let mut jobs = Vec::new();
+        let State { services, namespaces, .. } = &mut *st;
+        for (key, e) in services.iter_mut() {
+            let health_due = e.health_checked && e.next_health <= now;
+            if e.next_poll > now && !health_due {
+                continue;
+            }
+            let interval = e.poll_interval(&cadence);
+            // Instances read less than an interval ago (by a resync or a refresh) are as fresh as a poll.
+            if let Some(t) = e.loaded_at.filter(|t| !health_due && now.duration_since(*t) < interval.mul_f64(0.8)) {
+                e.next_poll = t + jittered(interval, 0.1);
+                continue;
+            }
+            // Also when this poll is retried if it fails.
+            e.next_poll = now + jittered(interval, 0.1);
+            if health_due {
+                e.next_health = now + jittered(settings.health_refresh_interval, 0.1);
+            }
+            let Some(ns) = namespaces.get(&key.0) else { continue };
+            let stale = e.loaded_at.is_none_or(|t| now.duration_since(t) >= cadence.refresh);
+            let read = match (&e.data, &e.last_error) {
+                // Never read: retry transient failures; permanent ones wait for the next resync.
+                (None, Some(err)) if !err.error.kind.is_transient() => continue,
+                (None, _) => Some(Read::New),
+                (Some(_), _) if health_due => Some(Read::Health),
+                (Some(_), _) if stale => Some(Read::Refresh),
+                (Some(_), _) => None,
+            };
+            jobs.push(Job {
+                key: key.clone(),
+                http_name: ns.info.http_name.clone(),
+                owner: ns.info.owner.clone(),
+                read,
+                revision_seen: e.revision_seen,
+            });
+        }
+        jobs
+    }
+
+    pub(super) async fn run_job(&self, job: Job) -> bool {
+        let read = match job.read {
+            Some(read) => read,
+            None => match self.api.discover_revision(&job.http_name, &job.key.1, job.owner.as_deref()).await {
+                Ok(r) if Some(r) == job.revision_seen => {
+                    self.apply_revision(&job.key, Ok(()));
+                    return false;
+                }
+                Ok(r) => {
+                    tracing::debug!(namespace = %job.key.0, service = %job.key.1, old = ?job.revision_seen, new = r, "instances revision moved");
+                    Read::Revision(r)
+                }
+                Err(e) => {
+                    self.apply_revision(&job.key, Err(e));
+                    return false;
+                }
+            },
+        };
+        let seq = self.lock().next_seq();
+        let r = self.api.discover_instances(&job.http_name, &job.key.1, job.owner.as_deref()).await;
+        self.apply_discovered(&job.key, seq, r, read)
+    }
+}
