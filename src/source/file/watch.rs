@@ -117,6 +117,18 @@ impl Stamp {
     }
 }
 
+/// Hands the memory a parse freed back to the kernel. glibc keeps a thread arena's freed memory for
+/// reuse; after parsing a large file that is hundreds of MB of resident memory (measured: about
+/// 240 MB after the first load of a 10k × 10 registry) held until the next edit, which may come days
+/// later. Costs a walk over the arena's free chunks, once per parse.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The 128-bit hash contents are compared by (the served bytes are kept for the cut-off check).
 fn hash(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
@@ -299,6 +311,7 @@ where
         };
         (kind.log_loaded)(&thread_path, &initial.value, false);
         let watcher = Watcher::new(thread_path, interval, limits, initial, tx, kind, metrics);
+        return_freed_memory();
         let _ = first_tx.send(Ok(()));
         watcher.run();
     });
@@ -519,6 +532,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                         true
                     }
                 });
+                return_freed_memory();
             }
             Ok(Err(e)) => {
                 self.failing = false;
