@@ -2,7 +2,9 @@
 """Registry-file reload figures of the real `serve` binary: memory across edits, edit -> snapshot
 latency, idle CPU with an unchanged file.
 
-usage: reload-bench.py BINARY [SERVICES] [INSTANCES] [EDITS] [-- extra serve flags]
+usage: reload-bench.py [--json] BINARY [SERVICES] [INSTANCES] [EDITS] [-- extra serve flags]
+
+--json: the same registry written as JSON.
 
 Writes a registry (scripts/gen-registry.py), starts `BINARY serve --registry-file ...` with the
 default poll interval, waits until /readyz answers 200, then edits the file atomically EDITS times
@@ -45,13 +47,15 @@ def main():
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
+    as_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
     binary = argv[0]
     services = int(argv[1]) if len(argv) > 1 else 10000
     per = int(argv[2]) if len(argv) > 2 else 10
     edits = int(argv[3]) if len(argv) > 3 else 50
     gen = os.path.join(HERE, "gen-registry.py")
     d = tempfile.mkdtemp(prefix="reload-bench-")
-    path = os.path.join(d, "registry.yaml")
+    path = os.path.join(d, "registry.json" if as_json else "registry.yaml")
     subprocess.run([sys.executable, gen, str(services), str(per), path, "0"], check=True)
     size = os.path.getsize(path)
     port = 20000 + os.getpid() % 20000
@@ -89,7 +93,7 @@ def main():
           f"rss {rss_ready:.0f} MB, peak {hwm_ready:.0f} MB", flush=True)
     latencies, rss_after = [], {}
     for i in range(1, edits + 1):
-        nxt = path + ".next"
+        nxt = os.path.join(d, "next-" + os.path.basename(path))
         subprocess.run([sys.executable, gen, str(services), str(per), nxt, str(i)], check=True)
         time.sleep(0.3)
         with cond:

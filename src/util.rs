@@ -167,3 +167,16 @@ mod tests {
         assert_eq!(l.allow(), None);
     }
 }
+
+/// Hands memory the process freed back to the kernel. glibc keeps a thread arena's freed memory
+/// for reuse; after parsing a large file or building a large snapshot that is hundreds of MB of
+/// resident memory (measured: about 240 MB after the first load of a 10k × 10 registry with
+/// serde_yaml) held until the next large allocation, which may come days later. Costs a walk over
+/// the arenas' free chunks: call it after large one-off work, not per request.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -188,8 +188,20 @@ fn admin_endpoints() {
     let (_dir, path) = registry_dir();
     let server = serve(&path);
     assert_eq!(http_get(server.admin, "/healthz").0, 200);
-    let (code, body) = http_get(server.admin, "/readyz");
+    // "listening" comes before the first snapshot is built: ready once it is (quickly, but a
+    // loaded machine can take a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let (code, body) = http_get(server.admin, "/readyz");
+        if code == 200 || std::time::Instant::now() > deadline {
+            break (code, body);
+        }
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("not ready"), "{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ready: 3 ServiceEntries"), "{body}");
     let (code, yaml) = http_get(server.admin, "/debug/serviceentries");
     assert_eq!(code, 200);
     assert!(yaml.contains("name: cloudmap-getmesh-external-service.my-namespace"));

@@ -40,7 +40,11 @@ fn scale_bench_runs_at_tiny_size() {
         assert_eq!(r.values.len(), cfg.sizes.len());
         for v in &r.values {
             // A growth can be negative (istiod's garbage collector ran); everything else cannot.
-            assert!(v.is_finite() && (*v >= 0.0 || r.label.contains("growth")), "{}: {v}", r.label);
+            assert!(
+                v.is_finite() && (*v >= 0.0 || r.label.contains("growth")),
+                "{}: {v}",
+                r.label
+            );
         }
         if r.unit == scale::Unit::Ratio {
             assert!(
@@ -68,14 +72,16 @@ fn scale_bench_runs_at_tiny_size() {
     // The real paths: the serve binary with a registry file, and its Cloud Map poller against the
     // in-process Cloud Map API, produced every row at this size.
     use scale::{rows_file as file, rows_poller as poller};
-    assert_eq!(
-        value(&file::edits()),
-        cfg.edits as f64,
-        "every registry-file edit reached the client"
-    );
-    assert!(value(&file::file_mb()) > 0.0);
-    for rss in [file::rss_ready(), file::rss_after(1), file::peak()] {
-        assert!(value(&rss) > 1.0, "{rss}: a real process's RSS");
+    for f in [file::Format::Yaml, file::Format::Json] {
+        assert_eq!(
+            value(&file::edits(f)),
+            cfg.edits as f64,
+            "every registry-file edit reached the client ({f:?})"
+        );
+        assert!(value(&file::file_mb(f)) > 0.0);
+        for rss in [file::rss_ready(f), file::rss_after(f, 1), file::peak(f)] {
+            assert!(value(&rss) > 1.0, "{rss}: a real process's RSS");
+        }
     }
     let hot = poller::HOT.min(cfg.sizes[0].services) as f64;
     assert_eq!(

@@ -112,12 +112,23 @@ fn caps_count_services_and_instances_after_alias_expansion() {
     assert!(e.contains("more than 59 instances after alias expansion (--registry-max-instances)"), "{e}");
 
     // 1,000 namespaces × 1,000 services × 1,000 instances = 10⁹ instances from a 168 KB file:
-    // stopped at the default cap, long before it could be built (it would take terabytes).
+    // stopped long before it could be built (it would take terabytes), by the YAML parser's own
+    // alias guard (the anchored service list holds a million copied events) or by the caps.
     let huge = bomb(1000, 1000, 1000);
     assert!(huge.len() < 200_000, "{}", huge.len());
     let e = parse_with(Path::new("reg.yaml"), &huge, &Limits::default()).unwrap_err().to_string();
-    assert!(e.contains(&format!("more than {DEFAULT_MAX_INSTANCES} instances after alias expansion")), "{e}");
+    assert!(e.contains("registry too large"), "{e}");
     assert!(e.contains("line "), "the position where it crossed the cap: {e}");
+    // Another shape (small anchored lists, many aliases): stopped by the parser's replay guard.
+    let e = parse_with(Path::new("reg.yaml"), &bomb(300, 300, 3), &Limits::default()).unwrap_err().to_string();
+    assert!(e.contains("registry too large") && e.contains("line "), "{e}");
+    // Without aliases the caps alone apply, as counted (`DEFAULT_MAX_INSTANCES` + 1 instances).
+    let mut flat = String::from("namespaces:\n  - name: n\n    type: HTTP\n    services:\n      - name: s\n        instances:\n");
+    for i in 0..=DEFAULT_MAX_INSTANCES {
+        flat.push_str(&format!("          - {{id: i{i}}}\n"));
+    }
+    let e = parse_with(Path::new("reg.yaml"), &flat, &Limits::default()).unwrap_err().to_string();
+    assert!(e.contains(&format!("more than {DEFAULT_MAX_INSTANCES} instances after alias expansion")), "{e}");
 }
 
 #[test]

@@ -101,11 +101,17 @@ fn at_startup_an_oversized_file_or_an_alias_bomb_is_a_clear_error() {
     assert!(err.contains("is 1073741824 bytes, over the 134217728-byte cap"), "{err}");
 
     // 1,000 × 1,000 × 1,000 = 10⁹ instances from 168 KB, with the default caps: a clean exit with
-    // the cap named, not an abort out of memory.
+    // the guard named (the YAML parser's own alias guard stops this one first), not an abort out
+    // of memory.
     std::fs::write(&path, alias_bomb(1000, 1000, 1000)).unwrap();
     let (code, err) = run_to_exit(&["--registry-file", p]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("more than 200000 instances after alias expansion (--registry-max-instances)"), "{err}");
+    assert!(err.contains("registry too large") && err.contains("line "), "{err}");
+    // Within the parser's guard, the instance cap counts what aliases expand to: 10 × 10 × 11.
+    std::fs::write(&path, alias_bomb(10, 10, 11)).unwrap();
+    let (code, err) = run_to_exit(&["--registry-file", p, "--registry-max-instances", "1000"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("more than 1000 instances after alias expansion (--registry-max-instances)"), "{err}");
     // And the service cap.
     std::fs::write(&path, alias_bomb(100, 1000, 1)).unwrap();
     let (code, err) = run_to_exit(&["--registry-file", p, "--registry-max-services", "5000"]);

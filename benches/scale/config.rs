@@ -46,7 +46,15 @@ impl Size {
 }
 
 /// The row groups, in the order they run and print. Each measures one path (see BENCHMARKS.md).
-pub const GROUPS: &[&str] = &["synthetic", "file", "api", "moto", "istiod", "pacing"];
+pub const GROUPS: &[&str] = &[
+    "synthetic",
+    "file",
+    "file-json",
+    "api",
+    "moto",
+    "istiod",
+    "pacing",
+];
 
 /// What one run measures.
 #[derive(Clone, Debug)]
@@ -207,7 +215,7 @@ impl Config {
         let endpoints = size.services * size.endpoints;
         self.has(group)
             && match group {
-                "file" | "istiod" | "pacing" => {
+                "file" | "file-json" | "istiod" | "pacing" => {
                     size.services >= self.real_min_services && endpoints <= self.real_max_endpoints
                 }
                 "api" => size.services >= self.real_min_services,
@@ -224,7 +232,7 @@ usage: cargo bench --bench scale -- [--quick | --tiny] [--sizes 1000x1,10000x10]
                                     [--moto-max-services 1000] [--churn-rate 100] [--churn-secs 20]
                                     [--istiod-pushes 10]
 Groups (each a path; default all): synthetic (in-process pipeline, synthetic source, transport floor and
-naive references), file (serve + registry file), api (serve + Cloud Map poller against an in-process
+naive references), file (serve + YAML registry file), file-json (the same registry as JSON), api (serve + Cloud Map poller against an in-process
 Cloud Map API), moto (serve + poller against moto_server), istiod (a real istiod as a client),
 pacing (istiod under service churn, push pacing on and off).
 Each flag also reads an environment variable CLOUDMAP_MCP_BENCH_<FLAG> (e.g. CLOUDMAP_MCP_BENCH_SIZES,

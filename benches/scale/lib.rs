@@ -935,8 +935,9 @@ pub fn run(cfg: &Config, launcher: &dyn Fn() -> Command, progress: &mut dyn FnMu
         if cfg.applies("synthetic", size) {
             synthetic_rows(cfg, size, col, &rt, launcher, &mut t, progress);
         }
-        let groups: [(&str, GroupRows); 5] = [
+        let groups: [(&str, GroupRows); 6] = [
             ("file", rows_file::rows),
+            ("file-json", rows_file::json_rows),
             ("api", rows_poller::api_rows),
             ("moto", rows_moto::rows),
             ("istiod", rows_istiod::rows),
@@ -1285,7 +1286,10 @@ pub fn expected_labels(cfg: &Config) -> Vec<String> {
         v = synthetic_labels(cfg);
     }
     if any("file") {
-        v.extend(rows_file::labels(cfg));
+        v.extend(rows_file::labels(rows_file::Format::Yaml, cfg));
+    }
+    if any("file-json") {
+        v.extend(rows_file::labels(rows_file::Format::Json, cfg));
     }
     if any("api") {
         v.extend(rows_poller::labels("api", cfg));

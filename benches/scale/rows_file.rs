@@ -11,55 +11,84 @@ use cloudmap_mcp::model::{self, NamespaceType};
 use super::realpath::{self, AdsWatcher, Serve};
 use super::{mb, memory_of, ms, percentile, synthetic_model, Cell, Config, Size, Unit};
 
-pub const P: &str = "file";
+/// The registry file's format: the `file` group writes YAML, `file-json` the same registry as JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
 
-pub fn file_mb() -> String {
-    format!("{P}: registry file size (MB)")
+impl Format {
+    /// The row group (and row-label prefix).
+    pub fn group(self) -> &'static str {
+        match self {
+            Format::Yaml => "file",
+            Format::Json => "file-json",
+        }
+    }
 }
-pub fn rss_ready() -> String {
-    format!("{P}: server RSS when ready, client synced (MB)")
+
+pub fn file_mb(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: registry file size (MB)")
 }
-pub fn rss_after(n: usize) -> String {
+pub fn rss_ready(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: server RSS when ready, client synced (MB)")
+}
+pub fn rss_after(f: Format, n: usize) -> String {
+    let g = f.group();
     format!(
-        "{P}: server RSS after {n} edit{} (MB)",
+        "{g}: server RSS after {n} edit{} (MB)",
         if n == 1 { "" } else { "s" }
     )
 }
-pub fn peak() -> String {
-    format!("{P}: server peak RSS over the edits (VmHWM, MB)")
+pub fn peak(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: server peak RSS over the edits (VmHWM, MB)")
 }
-pub fn peak_ratio() -> String {
-    format!("{P}: server peak RSS ÷ RSS when ready (target ≤ 1.3)")
+pub fn peak_ratio(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: server peak RSS ÷ RSS when ready (target ≤ 1.3)")
 }
-pub fn to_source(p: &str) -> String {
-    format!("{P}: rename → source reloaded it (server log) {p} (ms)")
+pub fn to_source(f: Format, p: &str) -> String {
+    let g = f.group();
+    format!("{g}: rename → source reloaded it (server log) {p} (ms)")
 }
-pub fn to_client(p: &str) -> String {
-    format!("{P}: rename → client has the change {p} (ms)")
+pub fn to_client(f: Format, p: &str) -> String {
+    let g = f.group();
+    format!("{g}: rename → client has the change {p} (ms)")
 }
-pub fn source_to_client() -> String {
-    format!("{P}: source reloaded → client has it p50 (ms)")
+pub fn source_to_client(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: source reloaded → client has it p50 (ms)")
 }
-pub fn idle_cpu() -> String {
-    format!("{P}: idle CPU, unchanged file, default poll interval (% of a core)")
+pub fn idle_cpu(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: idle CPU, unchanged file, default poll interval (% of a core)")
 }
-pub fn edits() -> String {
-    format!("{P}: edits measured")
+pub fn edits(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: edits measured")
 }
 
-pub fn labels(cfg: &Config) -> Vec<String> {
-    let mut v = vec![file_mb(), rss_ready()];
-    v.extend(realpath::checkpoints(cfg.edits).into_iter().map(rss_after));
+pub fn labels(f: Format, cfg: &Config) -> Vec<String> {
+    let mut v = vec![file_mb(f), rss_ready(f)];
+    v.extend(
+        realpath::checkpoints(cfg.edits)
+            .into_iter()
+            .map(|n| rss_after(f, n)),
+    );
     v.extend([
-        peak(),
-        peak_ratio(),
-        to_source("p50"),
-        to_source("p99"),
-        to_client("p50"),
-        to_client("p99"),
-        source_to_client(),
-        idle_cpu(),
-        edits(),
+        peak(f),
+        peak_ratio(f),
+        to_source(f, "p50"),
+        to_source(f, "p99"),
+        to_client(f, "p50"),
+        to_client(f, "p99"),
+        source_to_client(f),
+        idle_cpu(f),
+        edits(f),
     ]);
     v
 }
@@ -105,9 +134,63 @@ pub fn registry_yaml(snap: &model::Snapshot) -> String {
     s
 }
 
+/// The snapshot as a JSON registry file (one instance per line, as a generator would write it).
+pub fn registry_json(snap: &model::Snapshot) -> String {
+    let q = |v: &str| serde_json::to_string(v).unwrap();
+    let mut s = String::with_capacity(snap.instance_count() * 330);
+    s.push_str("{\"namespaces\": [\n");
+    for (ni, ns) in snap.namespaces.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{}{{\"name\": {}, \"type\": \"{}\"",
+            if ni > 0 { ",\n" } else { "" },
+            q(&ns.name),
+            ns.kind
+        );
+        if let Some(id) = &ns.id {
+            let _ = write!(s, ", \"id\": {}", q(id));
+        }
+        s.push_str(", \"services\": [\n");
+        for (si, svc) in ns.services.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{} {{\"name\": {}",
+                if si > 0 { ",\n" } else { "" },
+                q(&svc.name)
+            );
+            if let Some(id) = &svc.id {
+                let _ = write!(s, ", \"id\": {}", q(id));
+            }
+            if let Some(d) = svc.create_date {
+                let _ = write!(s, ", \"createDate\": {}", q(&d.to_rfc3339()));
+            }
+            s.push_str(", \"instances\": [\n");
+            for (ii, i) in svc.instances.iter().enumerate() {
+                let attrs: Vec<String> = i
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", q(k), q(v)))
+                    .collect();
+                let _ = write!(
+                    s,
+                    "{}  {{\"id\": {}, \"healthStatus\": \"HEALTHY\", \"attributes\": {{{}}}\n  }}",
+                    if ii > 0 { ",\n" } else { "" },
+                    q(&i.id),
+                    attrs.join(", ")
+                );
+            }
+            s.push_str("]}");
+        }
+        s.push_str("]}");
+    }
+    s.push_str("\n]}\n");
+    s
+}
+
 /// The registry file being edited, with the current address of each service's first endpoint.
 pub struct EditableFile {
     pub path: std::path::PathBuf,
+    format: Format,
     text: String,
     endpoints: usize,
     services: usize,
@@ -115,12 +198,16 @@ pub struct EditableFile {
 }
 
 impl EditableFile {
-    pub fn create(dir: &Path, size: Size) -> EditableFile {
-        let path = dir.join("registry.yaml");
-        let text = registry_yaml(&synthetic_model(size));
+    pub fn create(dir: &Path, size: Size, format: Format) -> EditableFile {
+        let snap = synthetic_model(size);
+        let (path, text) = match format {
+            Format::Yaml => (dir.join("registry.yaml"), registry_yaml(&snap)),
+            Format::Json => (dir.join("registry.json"), registry_json(&snap)),
+        };
         std::fs::write(&path, &text).unwrap();
         EditableFile {
             path,
+            format,
             text,
             endpoints: size.endpoints,
             services: size.services,
@@ -142,15 +229,16 @@ impl EditableFile {
             .cloned()
             .unwrap_or_else(|| super::ipv4(target * self.endpoints));
         let new = realpath::changed_ip(seq);
-        let from = format!("AWS_INSTANCE_IPV4: \"{old}\"\n");
+        let needle = |ip: &str| match self.format {
+            Format::Yaml => format!("AWS_INSTANCE_IPV4: \"{ip}\"\n"),
+            Format::Json => format!("\"AWS_INSTANCE_IPV4\": \"{ip}\","),
+        };
+        let from = needle(&old);
         let at = self
             .text
             .find(&from)
             .unwrap_or_else(|| panic!("{old} in the registry file"));
-        self.text.replace_range(
-            at..at + from.len(),
-            &format!("AWS_INSTANCE_IPV4: \"{new}\"\n"),
-        );
+        self.text.replace_range(at..at + from.len(), &needle(&new));
         self.current.insert(target, new.clone());
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, &self.text).unwrap();
@@ -159,7 +247,17 @@ impl EditableFile {
     }
 }
 
+/// The `file` group: a YAML registry file.
 pub fn rows(cell: Cell<'_>) {
+    rows_of(Format::Yaml, cell)
+}
+
+/// The `file-json` group: the same registry as JSON.
+pub fn json_rows(cell: Cell<'_>) {
+    rows_of(Format::Json, cell)
+}
+
+fn rows_of(f: Format, cell: Cell<'_>) {
     let Cell {
         cfg,
         size,
@@ -169,10 +267,11 @@ pub fn rows(cell: Cell<'_>) {
         progress,
     } = cell;
     let dir = tempfile::tempdir().unwrap();
-    let mut file = EditableFile::create(dir.path(), size);
-    t.set(file_mb(), Unit::Mb, col, mb(file.len() as u64));
+    let mut file = EditableFile::create(dir.path(), size, f);
+    t.set(file_mb(f), Unit::Mb, col, mb(file.len() as u64));
     progress(&format!(
-        "  file: {:.1} MB registry file; starting serve",
+        "  {}: {:.1} MB registry file; starting serve",
+        f.group(),
         mb(file.len() as u64)
     ));
     let server = Serve::start(
@@ -181,7 +280,7 @@ pub fn rows(cell: Cell<'_>) {
     );
     let (mut client, _) = rt.block_on(AdsWatcher::connect(server.grpc, Duration::from_secs(600)));
     std::thread::sleep(Duration::from_millis(500));
-    t.set(rss_ready(), Unit::Mb, col, mb(memory_of(server.pid()).1));
+    t.set(rss_ready(f), Unit::Mb, col, mb(memory_of(server.pid()).1));
     let hwm_ready = memory_of(server.pid()).0;
 
     let checkpoints = realpath::checkpoints(cfg.edits);
@@ -206,65 +305,72 @@ pub fn rows(cell: Cell<'_>) {
             src_cli.push(realpath::wall_ms(l.at, r.wall));
         }
         drop(r);
+        // The next edit comes after a quiet period longer than push pacing's window (1 s by
+        // default), so each edit is measured as an isolated change, not held for the window.
+        std::thread::sleep(Duration::from_millis(1200));
         if checkpoints.contains(&seq) {
-            realpath::rss_checkpoint(server.pid(), t, rss_after(seq), col, progress);
+            realpath::rss_checkpoint(server.pid(), t, rss_after(f, seq), col, progress);
         }
         if seq >= 5 && started.elapsed() > cfg.change_budget * 5 {
-            progress(&format!("  file: edit budget spent after {seq} edits"));
+            progress(&format!(
+                "  {}: edit budget spent after {seq} edits",
+                f.group()
+            ));
             break;
         }
     }
     let peak_rss = memory_of(server.pid()).0;
-    t.set(peak(), Unit::Mb, col, mb(peak_rss));
-    let ready_rss = t.get(&rss_ready(), col);
-    t.set(peak_ratio(), Unit::Ratio, col, mb(peak_rss) / ready_rss);
+    t.set(peak(f), Unit::Mb, col, mb(peak_rss));
+    let ready_rss = t.get(&rss_ready(f), col);
+    t.set(peak_ratio(f), Unit::Ratio, col, mb(peak_rss) / ready_rss);
     let _ = hwm_ready;
     t.set(
-        to_source("p50"),
+        to_source(f, "p50"),
         Unit::Ms,
         col,
         percentile(&mut to_src, 50.0),
     );
     t.set(
-        to_source("p99"),
+        to_source(f, "p99"),
         Unit::Ms,
         col,
         percentile(&mut to_src, 99.0),
     );
     t.set(
-        to_client("p50"),
+        to_client(f, "p50"),
         Unit::Ms,
         col,
         percentile(&mut to_cli, 50.0),
     );
     t.set(
-        to_client("p99"),
+        to_client(f, "p99"),
         Unit::Ms,
         col,
         percentile(&mut to_cli, 99.0),
     );
     t.set(
-        source_to_client(),
+        source_to_client(f),
         Unit::Ms,
         col,
         percentile(&mut src_cli, 50.0),
     );
-    t.set(edits(), Unit::Count, col, to_cli.len() as f64);
+    t.set(edits(f), Unit::Count, col, to_cli.len() as f64);
 
     // Idle: nothing changes; the watcher keeps checking the file at its default interval.
     std::thread::sleep(Duration::from_secs(2));
     client.drain();
     let cpu =
         realpath::cpu_percent_over(server.pid(), cfg.real_idle, super::clock_ticks_per_second());
-    t.set(idle_cpu(), Unit::Percent, col, cpu);
+    t.set(idle_cpu(f), Unit::Percent, col, cpu);
     let pushes = client.drain();
     assert_eq!(
         pushes, 0,
         "nothing is pushed while the file does not change"
     );
     progress(&format!(
-        "  file: rename → client p50 {:.1} ms; idle CPU {cpu:.2} % of a core over {:?}",
-        t.get(&to_client("p50"), col),
+        "  {}: rename → client p50 {:.1} ms; idle CPU {cpu:.2} % of a core over {:?}",
+        f.group(),
+        t.get(&to_client(f, "p50"), col),
         cfg.real_idle
     ));
 }

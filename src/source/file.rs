@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::model::{self, HealthStatus, NamespaceType, Timestamp};
 
 mod budget;
+mod notify;
 mod watch;
 
 use budget::Counted;
@@ -41,100 +42,213 @@ pub enum RegistryFileError {
     TooLarge { path: PathBuf, bytes: u64, max: u64 },
 }
 
+// The file's types borrow strings from the file where the parser allows it (instances: most of
+// the file): a service that turns out unchanged is dropped without its strings ever having been
+// copied.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileRegistry {
-    #[serde(default, deserialize_with = "budget::seq")]
-    namespaces: Vec<FileNamespace>,
+struct FileRegistry<'a> {
+    #[serde(default, borrow, deserialize_with = "budget::seq")]
+    namespaces: Vec<FileNamespace<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FileNamespace {
+struct FileNamespace<'a> {
     name: String,
     #[serde(rename = "type")]
     kind: NamespaceType,
     id: Option<String>,
     arn: Option<String>,
     http_name: Option<String>,
-    #[serde(default, deserialize_with = "budget::seq")]
-    services: Vec<FileService>,
+    #[serde(default, borrow, deserialize_with = "budget::seq")]
+    services: Vec<ParsedService<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FileService {
+struct FileService<'a> {
     name: String,
     id: Option<String>,
     arn: Option<String>,
     create_date: Option<String>,
     /// Service-level attributes (Cloud Map's per-service attributes).
-    #[serde(default, deserialize_with = "scalar_map")]
-    attributes: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "budget::seq")]
-    instances: Vec<FileInstance>,
+    #[serde(default, borrow, deserialize_with = "scalar_map")]
+    attributes: BTreeMap<Text<'a>, Text<'a>>,
+    #[serde(default, borrow, deserialize_with = "budget::seq")]
+    instances: Vec<FileInstance<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FileInstance {
-    id: String,
-    #[serde(default, deserialize_with = "scalar_map")]
-    attributes: BTreeMap<String, String>,
+struct FileInstance<'a> {
+    #[serde(borrow)]
+    id: Text<'a>,
+    #[serde(default, borrow, deserialize_with = "scalar_map")]
+    attributes: BTreeMap<Text<'a>, Text<'a>>,
     health_status: Option<HealthStatus>,
+}
+
+/// A string of the file: borrowed where the parser can hand out a slice of the file (no escapes),
+/// else owned.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl Text<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn trim(&self) -> &str {
+        self.0.trim()
+    }
+    fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether a map of the file holds exactly the entries of a model map.
+fn same_map(model: &BTreeMap<String, String>, file: &BTreeMap<Text<'_>, Text<'_>>) -> bool {
+    model.len() == file.len() && model.iter().zip(file).all(|((k, v), (fk, fv))| **k == **fk && **v == **fv)
+}
+
+fn into_strings(map: BTreeMap<Text<'_>, Text<'_>>) -> BTreeMap<String, String> {
+    map.into_iter().map(|(k, v)| (k.into_string(), v.into_string())).collect()
+}
+
+/// Visits a string, and with `SCALARS` also a number or boolean as it prints.
+struct TextVisitor<const SCALARS: bool>;
+
+impl<'de, const SCALARS: bool> serde::de::Visitor<'de> for TextVisitor<SCALARS> {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(if SCALARS { "a string, number or boolean" } else { "a string" })
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text(v.into()))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+        Ok(Text(v.to_owned().into()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+        Ok(Text(v.into()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text<'de>, E> {
+        self.scalar(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text<'de>, E> {
+        self.scalar(v)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text<'de>, E> {
+        self.scalar(v)
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text<'de>, E> {
+        self.scalar(v)
+    }
+}
+
+impl<const SCALARS: bool> TextVisitor<SCALARS> {
+    fn scalar<'de, E: serde::de::Error>(self, v: impl std::fmt::Display) -> Result<Text<'de>, E> {
+        if SCALARS {
+            Ok(Text(v.to_string().into()))
+        } else {
+            Err(E::invalid_type(serde::de::Unexpected::Other(&v.to_string()), &self))
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextVisitor::<false>)
+    }
 }
 
 fn opt_len(s: &Option<String>) -> usize {
     s.as_ref().map_or(0, String::len)
 }
 
-impl Counted for FileNamespace {
+impl Counted for FileNamespace<'_> {
     const ITEM: budget::Item = budget::Item::Namespace;
     fn string_bytes(&self) -> usize {
         self.name.len() + opt_len(&self.id) + opt_len(&self.arn) + opt_len(&self.http_name)
     }
 }
 
-impl Counted for FileService {
-    const ITEM: budget::Item = budget::Item::Service;
+impl FileService<'_> {
     fn string_bytes(&self) -> usize {
         self.name.len() + opt_len(&self.id) + opt_len(&self.arn) + opt_len(&self.create_date)
     }
 }
 
-impl Counted for FileInstance {
+/// A service as read from the file, or, when it equals a service of the snapshot served before
+/// this parse (see [`parse_after`]), that service's `Arc`: the copy just read is freed at once, so
+/// re-reading a large file holds one new service at a time instead of a whole second model.
+enum ParsedService<'a> {
+    Read(FileService<'a>),
+    Shared { svc: Arc<model::Service>, string_bytes: usize },
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ParsedService<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let svc = FileService::deserialize(d)?;
+        Ok(match previous::find(&svc) {
+            Some(shared) => ParsedService::Shared { svc: shared, string_bytes: svc.string_bytes() },
+            None => ParsedService::Read(svc),
+        })
+    }
+}
+
+impl ParsedService<'_> {
+    fn name(&self) -> &str {
+        match self {
+            ParsedService::Read(s) => &s.name,
+            ParsedService::Shared { svc, .. } => &svc.name,
+        }
+    }
+}
+
+impl Counted for ParsedService<'_> {
+    const ITEM: budget::Item = budget::Item::Service;
+    fn string_bytes(&self) -> usize {
+        match self {
+            ParsedService::Read(s) => s.string_bytes(),
+            ParsedService::Shared { string_bytes, .. } => *string_bytes,
+        }
+    }
+}
+
+impl Counted for FileInstance<'_> {
     const ITEM: budget::Item = budget::Item::Instance;
     fn string_bytes(&self) -> usize {
         self.id.len()
     }
 }
 
-/// Attribute values are strings in Cloud Map; accept YAML numbers and booleans too (`AWS_INSTANCE_PORT: 8080`).
-/// Each entry is charged against the parse's budget as it is read (a later duplicate key wins).
-fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        S(String),
-        I(i64),
-        F(f64),
-        B(bool),
+/// Attribute values are strings in Cloud Map; accept YAML/JSON numbers and booleans too
+/// (`AWS_INSTANCE_PORT: 8080`). Each entry is charged against the parse's budget as it is read (a
+/// later duplicate key wins).
+fn scalar_map<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Text<'a>, Text<'a>>, D::Error> {
+    struct Scalar<'a>(Text<'a>);
+    impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(TextVisitor::<true>).map(Scalar)
+        }
     }
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
-        type Value = BTreeMap<String, String>;
+        type Value = BTreeMap<Text<'de>, Text<'de>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a map of attribute names to strings, numbers or booleans")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
-            while let Some((k, v)) = map.next_entry::<String, Scalar>()? {
-                let v = match v {
-                    Scalar::S(s) => s,
-                    Scalar::I(i) => i.to_string(),
-                    Scalar::F(f) => f.to_string(),
-                    Scalar::B(b) => b.to_string(),
-                };
+            while let Some((k, Scalar(v))) = map.next_entry::<Text<'de>, Scalar<'de>>()? {
                 budget::charge_bytes::<A::Error>(k.len() + v.len())?;
                 out.insert(k, v);
             }
@@ -219,22 +333,54 @@ pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileErr
 /// Parses registry file contents; services and instances beyond `limits` (counted after alias
 /// expansion, while deserializing) make it fail. `path` is only used in error messages.
 pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Snapshot, RegistryFileError> {
+    parse_after(path, text, limits, None)
+}
+
+/// The registry file's formats. JSON is YAML too, but a JSON parser reads it several times faster
+/// (measured in BENCHMARKS.md), so contents that are a JSON object are read as JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// Like [`parse_with`]; every service that equals one of `previous` (the snapshot served so far) is
+/// that service's `Arc` in the result, shared as soon as it has been read.
+pub fn parse_after(
+    path: &Path,
+    text: &str,
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+) -> Result<model::Snapshot, RegistryFileError> {
     let path_buf = || path.to_path_buf();
     if text.len() as u64 > limits.max_bytes {
         return Err(RegistryFileError::TooLarge { path: path_buf(), bytes: text.len() as u64, max: limits.max_bytes });
     }
-    if let Some((line, column)) = flow_nesting_beyond(text, MAX_FLOW_NESTING) {
-        return Err(RegistryFileError::Parse {
-            path: path_buf(),
-            message: format!("line {line} column {column}: flow collections ([ ] {{ }}) nested deeper than {MAX_FLOW_NESTING}"),
-        });
-    }
-    let file: FileRegistry = if text.trim().is_empty() {
+    let body = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    let file: FileRegistry = if body.is_empty() {
         FileRegistry { namespaces: Vec::new() }
     } else {
-        budget::with_budget(*limits, text.len(), || serde_yaml::from_str(text))
-            // The parser quotes pieces of the file (unknown keys) unescaped: keep the message on one line.
-            .map_err(|e| RegistryFileError::Parse { path: path_buf(), message: crate::util::escape_control(&e.to_string()).into_owned() })?
+        let _previous = previous::Scope::new(previous);
+        let parsed = if body.starts_with('{') {
+            // A JSON object; anything JSON cannot read at all (YAML flow style: `{namespaces: []}`)
+            // is read as YAML, which reports its own errors.
+            match budget::with_budget(*limits, text.len(), || serde_json::from_str::<FileRegistry>(body)) {
+                Err(e) if e.is_syntax() || e.is_eof() => None,
+                r => Some(r.map_err(|e| (Format::Json, e.to_string()))),
+            }
+        } else {
+            None
+        };
+        parsed
+            .unwrap_or_else(|| parse_yaml(text, limits).map_err(|e| (Format::Yaml, e)))
+            // Parsers quote pieces of the file (unknown keys) unescaped: keep the message on one line.
+            .map_err(|(format, e)| RegistryFileError::Parse {
+                path: path_buf(),
+                message: match format {
+                    Format::Json => format!("(JSON) {}", crate::util::escape_control(&e)),
+                    Format::Yaml => crate::util::escape_control(&e).into_owned(),
+                },
+            })?
     };
     let invalid = |at: String, message: String| RegistryFileError::Invalid { path: path_buf(), at, message };
 
@@ -250,36 +396,44 @@ pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Sna
         }
         let mut seen_svc = HashSet::new();
         let mut services = Vec::with_capacity(ns.services.len());
-        for (si, svc) in ns.services.into_iter().enumerate() {
-            let at = format!("{at}.services[{si}] ({:?})", svc.name);
-            if svc.name.trim().is_empty() {
-                return Err(invalid(at, "service name is empty".into()));
+        for (si, parsed) in ns.services.into_iter().enumerate() {
+            let svc_at = || format!("{at}.services[{si}] ({:?})", parsed.name());
+            if parsed.name().trim().is_empty() {
+                return Err(invalid(svc_at(), "service name is empty".into()));
             }
-            if !seen_svc.insert(svc.name.clone()) {
-                return Err(invalid(at, "service name appears twice in this namespace".into()));
+            if !seen_svc.insert(parsed.name().to_owned()) {
+                return Err(invalid(svc_at(), "service name appears twice in this namespace".into()));
             }
-            let create_date = match &svc.create_date {
-                None => None,
-                Some(d) => Some(
-                    Timestamp::parse_rfc3339(d)
-                        .map_err(|e| invalid(at.clone(), format!("createDate {d:?} is not an RFC 3339 date-time: {e}")))?,
-                ),
+            let svc = match parsed {
+                ParsedService::Shared { svc, .. } => {
+                    services.push(svc);
+                    continue;
+                }
+                ParsedService::Read(svc) => svc,
             };
+            let at = format!("{at}.services[{si}] ({:?})", svc.name);
+            let create_date =
+                match &svc.create_date {
+                    None => None,
+                    Some(d) => Some(Timestamp::parse_rfc3339(d).map_err(|e| {
+                        invalid(at.clone(), format!("createDate {d:?} is not an RFC 3339 date-time: {e}"))
+                    })?),
+                };
             let mut seen_inst = HashSet::new();
             let mut instances = Vec::with_capacity(svc.instances.len());
             for (ii, inst) in svc.instances.into_iter().enumerate() {
                 if inst.id.trim().is_empty() {
                     return Err(invalid(format!("{at}.instances[{ii}]"), "instance id is empty".into()));
                 }
-                if !seen_inst.insert(inst.id.clone()) {
+                if !seen_inst.insert(inst.id.to_string()) {
                     return Err(invalid(
-                        format!("{at}.instances[{ii}] ({:?})", inst.id),
+                        format!("{at}.instances[{ii}] ({:?})", &*inst.id),
                         "instance id appears twice in this service".into(),
                     ));
                 }
                 instances.push(model::Instance {
-                    id: inst.id,
-                    attributes: inst.attributes,
+                    id: inst.id.into_string(),
+                    attributes: into_strings(inst.attributes),
                     health: inst.health_status.unwrap_or_default(),
                 });
             }
@@ -288,7 +442,7 @@ pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Sna
                 id: svc.id,
                 arn: svc.arn,
                 create_date,
-                attributes: svc.attributes,
+                attributes: into_strings(svc.attributes),
                 instances: instances.into(),
             }));
         }
@@ -304,6 +458,113 @@ pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Sna
     let mut snap = model::Snapshot { namespaces };
     snap.normalize();
     Ok(snap)
+}
+
+/// Deserializes YAML with the budget of `limits`, streaming: the parser's events feed the
+/// deserializer as they are produced, so nothing of the document is held beyond what is built.
+fn parse_yaml<'a>(text: &'a str, limits: &Limits) -> Result<FileRegistry<'a>, String> {
+    if let Some((line, column)) = flow_nesting_beyond(text, MAX_FLOW_NESTING) {
+        return Err(format!(
+            "line {line} column {column}: flow collections ([ ] {{ }}) nested deeper than {MAX_FLOW_NESTING}"
+        ));
+    }
+    let options = serde_saphyr::options! {
+        // Sizes are bounded by `limits` (counted after alias expansion, see `budget`) and the
+        // file size cap; the parser's own budget keeps its alias and depth guards.
+        budget: serde_saphyr::budget! {
+            max_events: usize::MAX,
+            max_nodes: usize::MAX,
+            max_total_scalar_bytes: usize::MAX,
+            max_reader_input_bytes: None,
+            flow_nesting_limit: MAX_FLOW_NESTING,
+        },
+        // As YAML 1.2 (and serde_yaml) read them: `yes`, `0755` and `1_000` are strings.
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        // A repeated field is an error, a repeated attribute keeps its last value.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        // One-line messages with the position; the log escapes the rest.
+        with_snippet: false,
+    };
+    budget::with_budget(*limits, text.len(), || serde_saphyr::from_str_with_options::<FileRegistry>(text, options))
+        .map_err(|e| {
+            let message = e.to_string();
+            // The parser's own guard (anchored nodes copied for their aliases, nesting; the error
+            // may come wrapped with the alias's position): named as the cap it is.
+            if message.starts_with("budget breached") || message.starts_with("alias replay limit exceeded") {
+                format!("registry too large: YAML aliases or nesting exceed the parser's limits: {message}")
+            } else {
+                message
+            }
+        })
+}
+
+/// The snapshot served before a parse, indexed by service name, for [`ParsedService`] to share
+/// from. Set for one parse on its thread (parsing is synchronous and never nested).
+mod previous {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::FileService;
+    use crate::model::{self, Timestamp};
+
+    thread_local! {
+        static PREVIOUS: RefCell<HashMap<String, Vec<Arc<model::Service>>>> = RefCell::new(HashMap::new());
+    }
+
+    /// The previous snapshot's services are findable while this lives.
+    pub(super) struct Scope(());
+
+    impl Scope {
+        pub(super) fn new(previous: Option<&model::Snapshot>) -> Scope {
+            PREVIOUS.with(|p| {
+                let mut p = p.borrow_mut();
+                p.clear();
+                for svc in previous.iter().flat_map(|s| &s.namespaces).flat_map(|ns| &ns.services) {
+                    p.entry(svc.name.clone()).or_default().push(svc.clone());
+                }
+            });
+            Scope(())
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            PREVIOUS.with(|p| *p.borrow_mut() = HashMap::new());
+        }
+    }
+
+    /// The previous service equal to what `svc` becomes once read (same fields, same instances in
+    /// id order), if any. A service that would not validate never equals one (each served one did).
+    pub(super) fn find(svc: &FileService<'_>) -> Option<Arc<model::Service>> {
+        PREVIOUS.with(|p| {
+            let p = p.borrow();
+            let candidates = p.get(&svc.name)?;
+            let create_date = match &svc.create_date {
+                None => None,
+                Some(d) => Some(Timestamp::parse_rfc3339(d).ok()?),
+            };
+            let mut instances: Vec<_> = svc.instances.iter().collect();
+            instances.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            candidates
+                .iter()
+                .find(|prev| {
+                    prev.id == svc.id
+                        && prev.arn == svc.arn
+                        && prev.create_date == create_date
+                        && super::same_map(&prev.attributes, &svc.attributes)
+                        && prev.instances.len() == instances.len()
+                        && prev.instances.iter().zip(&instances).all(|(a, b)| {
+                            a.id == *b.id
+                                && a.health == b.health_status.unwrap_or_default()
+                                && super::same_map(&a.attributes, &b.attributes)
+                        })
+                })
+                .cloned()
+        })
+    }
 }
 
 /// Reads and parses the file with the default [`Limits`].
@@ -338,9 +599,19 @@ pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, RegistryFileError> 
 /// Parses file bytes; invalid UTF-8 is read lossily (replacement characters), valid UTF-8 is
 /// parsed in place without a copy.
 pub fn parse_bytes(path: &Path, bytes: &[u8], limits: &Limits) -> Result<model::Snapshot, RegistryFileError> {
+    parse_bytes_after(path, bytes, limits, None)
+}
+
+/// [`parse_bytes`] sharing unchanged services with `previous` (see [`parse_after`]).
+pub fn parse_bytes_after(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+) -> Result<model::Snapshot, RegistryFileError> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => parse_with(path, text, limits),
-        Err(_) => parse_with(path, &String::from_utf8_lossy(bytes), limits),
+        Ok(text) => parse_after(path, text, limits, previous),
+        Err(_) => parse_after(path, &String::from_utf8_lossy(bytes), limits, previous),
     }
 }
 
@@ -359,7 +630,10 @@ mod nesting_tests {
         let t0 = Instant::now();
         let err = parse(Path::new("deep.yaml"), &text).unwrap_err().to_string();
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-        assert!(err.contains("deep.yaml") && err.contains("line 1 column 269") && err.contains("nested deeper than 256"), "{err}");
+        assert!(
+            err.contains("deep.yaml") && err.contains("line 1 column 269") && err.contains("nested deeper than 256"),
+            "{err}"
+        );
     }
 
     #[test]

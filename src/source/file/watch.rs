@@ -1,11 +1,15 @@
 //! Watching a file (the registry file, the mapping file) for edits.
 //!
-//! Every tick costs one `stat`: while the file's metadata (device, inode, length, modification and
-//! change times) stays what it was when its contents were last read, the contents are not read.
-//! A file modified so shortly before that read that a later write could have left the same
-//! metadata (timestamps are only as fine as the kernel's clock tick, seconds on some filesystems)
-//! is "racy": its contents are hashed again, in small blocks, until that window has passed. A file
-//! whose metadata moved is read once, checked, parsed once, and published.
+//! An inotify event on the file's directory (see [`super::notify`]) wakes the watcher at once; the
+//! interval wakes it anyway, so an event that never comes (an unsupported filesystem, a file
+//! reached through a symlink elsewhere) costs at most one interval. Every wake-up costs one `stat`:
+//! while the file's metadata (device, inode, length, modification and change times) stays what it
+//! was when its contents were last read, the contents are not read. A file modified so shortly
+//! before that read that a later write could have left the same metadata (timestamps are only as
+//! fine as the kernel's clock tick, seconds on some filesystems) is "racy": its contents are hashed
+//! again, in small blocks, until that window has passed. A file whose metadata moved is read once,
+//! checked, parsed once, and published. The watcher keeps the served version's hash and a
+//! fingerprint for the cut-off check, never a copy of the file.
 //!
 //! Everything runs on one thread of its own: parsing a large file is long CPU work that must not
 //! hold an async worker, and one thread means one malloc arena for every parse's short-lived
@@ -14,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{parse_bytes, read_capped, Limits, RegistryFileError};
+use super::notify::Wake;
+use super::{parse_bytes_after, read_capped, Limits, RegistryFileError};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::source::SnapshotTx;
@@ -30,7 +35,8 @@ pub struct Watched<T, E> {
     pub empty_hint: &'static str,
     /// A read error (missing file, over the size cap) as this kind's error.
     pub read_error: fn(RegistryFileError) -> E,
-    pub parse: fn(&Path, &[u8], &Limits) -> Result<T, E>,
+    /// Parses one version; the second argument is the version served so far (to share from).
+    pub parse: fn(&Path, &[u8], &Limits, Option<&T>) -> Result<T, E>,
     /// Items served (services, rules): an empty file never replaces a version with items.
     pub size: fn(&T) -> usize,
     /// Lets a new version share what did not change with the served one.
@@ -46,7 +52,7 @@ pub fn registry() -> Watched<model::Snapshot, RegistryFileError> {
         metric: "file",
         empty_hint: "write `namespaces: []` to serve nothing",
         read_error: |e| e,
-        parse: parse_bytes,
+        parse: parse_bytes_after,
         size: model::Snapshot::service_count,
         share: share_unchanged,
         log_loaded: |path, snap, reload| {
@@ -76,8 +82,13 @@ pub fn cut_off_hold(interval: Duration) -> Duration {
 }
 
 /// A file modified less than this before its contents were read may change again without its
-/// metadata moving (coarse timestamps): it is re-hashed on every tick until this has passed.
+/// metadata moving (coarse timestamps): it is re-hashed on every tick until this has passed. This
+/// window is for filesystems with whole-second timestamps (no nanoseconds in them).
 const RACY: Duration = Duration::from_secs(2);
+
+/// The same where timestamps carry nanoseconds (ext4, xfs, tmpfs, overlayfs): they move with the
+/// kernel's clock tick, at most 10 ms apart.
+const RACY_FINE: Duration = Duration::from_millis(100);
 
 /// What a `stat` says about the file; equal stamps mean unchanged contents (outside the racy window).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,22 +121,12 @@ impl Stamp {
 
     /// Whether contents read at `read_at` may have changed since without moving this stamp.
     fn racy(&self, read_at: SystemTime) -> bool {
+        // Whole seconds in both times: probably a filesystem without finer timestamps.
+        let window = if self.mtime.1 == 0 && self.ctime.1 == 0 { RACY } else { RACY_FINE };
         match self.modified {
-            Some(m) => read_at.duration_since(m).map_or(true, |d| d < RACY),
+            Some(m) => read_at.duration_since(m).map_or(true, |d| d < window),
             None => true,
         }
-    }
-}
-
-/// Hands the memory a parse freed back to the kernel. glibc keeps a thread arena's freed memory for
-/// reuse; after parsing a large file that is hundreds of MB of resident memory (measured: about
-/// 240 MB after the first load of a 10k × 10 registry) held until the next edit, which may come days
-/// later. Costs a walk over the arena's free chunks, once per parse.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -168,7 +169,7 @@ impl<T> Initial<T> {
         let stamp = Stamp::of(path).ok();
         let read_at = SystemTime::now();
         let bytes = read_capped(path, limits.max_bytes).map_err(kind.read_error)?;
-        let value = (kind.parse)(path, &bytes, limits)?;
+        let value = (kind.parse)(path, &bytes, limits, None)?;
         Ok(Initial { value, bytes, stamp, read_at })
     }
 }
@@ -189,10 +190,48 @@ enum Verdict {
 }
 
 /// The watcher's memory, separate from I/O so the rules are testable.
+/// What the cut-off check needs of the served version, without keeping its bytes (a large file's
+/// copy would be most of the watcher's memory): a hash of each whole block, and the bytes after
+/// the last one.
+#[derive(Debug)]
+struct ServedShape {
+    len: usize,
+    blocks: Vec<u64>,
+    tail: Vec<u8>,
+}
+
+/// Block size of [`ServedShape`]: 8 bytes kept per 4 KiB served.
+const BLOCK: usize = 4096;
+
+impl ServedShape {
+    fn of(bytes: &[u8]) -> ServedShape {
+        let whole = bytes.len() / BLOCK * BLOCK;
+        ServedShape {
+            len: bytes.len(),
+            blocks: bytes[..whole].chunks_exact(BLOCK).map(xxhash_rust::xxh3::xxh3_64).collect(),
+            tail: bytes[whole..].to_vec(),
+        }
+    }
+
+    /// Whether `bytes`, shorter than the served version, is its prefix. Exact when `bytes` ends in
+    /// the served tail; otherwise its whole blocks decide and its last partial block (under 4 KiB)
+    /// is taken to match: at worst an edit that shortens the file within its last 4 KiB is held
+    /// like a cut-off copy, for [`cut_off_hold`], and then applied.
+    fn has_prefix(&self, bytes: &[u8]) -> bool {
+        if bytes.len() >= self.len {
+            return false;
+        }
+        let whole = bytes.len() / BLOCK;
+        let blocks_match =
+            bytes.chunks_exact(BLOCK).zip(&self.blocks).all(|(block, h)| xxhash_rust::xxh3::xxh3_64(block) == *h);
+        blocks_match && (whole < self.blocks.len() || self.tail.starts_with(&bytes[whole * BLOCK..]))
+    }
+}
+
 #[derive(Debug)]
 struct WatchState {
-    /// Bytes of the version being served (one copy: kept for the cut-off check).
-    served: Option<Vec<u8>>,
+    /// The shape of the version being served, for the cut-off check.
+    served: Option<ServedShape>,
     served_hash: Option<u128>,
     served_services: usize,
     /// Hash of the last contents looked at (served or not).
@@ -202,9 +241,9 @@ struct WatchState {
 }
 
 impl WatchState {
-    fn new(served: Option<Vec<u8>>, served_services: usize) -> WatchState {
-        let h = served.as_deref().map(hash);
-        WatchState { served, served_hash: h, served_services, seen: h, cut_since: None }
+    fn new(served: Option<&[u8]>, served_services: usize) -> WatchState {
+        let h = served.map(hash);
+        WatchState { served: served.map(ServedShape::of), served_hash: h, served_services, seen: h, cut_since: None }
     }
 
     fn judge(&mut self, bytes: &[u8], h: u128, now: Instant, hold: Duration) -> Verdict {
@@ -229,7 +268,7 @@ impl WatchState {
             return Verdict::Empty;
         }
         if let Some(served) = &self.served {
-            if !blank && bytes.len() < served.len() && served.starts_with(bytes) {
+            if !blank && served.has_prefix(bytes) {
                 self.cut_since = Some(now);
                 return Verdict::CutOff;
             }
@@ -237,8 +276,8 @@ impl WatchState {
         Verdict::Apply
     }
 
-    fn serve(&mut self, bytes: Vec<u8>, h: u128, services: usize) {
-        self.served = Some(bytes);
+    fn serve(&mut self, bytes: &[u8], h: u128, services: usize) {
+        self.served = Some(ServedShape::of(bytes));
         self.served_hash = Some(h);
         self.served_services = services;
     }
@@ -249,7 +288,9 @@ impl WatchState {
 /// the file is freed at once, and the resource cache skips the shared services by pointer.
 fn share_unchanged(next: &mut model::Snapshot, prev: &model::Snapshot) {
     for ns in &mut next.namespaces {
-        let Ok(p) = prev.namespaces.binary_search_by(|p| (&p.name, &p.id).cmp(&(&ns.name, &ns.id))) else { continue };
+        let Ok(p) = prev.namespaces.binary_search_by(|p| (&p.name, &p.id).cmp(&(&ns.name, &ns.id))) else {
+            continue;
+        };
         let pns = &prev.namespaces[p];
         for svc in &mut ns.services {
             if let Ok(i) = pns.services.binary_search_by(|s| (&s.name, &s.id).cmp(&(&svc.name, &svc.id))) {
@@ -276,7 +317,8 @@ pub async fn watch(
 /// Returns when every receiver is gone. What is never published:
 /// - a file that does not parse (logged with its position), or over `limits`;
 /// - a file still being written: a changed file is used once it has stayed unmodified for
-///   [`settle_time`] and its metadata did not move while it was read;
+///   [`settle_time`] (not waited for when an event said a writer closed it or renamed it into
+///   place) and its metadata did not move while it was read;
 /// - an empty file while items are served (a truncation; see [`Watched::empty_hint`]);
 /// - a strict prefix of the served file (a cut-off write) until it has stayed unchanged for
 ///   [`cut_off_hold`].
@@ -311,7 +353,7 @@ where
         };
         (kind.log_loaded)(&thread_path, &initial.value, false);
         let watcher = Watcher::new(thread_path, interval, limits, initial, tx, kind, metrics);
-        return_freed_memory();
+        crate::util::return_freed_memory();
         let _ = first_tx.send(Ok(()));
         watcher.run();
     });
@@ -350,7 +392,8 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let served_model = Arc::new(initial.value);
-        let st = WatchState::new(Some(initial.bytes), (kind.size)(&served_model));
+        let st = WatchState::new(Some(&initial.bytes), (kind.size)(&served_model));
+        drop(initial.bytes);
         tx.send_replace(Some(served_model.clone()));
         metrics.source_loaded(kind.metric);
         Watcher {
@@ -379,12 +422,22 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
 
     fn run(mut self) {
         let hold = cut_off_hold(self.interval);
+        let events = super::notify::DirEvents::new(&self.path);
+        if events.is_none() {
+            tracing::debug!(path = %self.path.display(), "no inotify for the {}: checking it every interval only", self.kind.what);
+        }
         loop {
-            std::thread::sleep(self.interval);
+            let wake = match &events {
+                Some(ev) => ev.wait(self.interval),
+                None => {
+                    std::thread::sleep(self.interval);
+                    Wake::Interval
+                }
+            };
             if self.tx.is_closed() {
                 return;
             }
-            self.tick(hold);
+            self.tick(hold, wake == Wake::Event { written: true });
         }
     }
 
@@ -405,7 +458,8 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
     }
 
     /// One check of the file.
-    fn tick(&mut self, hold: Duration) {
+    /// `written`: an event said a writer finished the file (no partial write to wait out).
+    fn tick(&mut self, hold: Duration, written: bool) {
         let path = self.path.clone();
         let what = self.kind.what;
         let stamp = match Stamp::of(&path) {
@@ -431,7 +485,9 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             Err(e) => {
                 let too_large = matches!(e, RegistryFileError::TooLarge { .. });
                 let e = match e {
-                    RegistryFileError::TooLarge { bytes, max, .. } => format!("{bytes} bytes, over the {max}-byte cap"),
+                    RegistryFileError::TooLarge { bytes, max, .. } => {
+                        format!("{bytes} bytes, over the {max}-byte cap")
+                    }
                     RegistryFileError::Io { source, .. } => source.to_string(),
                     other => other.to_string(),
                 };
@@ -478,7 +534,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                 return;
             }
             Verdict::CutOff => {
-                let served_bytes = self.st.served.as_ref().map_or(0, Vec::len);
+                let served_bytes = self.st.served.as_ref().map_or(0, |s| s.len);
                 self.failing = false;
                 self.error(|| {
                     tracing::warn!(
@@ -496,7 +552,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         };
         // New contents must have settled (the writer may not be done); a version held as cut off
         // has been stable for the whole hold already.
-        if !held {
+        if !held && !written {
             let settle = settle_time(self.interval);
             let age = stamp.age(SystemTime::now());
             if age < settle {
@@ -511,7 +567,9 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         }
         let limits = self.limits;
         let parse = self.kind.parse;
-        let parsed = std::panic::catch_unwind(|| parse(&path, &bytes, &limits));
+        let served = &*self.served_model;
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&path, &bytes, &limits, Some(served))));
         match parsed {
             Ok(Ok(mut snap)) => {
                 self.failing = false;
@@ -521,7 +579,8 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                 (self.kind.share)(&mut snap, &self.served_model);
                 (self.kind.log_loaded)(&path, &snap, true);
                 self.metrics.source_loaded(self.kind.metric);
-                self.st.serve(bytes, h, (self.kind.size)(&snap));
+                self.st.serve(&bytes, h, (self.kind.size)(&snap));
+                drop(bytes);
                 let snap = Arc::new(snap);
                 self.served_model = snap.clone();
                 self.tx.send_if_modified(|cur| {
@@ -532,7 +591,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                         true
                     }
                 });
-                return_freed_memory();
+                crate::util::return_freed_memory();
             }
             Ok(Err(e)) => {
                 self.failing = false;
@@ -541,7 +600,9 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             Err(_) => {
                 self.failing = false;
                 self.error(|| {
-                    tracing::error!("{what} parser panicked (a bug: please report it); still serving the last good version")
+                    tracing::error!(
+                        "{what} parser panicked (a bug: please report it); still serving the last good version"
+                    )
                 });
             }
         }
@@ -555,7 +616,7 @@ mod tests {
     use super::{hash, share_unchanged, Verdict, WatchState};
 
     fn state(served: &str, services: usize) -> WatchState {
-        WatchState::new(Some(served.as_bytes().to_vec()), services)
+        WatchState::new(Some(served.as_bytes()), services)
     }
 
     fn judge(st: &mut WatchState, bytes: &[u8], now: Instant, hold: Duration) -> Verdict {
@@ -606,7 +667,35 @@ mod tests {
         assert_eq!(judge(&mut st, &full.as_bytes()[..30], now + Duration::from_secs(4), hold), Verdict::CutOff);
         assert_eq!(judge(&mut st, &full.as_bytes()[..30], now + Duration::from_secs(6), hold), Verdict::Unchanged);
         // A longer file or a different one is an ordinary edit.
-        assert_eq!(judge(&mut st, format!("{full}  - name: c\n    type: HTTP\n").as_bytes(), now, hold), Verdict::Apply);
+        assert_eq!(
+            judge(&mut st, format!("{full}  - name: c\n    type: HTTP\n").as_bytes(), now, hold),
+            Verdict::Apply
+        );
+    }
+
+    #[test]
+    fn the_cut_off_check_keeps_block_hashes_not_the_served_bytes() {
+        use super::{ServedShape, BLOCK};
+        let served: Vec<u8> = (0..BLOCK * 3 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        let shape = ServedShape::of(&served);
+        assert_eq!((shape.blocks.len(), shape.tail.len()), (3, 100), "8 bytes per block and the tail are kept");
+        // Exact prefixes of every kind are recognized: within the tail, at a block edge, mid-block.
+        for cut in [BLOCK * 3 + 50, BLOCK * 3, BLOCK * 2, BLOCK + 10, 1] {
+            assert!(shape.has_prefix(&served[..cut]), "{cut}");
+        }
+        // Not a prefix: a whole block differs, the tail differs, or it is not shorter.
+        let mut other = served[..BLOCK * 2 + 10].to_vec();
+        other[BLOCK + 5] ^= 1;
+        assert!(!shape.has_prefix(&other));
+        let mut other = served[..BLOCK * 3 + 50].to_vec();
+        other[BLOCK * 3 + 49] ^= 1;
+        assert!(!shape.has_prefix(&other));
+        assert!(!shape.has_prefix(&served));
+        // What is not kept: a change in the last partial block of a shorter file inside a served
+        // block is taken as a prefix (held for the cut-off hold, then applied).
+        let mut other = served[..BLOCK + 10].to_vec();
+        other[BLOCK + 9] ^= 1;
+        assert!(shape.has_prefix(&other));
     }
 
     #[test]
@@ -619,7 +708,12 @@ mod tests {
         let changed = &mut next.namespaces[0].services[0];
         crate::model::Service::edit_instances(changed, |v| v.clear());
         share_unchanged(&mut next, &prev);
-        let pairs: Vec<_> = prev.namespaces.iter().zip(&next.namespaces).flat_map(|(a, b)| a.services.iter().zip(&b.services)).collect();
+        let pairs: Vec<_> = prev
+            .namespaces
+            .iter()
+            .zip(&next.namespaces)
+            .flat_map(|(a, b)| a.services.iter().zip(&b.services))
+            .collect();
         assert!(pairs.len() >= 2, "the example has several services");
         assert!(!std::sync::Arc::ptr_eq(pairs[0].0, pairs[0].1), "the changed service is new");
         assert!(pairs[1..].iter().all(|(a, b)| std::sync::Arc::ptr_eq(a, b)), "the others are shared");
