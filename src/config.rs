@@ -118,10 +118,11 @@ pub enum Command {
 /// Where the Cloud Map view comes from.
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
-    /// A registry file (YAML mirroring Cloud Map) instead of the Cloud Map API. Re-read when it changes.
+    /// A registry file (YAML or JSON mirroring Cloud Map) instead of the Cloud Map API. Re-read when it changes.
     #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_FILE", conflicts_with = "cloudmap")]
     pub registry_file: Option<PathBuf>,
-    /// How often the registry file is checked for changes (a `stat`; the contents are read only when it moved).
+    /// How often the registry file is checked for changes without an inotify event (a `stat`; events wake the check
+    /// at once; the contents are read only when it moved).
     #[arg(long, env = "CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "250ms")]
     pub registry_poll_interval: Duration,
     /// Largest registry file read, in bytes; a larger file is refused (at startup: an error; an edit: logged, the last good version stays).
