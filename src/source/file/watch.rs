@@ -18,6 +18,7 @@ use super::{parse_bytes, read_capped, Limits, RegistryFileError};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::source::SnapshotTx;
+use crate::util::return_freed_memory;
 
 /// A kind of watched file: how to parse it, how to talk about it, and the error its first load
 /// returns.
@@ -114,18 +115,6 @@ impl Stamp {
             Some(m) => read_at.duration_since(m).map_or(true, |d| d < RACY),
             None => true,
         }
-    }
-}
-
-/// Hands the memory a parse freed back to the kernel. glibc keeps a thread arena's freed memory for
-/// reuse; after parsing a large file that is hundreds of MB of resident memory (measured: about
-/// 240 MB after the first load of a 10k × 10 registry) held until the next edit, which may come days
-/// later. Costs a walk over the arena's free chunks, once per parse.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
