@@ -235,8 +235,6 @@ impl ResourceCache {
         let mut notes = Vec::new();
         let mut encoded = 0;
         let mut j = 0;
-        // Typed entries of services translated in this build that wait for their VIP.
-        let mut pending: std::collections::HashMap<usize, ServiceEntry> = std::collections::HashMap::new();
         for ns in &model.namespaces {
             for svc in &ns.services {
                 let key = (ns.name.as_str(), svc.name.as_str());
@@ -256,13 +254,11 @@ impl ResourceCache {
                     None => {
                         let (result, notes) = translate::translate_service(ns, svc, &self.opts);
                         let entry = result.map(|se| {
+                            // An entry that wants a VIP is encoded once its VIP is known (below),
+                            // from a second translation: keeping every typed entry until then held
+                            // the whole registry a second time, as protobuf structs, during a first
+                            // build (about 75 MB at 10k services × 10 instances).
                             let (framed, version, encoded_vip) = if se.wants_vip {
-                                // Kept typed for the VIP pass, up to a bound: beyond it (a full
-                                // build) the entry is translated again there instead of holding
-                                // every typed entry at once (100 MB at 10,000 × 10).
-                                if pending.len() < MAX_PENDING_TYPED {
-                                    pending.insert(memo.len(), se.clone());
-                                }
                                 built_placeholder()
                             } else {
                                 encoded += 1;
@@ -312,10 +308,7 @@ impl ResourceCache {
             if k.built().encoded_vip.as_ref() == Some(&addresses) {
                 continue;
             }
-            let mut se = match pending.remove(&k.memo_index) {
-                Some(se) => se,
-                None => translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before"),
-            };
+            let mut se = translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before");
             se.spec.addresses = addresses.clone();
             encoded += 1;
             let (framed, version) = encode_entry(&se);
@@ -335,7 +328,6 @@ impl ResourceCache {
             k.outcome = Arc::new(Outcome { entry: Ok(built), notes: k.outcome.notes.clone() });
             memo[k.memo_index] = k.outcome.clone();
         }
-        drop(pending);
         notes.extend(translate::vip_notes(&allocated, &kept));
         rejected.sort();
         notes.sort();
@@ -368,10 +360,6 @@ impl ResourceCache {
         (snap, encoded)
     }
 }
-
-/// Most translated entries a build keeps typed while it waits for their VIPs; the others are
-/// translated again once VIPs are known (translation is deterministic). Changes touch far fewer.
-const MAX_PENDING_TYPED: usize = 256;
 
 /// A build that encoded at least this many entries returns the memory it freed (see
 /// [`crate::util::return_freed_memory`]).

@@ -67,8 +67,13 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any other thread starts; MALLOC_ARENA_MAX in the environment overrides it.
+    let arenas = cloudmap_mcp::util::limit_malloc_arenas();
     let cli = Cli::parse_checked();
     init_logging(cli.log_format);
+    if let Some(n) = arenas {
+        tracing::debug!(malloc_arena_max = n, "malloc arenas limited (MALLOC_ARENA_MAX in the environment overrides)");
+    }
     match cli.command {
         Command::Render(args) => render(&args),
         Command::Serve(args) => {

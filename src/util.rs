@@ -1,4 +1,5 @@
-//! Small async helpers shared by the servers.
+//! Small helpers shared by the servers: async waits, log limiting, one-line logs, and the
+//! allocator settings the server makes for itself.
 use tokio::sync::watch;
 
 /// Completes when the flag turns true, or when its sender is gone.
@@ -123,9 +124,75 @@ impl<W: std::io::Write> std::io::Write for OneLinePerEvent<W> {
     }
 }
 
+/// Hands the memory freed in every malloc arena back to the kernel. glibc keeps freed memory for
+/// reuse; after a burst of short-lived allocations (parsing a large file, the first Cloud Map sync's
+/// thousands of API answers) that is tens to hundreds of MB of resident memory held until the next
+/// burst, which may come days later. Costs a walk over the free chunks of every arena (a few
+/// milliseconds at 10k services × 10 instances). Does nothing with another C library.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How many malloc arenas the server lets glibc create when the environment does not say. glibc's
+/// default, 8 per core, gives each of the runtime's threads (and each blocking-pool thread) an arena
+/// of its own, each keeping its own freed memory and fragments: the resident memory of a Cloud Map
+/// poller then creeps up with the threads its API calls happen to run on. Two arenas keep the
+/// contention of the few threads this server runs low (measured in BENCHMARKS.md, Cloud Map poller).
+pub const MALLOC_ARENA_MAX: i32 = 2;
+
+/// The arena limit the server sets at startup ([`limit_malloc_arenas`]): none when the environment
+/// already chose one, with `MALLOC_ARENA_MAX` or the `glibc.malloc.arena_max` tunable (glibc applied
+/// it before `main`; the server does not override an operator's choice).
+pub fn arena_limit(malloc_arena_max: Option<&std::ffi::OsStr>, glibc_tunables: Option<&std::ffi::OsStr>) -> Option<i32> {
+    let tuned = glibc_tunables.is_some_and(|t| t.to_string_lossy().split(':').any(|kv| kv.starts_with("glibc.malloc.arena_max=")));
+    if malloc_arena_max.is_some() || tuned {
+        None
+    } else {
+        Some(MALLOC_ARENA_MAX)
+    }
+}
+
+/// Limits glibc's malloc arenas to [`MALLOC_ARENA_MAX`] unless the environment set a limit. Call
+/// first thing in `main`, before any thread starts. Returns the limit set, if any.
+pub fn limit_malloc_arenas() -> Option<i32> {
+    let limit = arena_limit(std::env::var_os("MALLOC_ARENA_MAX").as_deref(), std::env::var_os("GLIBC_TUNABLES").as_deref())?;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a malloc parameter; called before any other thread exists.
+    unsafe {
+        if libc::mallopt(libc::M_ARENA_MAX, limit) == 1 {
+            return Some(limit);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arena_limit_defers_to_the_environment() {
+        use std::ffi::OsStr;
+        assert_eq!(arena_limit(None, None), Some(MALLOC_ARENA_MAX));
+        assert_eq!(arena_limit(Some(OsStr::new("8")), None), None);
+        // An empty value is still the operator's choice: glibc ignores it, and so does the server.
+        assert_eq!(arena_limit(Some(OsStr::new("")), None), None);
+        assert_eq!(arena_limit(None, Some(OsStr::new("glibc.malloc.arena_max=4"))), None);
+        assert_eq!(arena_limit(None, Some(OsStr::new("glibc.malloc.trim_threshold=1:glibc.malloc.arena_max=1"))), None);
+        assert_eq!(arena_limit(None, Some(OsStr::new("glibc.malloc.trim_threshold=131072"))), Some(MALLOC_ARENA_MAX));
+    }
+
+    #[test]
+    fn returning_freed_memory_keeps_live_allocations() {
+        let live: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 4096]).collect();
+        drop((0..256).map(|_| vec![0u8; 8192]).collect::<Vec<_>>());
+        return_freed_memory();
+        assert!(live.iter().enumerate().all(|(i, v)| v.iter().all(|b| *b == i as u8)));
+    }
 
     #[test]
     fn escape_control_keeps_text_on_one_line() {
@@ -165,18 +232,5 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(250));
         assert_eq!(l.allow(), Some(2));
         assert_eq!(l.allow(), None);
-    }
-}
-
-/// Hands memory the process freed back to the kernel. glibc keeps a thread arena's freed memory
-/// for reuse; after parsing a large file or building a large snapshot that is hundreds of MB of
-/// resident memory (measured: about 240 MB after the first load of a 10k × 10 registry with
-/// serde_yaml) held until the next large allocation, which may come days later. Costs a walk over
-/// the arenas' free chunks: call it after large one-off work, not per request.
-pub fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -157,9 +157,13 @@ async fn concurrent_debug_views_at_a_large_registry_are_rendered_once() {
         sizes["/debug/serviceentries"].first().unwrap() > &(services * 500),
         "the YAML holds every entry"
     );
+    // Each view is rendered once and shared: the growth is a few times the bodies (the render's
+    // working memory), not one render per request. Bounded by the bodies rather than by the idle
+    // RSS, which depends on what the allocator kept from the first build (not what this tests).
+    let bodies_kib: usize = sizes.values().filter_map(|s| s.first()).sum::<usize>() / 1024;
     assert!(
-        peak <= 2 * idle,
-        "peak rss {peak} KiB > 2 x idle {idle} KiB"
+        peak <= idle + 6 * bodies_kib as u64,
+        "peak rss {peak} KiB > idle {idle} KiB + 6 x the bodies ({bodies_kib} KiB)"
     );
     assert!(
         during < Duration::from_secs(1),

@@ -52,6 +52,9 @@ pub(super) type SvcKey = (String, String);
 
 /// Coalesces publications: changes arriving within this window make one snapshot.
 const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Freed memory is returned to the kernel at most this often while changes are published (a walk
+/// over every arena's free chunks: milliseconds at 10,000 services).
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Before the first complete sync, attempts are retried with backoff from 1 s up to this.
 const FIRST_SYNC_RETRY_CAP: Duration = Duration::from_secs(30);
 
@@ -441,6 +444,9 @@ impl Poller {
                 _ = self.tx.closed() => return,
             }
         }
+        // The first sync parsed an answer or two per service; what they left freed in the
+        // arenas would otherwise stay resident until a burst as large comes again.
+        crate::util::return_freed_memory();
         tokio::spawn(self.clone().poll_loop().in_current_span());
         tokio::spawn(self.clone().publish_loop().in_current_span());
         tokio::spawn(self.clone().attributes_loop().in_current_span());
@@ -520,16 +526,25 @@ impl Poller {
         self.tx.closed().await
     }
 
-    /// Publishes coalesced changes from the poll loop.
+    /// Publishes coalesced changes from the poll loop. After changes, the memory freed meanwhile
+    /// (the reads' answers, the previous snapshots and their resources) is returned to the kernel,
+    /// at most once per [`TRIM_EVERY`].
     async fn publish_loop(self: Arc<Self>) {
+        let mut last_trim = Instant::now();
         loop {
             tokio::select! {
                 _ = self.publish.notified() => {}
                 _ = self.tx.closed() => return,
             }
             tokio::time::sleep(PUBLISH_DEBOUNCE).await;
-            let mut st = self.lock();
-            self.publish_locked(&mut st);
+            {
+                let mut st = self.lock();
+                self.publish_locked(&mut st);
+            }
+            if last_trim.elapsed() >= TRIM_EVERY {
+                last_trim = Instant::now();
+                crate::util::return_freed_memory();
+            }
         }
     }
 

@@ -42,8 +42,14 @@ impl Poller {
                         );
                     }
                 }
-                if changed {
-                    e.note_change(&self.settings, now);
+                let mut d = d;
+                match &e.data {
+                    Some(old) if !changed => {
+                        // The same instances read again (a refresh): keep the allocation the
+                        // snapshots share, not a second copy of every refreshed service.
+                        d.instances = old.instances.clone();
+                    }
+                    _ => e.note_change(&self.settings, now),
                 }
                 e.data = Some(d);
                 changed

@@ -228,6 +228,35 @@ fn snapshots_share_the_services_that_did_not_change() {
     assert_eq!(c.namespaces[0].services[1].instances[0].attributes[model::attr::IPV4], "10.9.9.9");
 }
 
+#[test]
+fn a_refresh_that_reads_the_same_instances_keeps_the_shared_allocation() {
+    let p = poller(0.5, 3);
+    *p.lock() = state_with(1);
+    let key = keys(&[0]).remove(0);
+    let published = p.lock().snapshot();
+    let served = published.namespaces[0].services[0].instances.clone();
+    let read = |ip: &str, revision: i64| Discovered {
+        instances: vec![instance("a", ip)].into(),
+        revision: Some(revision),
+        duplicates: vec![],
+        at_cap: false,
+    };
+    assert!(!p.apply_discovered(&key, 2, Ok(read("10.0.0.1", 2)), Read::Refresh));
+    {
+        let mut st = p.lock();
+        let data = st.services[&key].data.as_ref().unwrap();
+        assert!(Arc::ptr_eq(&data.instances, &served), "one copy of unchanged instances, not two");
+        assert_eq!(data.revision, Some(2), "the rest of the answer is taken");
+        let again = st.snapshot();
+        assert!(Arc::ptr_eq(&again.namespaces[0].services[0], &published.namespaces[0].services[0]));
+    }
+    assert!(p.apply_discovered(&key, 3, Ok(read("10.0.0.2", 3)), Read::Refresh));
+    let st = p.lock();
+    let data = st.services[&key].data.as_ref().unwrap();
+    assert!(!Arc::ptr_eq(&data.instances, &served));
+    assert_eq!(data.instances[0].attributes[model::attr::IPV4], "10.0.0.2");
+}
+
 fn unavailable(op: Op) -> ApiError {
     ApiError { operation: op, kind: ErrorKind::Unavailable, code: None, message: "down".into() }
 }
