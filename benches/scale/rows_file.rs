@@ -43,6 +43,10 @@ pub fn rss_after(f: Format, n: usize) -> String {
         if n == 1 { "" } else { "s" }
     )
 }
+pub fn peak_ready(f: Format) -> String {
+    let g = f.group();
+    format!("{g}: server peak RSS by the time it was ready (VmHWM, MB)")
+}
 pub fn peak(f: Format) -> String {
     let g = f.group();
     format!("{g}: server peak RSS over the edits (VmHWM, MB)")
@@ -80,6 +84,7 @@ pub fn labels(f: Format, cfg: &Config) -> Vec<String> {
             .map(|n| rss_after(f, n)),
     );
     v.extend([
+        peak_ready(f),
         peak(f),
         peak_ratio(f),
         to_source(f, "p50"),
@@ -323,7 +328,7 @@ fn rows_of(f: Format, cell: Cell<'_>) {
     t.set(peak(f), Unit::Mb, col, mb(peak_rss));
     let ready_rss = t.get(&rss_ready(f), col);
     t.set(peak_ratio(f), Unit::Ratio, col, mb(peak_rss) / ready_rss);
-    let _ = hwm_ready;
+    t.set(peak_ready(f), Unit::Mb, col, mb(hwm_ready));
     t.set(
         to_source(f, "p50"),
         Unit::Ms,

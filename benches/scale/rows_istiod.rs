@@ -403,6 +403,9 @@ pub fn isolated(mode: &str) -> String {
 pub fn isolated_alone(mode: &str) -> String {
     format!("{mode}: isolated change before istiod connects, poller saw it → client p50 (ms, target ≤ 50)")
 }
+pub fn isolated_published(mode: &str) -> String {
+    format!("{mode}: of which poller saw it → new snapshot published (server log) p50 (ms)")
+}
 pub fn churn_rate(mode: &str) -> String {
     format!("{mode}: service changes per second applied")
 }
@@ -419,6 +422,7 @@ pub fn pacing_labels(_cfg: &Config) -> Vec<String> {
                 client_pushes_per_s(m),
                 istiod_cpu(m),
                 isolated_alone(m),
+                isolated_published(m),
                 isolated(m),
             ]
         })
@@ -496,7 +500,7 @@ pub fn pacing_rows(cell: Cell<'_>) {
         // Isolated changes with only the benchmark's client connected: the server's own part.
         std::thread::sleep(cfg.quiet * 3);
         client.drain();
-        let mut iso = isolated_changes(
+        let (mut iso, mut published) = isolated_changes(
             cfg,
             rt,
             &mut api,
@@ -512,6 +516,12 @@ pub fn pacing_rows(cell: Cell<'_>) {
             Unit::Ms,
             col,
             percentile(&mut iso, 50.0),
+        );
+        t.set(
+            isolated_published(mode),
+            Unit::Ms,
+            col,
+            percentile(&mut published, 50.0),
         );
         let istiod = Istiod::start(&bin, server.grpc);
         istiod.wait_synced(size.services, Duration::from_secs(900));
@@ -564,7 +574,7 @@ pub fn pacing_rows(cell: Cell<'_>) {
         // Isolated changes after a quiet period: the first change is pushed at once.
         std::thread::sleep(cfg.quiet * 3);
         client.drain();
-        let mut iso = isolated_changes(
+        let (mut iso, _) = isolated_changes(
             cfg,
             rt,
             &mut api,
@@ -589,7 +599,8 @@ pub fn pacing_rows(cell: Cell<'_>) {
 }
 
 /// `cfg.isolated` changes, each after `cfg.quiet` without changes, to hot services: the time from
-/// the poller's log line to `client` holding the new address, per change.
+/// the poller's log line to `client` holding the new address, and to the server's "serving new
+/// ServiceEntry snapshot" line, per change.
 #[allow(clippy::too_many_arguments)]
 fn isolated_changes(
     cfg: &Config,
@@ -601,8 +612,9 @@ fn isolated_changes(
     size: super::Size,
     seq: &mut usize,
     mode: &str,
-) -> Vec<f64> {
+) -> (Vec<f64>, Vec<f64>) {
     let mut iso = Vec::new();
+    let mut published = Vec::new();
     for k in 0..cfg.isolated {
         std::thread::sleep(cfg.quiet);
         *seq += 1;
@@ -622,7 +634,14 @@ fn isolated_changes(
             Duration::from_secs(1),
         ) {
             iso.push(realpath::wall_ms(l.at, r.wall));
+            if let Some(p) = server.find_log(
+                mark,
+                &["serving new ServiceEntry snapshot"],
+                Duration::from_secs(1),
+            ) {
+                published.push(realpath::wall_ms(l.at, p.at));
+            }
         }
     }
-    iso
+    (iso, published)
 }

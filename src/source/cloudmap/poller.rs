@@ -50,7 +50,9 @@ mod resync;
 /// `(namespace name, service name)`: the identity of a ServiceEntry.
 pub(super) type SvcKey = (String, String);
 
-/// Coalesces publications: changes arriving within this window make one snapshot.
+/// Coalesces publications: at most one snapshot per this window. A change after a quiet window is
+/// published at once; changes arriving within a window after a publication make one snapshot at
+/// its end.
 const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Freed memory is returned to the kernel at most this often while changes are published (a walk
 /// over every arena's free chunks: milliseconds at 10,000 services).
@@ -531,12 +533,18 @@ impl Poller {
     /// at most once per [`TRIM_EVERY`].
     async fn publish_loop(self: Arc<Self>) {
         let mut last_trim = Instant::now();
+        let mut last_publish: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = self.publish.notified() => {}
                 _ = self.tx.closed() => return,
             }
-            tokio::time::sleep(PUBLISH_DEBOUNCE).await;
+            // Leading edge: an isolated change goes out without waiting; a burst is held to one
+            // publication per window (each one is a model snapshot and a resource build).
+            if let Some(next) = last_publish.map(|t| t + PUBLISH_DEBOUNCE) {
+                tokio::time::sleep_until(next.into()).await;
+            }
+            last_publish = Some(Instant::now());
             {
                 let mut st = self.lock();
                 self.publish_locked(&mut st);
