@@ -57,6 +57,9 @@ const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(100);
 /// Freed memory is returned to the kernel at most this often while changes are published (a walk
 /// over every arena's free chunks: milliseconds at 10,000 services).
 const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// ... and only once publications have paused this long: a trim holds each arena's lock while it
+/// walks it, which the snapshot builder working on a publication would wait for.
+const TRIM_QUIET: Duration = Duration::from_secs(1);
 /// Before the first complete sync, attempts are retried with backoff from 1 s up to this.
 const FIRST_SYNC_RETRY_CAP: Duration = Duration::from_secs(30);
 
@@ -530,13 +533,22 @@ impl Poller {
 
     /// Publishes coalesced changes from the poll loop. After changes, the memory freed meanwhile
     /// (the reads' answers, the previous snapshots and their resources) is returned to the kernel,
-    /// at most once per [`TRIM_EVERY`].
+    /// at most once per [`TRIM_EVERY`] and only after [`TRIM_QUIET`] without publications.
     async fn publish_loop(self: Arc<Self>) {
         let mut last_trim = Instant::now();
         let mut last_publish: Option<Instant> = None;
+        let mut trim_due = false;
         loop {
             tokio::select! {
                 _ = self.publish.notified() => {}
+                _ = tokio::time::sleep(TRIM_QUIET), if trim_due => {
+                    if last_trim.elapsed() >= TRIM_EVERY {
+                        last_trim = Instant::now();
+                        trim_due = false;
+                        crate::util::return_freed_memory();
+                    }
+                    continue;
+                }
                 _ = self.tx.closed() => return,
             }
             // Leading edge: an isolated change goes out without waiting; a burst is held to one
@@ -549,10 +561,7 @@ impl Poller {
                 let mut st = self.lock();
                 self.publish_locked(&mut st);
             }
-            if last_trim.elapsed() >= TRIM_EVERY {
-                last_trim = Instant::now();
-                crate::util::return_freed_memory();
-            }
+            trim_due = true;
         }
     }
 

@@ -379,6 +379,8 @@ struct Watcher<T, E> {
     /// The stamp of a version refused before parsing (over the size cap).
     refused: Option<Stamp>,
     failing: bool,
+    /// Freed memory is to be returned to the kernel (a version was published since).
+    trim_due: bool,
 }
 
 impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
@@ -409,6 +411,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             read_at: initial.read_at,
             refused: None,
             failing: false,
+            trim_due: false,
         }
     }
 
@@ -436,6 +439,9 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             };
             if self.tx.is_closed() {
                 return;
+            }
+            if std::mem::take(&mut self.trim_due) {
+                crate::util::return_freed_memory();
             }
             self.tick(hold, wake == Wake::Event { written: true });
         }
@@ -591,7 +597,9 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                         true
                     }
                 });
-                crate::util::return_freed_memory();
+                // On the next wake-up, once the snapshot builder is done with this version: a
+                // trim holds each malloc arena's lock while it walks it.
+                self.trim_due = true;
             }
             Ok(Err(e)) => {
                 self.failing = false;
