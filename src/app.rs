@@ -94,7 +94,7 @@ pub fn load_mapping(path: &std::path::Path) -> Result<Mapping, AppError> {
     let kind = mapping_file();
     let limits = file::Limits { max_bytes: MAPPING_MAX_BYTES, ..Default::default() };
     let bytes = file::read_capped(path, MAPPING_MAX_BYTES).map_err(kind.read_error)?;
-    (kind.parse)(path, &bytes, &limits, None)
+    (kind.parse)(path, &bytes, &limits, None, &mut file::Memo::default())
 }
 
 /// The mapping file as a watched file.
@@ -110,7 +110,7 @@ fn mapping_file() -> file::Watched<Mapping, AppError> {
             }
             other => AppError::Config(other.to_string()),
         },
-        parse: |path, bytes, _, _| {
+        parse: |path, bytes, _, _, _| {
             let err = |message: String| AppError::MappingFile { path: path.to_path_buf(), message };
             let text = std::str::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
             mapping::parse(text).map_err(|e| err(e.to_string()))

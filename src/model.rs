@@ -133,14 +133,22 @@ pub struct Snapshot {
 impl Snapshot {
     /// Puts every collection in canonical order.
     pub fn normalize(&mut self) {
-        self.namespaces.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        self.sort_services();
         for ns in &mut self.namespaces {
-            ns.services.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
             for svc in &mut ns.services {
                 if !svc.instances.is_sorted_by(|a, b| a.id <= b.id) {
                     Service::edit_instances(svc, |v| v.sort_by(|a, b| a.id.cmp(&b.id)));
                 }
             }
+        }
+    }
+
+    /// Puts namespaces and services in canonical order, for a source whose services each hold
+    /// their instances in order already ([`Snapshot::normalize`] checks every service's).
+    pub fn sort_services(&mut self) {
+        self.namespaces.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        for ns in &mut self.namespaces {
+            ns.services.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
         }
     }
 

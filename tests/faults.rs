@@ -170,6 +170,78 @@ async fn registry_file_truncated_deleted_or_rewritten_slowly_loses_nothing() {
     eprintln!("FAULTS registry file: {faults} faults survived with nothing pushed, one slow in-place edit pushed once, whole");
 }
 
+/// Writes `text` to `path` atomically (a new file renamed over it), as editors and ConfigMap
+/// updates do.
+fn write_atomically(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// Edits of a YAML registry parse only the services that changed (debug log), and what clients
+/// get is what a whole parse of the file gives: an address moved, a service added, a service
+/// removed, a namespace field changed (parsed whole), a broken edit (refused, the whole parse's
+/// error), and an edit after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_edits_parse_only_what_changed_and_serve_the_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    let full = registry(60, &[], 0);
+    std::fs::write(&path, &full).unwrap();
+    let server = ServerProcess::start_env(
+        &["--registry-file", path.to_str().unwrap()],
+        &[("RUST_LOG", "info,cloudmap_mcp::source::file=debug")],
+    );
+    let mut ads = AdsStream::connect(&server.url()).await;
+    let got = ads.istiod_handshake(ISTIOD_130_KINDS).await;
+    assert_eq!(names(&got[SE_V1]), expected(&full));
+    let shortened = "parsed only the services that changed";
+
+    let steps = [
+        ("an address moved", registry(60, &[], 7), true),
+        ("a service removed", registry(60, &[17], 7), true),
+        ("a service added back", registry(60, &[], 7), true),
+        ("a namespace field", registry(60, &[], 7).replace("name: faults.example", "name: renamed.example"), false),
+        ("an address after that", registry(60, &[], 8).replace("name: faults.example", "name: renamed.example"), true),
+    ];
+    for (what, text, short) in steps {
+        let before = server.logs().matches(shortened).count();
+        write_atomically(&path, &text);
+        let r = ads.recv(Duration::from_secs(10)).await.unwrap_or_else(|| panic!("{what}: pushed"));
+        ads.ack(&r).await;
+        // Exactly what a whole parse of the file serves: names and every ServiceEntry.
+        let snap = cloudmap_mcp::source::file::parse(Path::new("x.yaml"), &text).unwrap();
+        let mut want: Vec<_> = cloudmap_mcp::translate::translate(&snap, &Default::default())
+            .entries
+            .iter()
+            .map(|e| (e.resource_name(), e.spec.hosts.clone(), e.spec.endpoints.iter().map(|ep| ep.address.clone()).collect::<Vec<_>>()))
+            .collect();
+        let mut got: Vec<_> = service_entries(&r)
+            .into_iter()
+            .map(|(n, _, se)| (n, se.hosts, se.endpoints.into_iter().map(|ep| ep.address).collect::<Vec<_>>()))
+            .collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{what}");
+        assert_eq!(server.logs().matches(shortened).count() > before, short, "{what}: {}", server.logs());
+    }
+
+    // A broken edit of one service: refused with the file's own position, the served state kept.
+    let broken = registry(60, &[], 8).replace("name: faults.example", "name: renamed.example").replacen("AWS_INSTANCE_PORT: 8080}", "AWS_INSTANCE_PORT: [8080}", 1);
+    write_atomically(&path, &broken);
+    assert!(server.wait_log("registry file edit rejected", Duration::from_secs(5)));
+    let whole_error = cloudmap_mcp::source::file::parse(Path::new("x.yaml"), &broken).unwrap_err().to_string();
+    let position = whole_error.split(": ").last().unwrap().to_string();
+    assert!(position.contains("line 9"), "{whole_error}");
+    assert!(server.logs().contains(&position), "the whole parse's position ({position}) in: {}", server.logs());
+    quiet(&mut ads, Duration::from_secs(1), "broken edit").await;
+    let fixed = registry(60, &[], 9).replace("name: faults.example", "name: renamed.example");
+    write_atomically(&path, &fixed);
+    let r = ads.recv(Duration::from_secs(10)).await.expect("the fixed edit is pushed");
+    assert_eq!(service_entries(&r)[0].2.endpoints[0].address, "10.1.0.10");
+    assert!(!server.logs().contains("panicked"));
+}
+
 /// SIGTERM while a large push is on its way to many clients: each one sees only complete states
 /// (the old one or the new one) and then UNAVAILABLE; a client that stopped reading does not hold
 /// the shutdown past its grace period.

@@ -23,11 +23,13 @@ use serde::Deserialize;
 use crate::model::{self, HealthStatus, NamespaceType, Timestamp};
 
 mod budget;
+mod chunks;
 mod notify;
 mod watch;
 
 use budget::Counted;
 pub use budget::{Limits, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_SERVICES};
+pub use chunks::Memo;
 pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, Stamp, Watched};
 
 #[derive(Debug, thiserror::Error)]
@@ -192,11 +194,19 @@ impl FileService<'_> {
 enum ParsedService<'a> {
     Read(FileService<'a>),
     Shared { svc: Arc<model::Service>, string_bytes: usize },
+    /// A placeholder of a shortened document (see [`chunks`]): the services of that many unchanged
+    /// items of the file, taken as they were.
+    Unchanged(Vec<Arc<model::Service>>),
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ParsedService<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let svc = FileService::deserialize(d)?;
+        if let Some(taken) = previous::placeholder(&svc.name) {
+            let run = taken.map_err(<D::Error as serde::de::Error>::custom)?;
+            budget::charge_instances::<D::Error>(run.iter().map(|s| s.instances.len()).sum())?;
+            return Ok(ParsedService::Unchanged(run));
+        }
         Ok(match previous::find(&svc) {
             Some(shared) => ParsedService::Shared { svc: shared, string_bytes: svc.string_bytes() },
             None => ParsedService::Read(svc),
@@ -204,21 +214,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for ParsedService<'a> {
     }
 }
 
-impl ParsedService<'_> {
-    fn name(&self) -> &str {
-        match self {
-            ParsedService::Read(s) => &s.name,
-            ParsedService::Shared { svc, .. } => &svc.name,
-        }
-    }
-}
-
 impl Counted for ParsedService<'_> {
     const ITEM: budget::Item = budget::Item::Service;
+    fn count(&self) -> usize {
+        match self {
+            ParsedService::Unchanged(run) => run.len(),
+            _ => 1,
+        }
+    }
     fn string_bytes(&self) -> usize {
         match self {
             ParsedService::Read(s) => s.string_bytes(),
             ParsedService::Shared { string_bytes, .. } => *string_bytes,
+            // Counted when they were read.
+            ParsedService::Unchanged(_) => 0,
         }
     }
 }
@@ -352,38 +361,136 @@ pub fn parse_after(
     limits: &Limits,
     previous: Option<&model::Snapshot>,
 ) -> Result<model::Snapshot, RegistryFileError> {
-    let path_buf = || path.to_path_buf();
+    parse_inner(path, text, limits, previous, None)
+}
+
+/// Like [`parse_after`], for a file read again and again: `memo` remembers which service each piece
+/// of a YAML file's text was read from, so that the next version parses only the pieces that
+/// changed (see [`chunks`]). The result is the same as [`parse_after`]'s. `memo` must be the one
+/// given with `previous`'s own parse; a parse that fails leaves it as it was.
+pub fn parse_remembering(
+    path: &Path,
+    text: &str,
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+    memo: &mut Memo,
+) -> Result<model::Snapshot, RegistryFileError> {
+    parse_inner(path, text, limits, previous, Some(memo))
+}
+
+fn parse_inner(
+    path: &Path,
+    text: &str,
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+    memo: Option<&mut Memo>,
+) -> Result<model::Snapshot, RegistryFileError> {
     if text.len() as u64 > limits.max_bytes {
-        return Err(RegistryFileError::TooLarge { path: path_buf(), bytes: text.len() as u64, max: limits.max_bytes });
+        return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: text.len() as u64, max: limits.max_bytes });
     }
     let body = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
-    let file: FileRegistry = if body.is_empty() {
-        FileRegistry { namespaces: Vec::new() }
-    } else {
-        let _previous = previous::Scope::new(previous);
-        let parsed = if body.starts_with('{') {
-            // A JSON object; anything JSON cannot read at all (YAML flow style: `{namespaces: []}`)
-            // is read as YAML, which reports its own errors.
-            match budget::with_budget(*limits, text.len(), || serde_json::from_str::<FileRegistry>(body)) {
-                Err(e) if e.is_syntax() || e.is_eof() => None,
-                r => Some(r.map_err(|e| (Format::Json, e.to_string()))),
-            }
-        } else {
-            None
-        };
-        parsed
-            .unwrap_or_else(|| parse_yaml(text, limits).map_err(|e| (Format::Yaml, e)))
-            // Parsers quote pieces of the file (unknown keys) unescaped: keep the message on one line.
-            .map_err(|(format, e)| RegistryFileError::Parse {
-                path: path_buf(),
-                message: match format {
-                    Format::Json => format!("(JSON) {}", crate::util::escape_control(&e)),
-                    Format::Yaml => crate::util::escape_control(&e).into_owned(),
-                },
-            })?
+    let Some(memo) = memo else {
+        return Ok(build(path, read(path, text, body, limits, previous)?)?.snap);
     };
-    let invalid = |at: String, message: String| RegistryFileError::Invalid { path: path_buf(), at, message };
+    // JSON reads fast enough whole.
+    let split = if body.starts_with('{') { None } else { chunks::split(text) };
+    if let Some((split, known)) = split.as_ref().and_then(|s| Some((s, memo.usable_for(s)?))) {
+        if let Some(built) = parse_shortened(path, text, limits, previous, split, known) {
+            memo.remember(text, split, &built.order, &built.counts);
+            memo.shortened = true;
+            return Ok(built.snap);
+        }
+    }
+    let built = build(path, read(path, text, body, limits, previous)?)?;
+    match &split {
+        Some(split) => memo.remember(text, split, &built.order, &built.counts),
+        None => memo.forget(),
+    }
+    memo.shortened = false;
+    Ok(built.snap)
+}
 
+/// The file with the services `known` holds replaced by placeholders, parsed and checked; `None` if
+/// that cannot stand for parsing the file (see [`chunks`]): any error is left for the whole parse
+/// to report with the file's positions.
+fn parse_shortened(
+    path: &Path,
+    text: &str,
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+    split: &chunks::Split,
+    known: &std::collections::HashMap<u128, Arc<model::Service>>,
+) -> Option<Built> {
+    let prefix = chunks::placeholder_prefix();
+    let short = split.shorten(text, known, &prefix)?;
+    let count = short.runs.len();
+    let unchanged: usize = short.runs.iter().map(Vec::len).sum();
+    let file = {
+        let _previous = previous::Scope::with_placeholders(previous, prefix, short.runs);
+        let file = parse_yaml(&short.text, limits);
+        let all_taken = previous::placeholders_taken() == count;
+        file.ok().filter(|_| all_taken)?
+    };
+    let built = build(path, file).ok()?;
+    tracing::debug!(
+        path = %path.display(),
+        parsed_bytes = short.text.len(),
+        file_bytes = text.len(),
+        unchanged_services = unchanged,
+        "registry file: parsed only the services that changed"
+    );
+    Some(built)
+}
+
+/// Reads the file's contents (`body`: `text` after leading blanks) into the file's types.
+fn read<'a>(
+    path: &Path,
+    text: &'a str,
+    body: &'a str,
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+) -> Result<FileRegistry<'a>, RegistryFileError> {
+    if body.is_empty() {
+        return Ok(FileRegistry { namespaces: Vec::new() });
+    }
+    let _previous = previous::Scope::new(previous);
+    let parsed = if body.starts_with('{') {
+        // A JSON object; anything JSON cannot read at all (YAML flow style: `{namespaces: []}`)
+        // is read as YAML, which reports its own errors.
+        match budget::with_budget(*limits, text.len(), || serde_json::from_str::<FileRegistry>(body)) {
+            Err(e) if e.is_syntax() || e.is_eof() => None,
+            r => Some(r.map_err(|e| (Format::Json, e.to_string()))),
+        }
+    } else {
+        None
+    };
+    parsed
+        .unwrap_or_else(|| parse_yaml(text, limits).map_err(|e| (Format::Yaml, e)))
+        // Parsers quote pieces of the file (unknown keys) unescaped: keep the message on one line.
+        .map_err(|(format, e)| RegistryFileError::Parse {
+            path: path.to_path_buf(),
+            message: match format {
+                Format::Json => format!("(JSON) {}", crate::util::escape_control(&e)),
+                Format::Yaml => crate::util::escape_control(&e).into_owned(),
+            },
+        })
+}
+
+/// A parse's result, with what [`Memo`] pairs with the file's text.
+struct Built {
+    snap: model::Snapshot,
+    /// The services in file order.
+    order: Vec<Arc<model::Service>>,
+    /// Services of each namespace that has any, in file order.
+    counts: Vec<usize>,
+}
+
+/// Checks what was read and builds the snapshot.
+fn build(path: &Path, file: FileRegistry<'_>) -> Result<Built, RegistryFileError> {
+    let invalid = |at: String, message: String| RegistryFileError::Invalid { path: path.to_path_buf(), at, message };
+
+    let mut order = Vec::new();
+    let mut counts = Vec::new();
     let mut seen_ns = HashSet::new();
     let mut namespaces = Vec::with_capacity(file.namespaces.len());
     for (ni, ns) in file.namespaces.into_iter().enumerate() {
@@ -397,19 +504,35 @@ pub fn parse_after(
         let mut seen_svc = HashSet::new();
         let mut services = Vec::with_capacity(ns.services.len());
         for (si, parsed) in ns.services.into_iter().enumerate() {
-            let svc_at = || format!("{at}.services[{si}] ({:?})", parsed.name());
-            if parsed.name().trim().is_empty() {
-                return Err(invalid(svc_at(), "service name is empty".into()));
-            }
-            if !seen_svc.insert(parsed.name().to_owned()) {
-                return Err(invalid(svc_at(), "service name appears twice in this namespace".into()));
-            }
+            let mut check = |name: &str| {
+                let svc_at = || format!("{at}.services[{si}] ({name:?})");
+                if name.trim().is_empty() {
+                    return Err(invalid(svc_at(), "service name is empty".into()));
+                }
+                if !seen_svc.insert(name.to_owned()) {
+                    return Err(invalid(svc_at(), "service name appears twice in this namespace".into()));
+                }
+                Ok(())
+            };
             let svc = match parsed {
+                ParsedService::Read(svc) => {
+                    check(&svc.name)?;
+                    svc
+                }
                 ParsedService::Shared { svc, .. } => {
+                    check(&svc.name)?;
+                    order.push(svc.clone());
                     services.push(svc);
                     continue;
                 }
-                ParsedService::Read(svc) => svc,
+                ParsedService::Unchanged(run) => {
+                    for svc in &run {
+                        check(&svc.name)?;
+                    }
+                    order.extend(run.iter().cloned());
+                    services.extend(run);
+                    continue;
+                }
             };
             let at = format!("{at}.services[{si}] ({:?})", svc.name);
             let create_date =
@@ -437,14 +560,24 @@ pub fn parse_after(
                     health: inst.health_status.unwrap_or_default(),
                 });
             }
-            services.push(Arc::new(model::Service {
+            // In the snapshot's order already, so that normalizing keeps this `Arc` (the one
+            // `order` holds).
+            if !instances.is_sorted_by(|a, b| a.id <= b.id) {
+                instances.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+            let svc = Arc::new(model::Service {
                 name: svc.name,
                 id: svc.id,
                 arn: svc.arn,
                 create_date,
                 attributes: into_strings(svc.attributes),
                 instances: instances.into(),
-            }));
+            });
+            order.push(svc.clone());
+            services.push(svc);
+        }
+        if !services.is_empty() {
+            counts.push(services.len());
         }
         namespaces.push(model::Namespace {
             http_name: ns.http_name.unwrap_or_else(|| ns.name.clone()),
@@ -456,8 +589,9 @@ pub fn parse_after(
         });
     }
     let mut snap = model::Snapshot { namespaces };
-    snap.normalize();
-    Ok(snap)
+    // Each service's instances are in order: sorted above, or a served service's.
+    snap.sort_services();
+    Ok(Built { snap, order, counts })
 }
 
 /// Deserializes YAML with the budget of `limits`, streaming: the parser's events feed the
@@ -511,7 +645,46 @@ mod previous {
     use crate::model::{self, Timestamp};
 
     thread_local! {
-        static PREVIOUS: RefCell<HashMap<String, Vec<Arc<model::Service>>>> = RefCell::new(HashMap::new());
+        static PREVIOUS: RefCell<Previous> = RefCell::new(Previous::default());
+        static PLACEHOLDERS: RefCell<Placeholders> = RefCell::new(Placeholders::default());
+    }
+
+    /// The previous snapshot's services, indexed by name once more than a few are looked up (a
+    /// shortened document looks up only the services that changed).
+    #[derive(Default)]
+    struct Previous {
+        services: Vec<Arc<model::Service>>,
+        by_name: Option<HashMap<String, Vec<Arc<model::Service>>>>,
+        lookups: usize,
+    }
+
+    /// Lookups by scanning before the services are indexed.
+    const SCANS: usize = 16;
+
+    impl Previous {
+        fn named<'a>(&'a mut self, name: &'a str) -> Box<dyn Iterator<Item = &'a Arc<model::Service>> + 'a> {
+            self.lookups += 1;
+            if self.by_name.is_none() && self.lookups > SCANS {
+                let mut index: HashMap<String, Vec<Arc<model::Service>>> = HashMap::new();
+                for svc in &self.services {
+                    index.entry(svc.name.clone()).or_default().push(svc.clone());
+                }
+                self.by_name = Some(index);
+            }
+            match &self.by_name {
+                Some(index) => Box::new(index.get(name).into_iter().flatten()),
+                None => Box::new(self.services.iter().filter(move |s| s.name == name)),
+            }
+        }
+    }
+
+    /// Services a shortened document names by placeholder (see [`super::chunks`]): the `n`th
+    /// placeholder is `prefix` then `n`, and stands for `runs[n]`.
+    #[derive(Default)]
+    struct Placeholders {
+        prefix: String,
+        runs: Vec<Vec<Arc<model::Service>>>,
+        taken: usize,
     }
 
     /// The previous snapshot's services are findable while this lives.
@@ -519,29 +692,59 @@ mod previous {
 
     impl Scope {
         pub(super) fn new(previous: Option<&model::Snapshot>) -> Scope {
-            PREVIOUS.with(|p| {
-                let mut p = p.borrow_mut();
-                p.clear();
-                for svc in previous.iter().flat_map(|s| &s.namespaces).flat_map(|ns| &ns.services) {
-                    p.entry(svc.name.clone()).or_default().push(svc.clone());
-                }
-            });
+            let services = previous.iter().flat_map(|s| &s.namespaces).flat_map(|ns| &ns.services).cloned().collect();
+            PREVIOUS.with(|p| *p.borrow_mut() = Previous { services, by_name: None, lookups: 0 });
             Scope(())
+        }
+
+        /// As [`Scope::new`], and the placeholders of a shortened document stand for `runs`.
+        pub(super) fn with_placeholders(
+            previous: Option<&model::Snapshot>,
+            prefix: String,
+            runs: Vec<Vec<Arc<model::Service>>>,
+        ) -> Scope {
+            PLACEHOLDERS.with(|p| *p.borrow_mut() = Placeholders { prefix, runs, taken: 0 });
+            Scope::new(previous)
         }
     }
 
     impl Drop for Scope {
         fn drop(&mut self) {
-            PREVIOUS.with(|p| *p.borrow_mut() = HashMap::new());
+            PREVIOUS.with(|p| *p.borrow_mut() = Previous::default());
+            PLACEHOLDERS.with(|p| *p.borrow_mut() = Placeholders::default());
         }
+    }
+
+    /// The services a placeholder name stands for; an error if the name is a placeholder out of
+    /// order (the document is then not what it was made to be).
+    pub(super) fn placeholder(name: &str) -> Option<Result<Vec<Arc<model::Service>>, &'static str>> {
+        PLACEHOLDERS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.prefix.is_empty() {
+                return None;
+            }
+            let n = name.strip_prefix(p.prefix.as_str())?;
+            if n.parse::<usize>().ok() != Some(p.taken) || p.taken >= p.runs.len() {
+                return Some(Err("a placeholder out of order"));
+            }
+            let taken = p.taken;
+            p.taken += 1;
+            Some(Ok(std::mem::take(&mut p.runs[taken])))
+        })
+    }
+
+    /// How many placeholders the parse in this scope has handed out.
+    pub(super) fn placeholders_taken() -> usize {
+        PLACEHOLDERS.with(|p| p.borrow().taken)
     }
 
     /// The previous service equal to what `svc` becomes once read (same fields, same instances in
     /// id order), if any. A service that would not validate never equals one (each served one did).
     pub(super) fn find(svc: &FileService<'_>) -> Option<Arc<model::Service>> {
         PREVIOUS.with(|p| {
-            let p = p.borrow();
-            let candidates = p.get(&svc.name)?;
+            let mut p = p.borrow_mut();
+            let mut candidates = p.named(&svc.name).peekable();
+            candidates.peek()?;
             let create_date = match &svc.create_date {
                 None => None,
                 Some(d) => Some(Timestamp::parse_rfc3339(d).ok()?),
@@ -549,7 +752,6 @@ mod previous {
             let mut instances: Vec<_> = svc.instances.iter().collect();
             instances.sort_unstable_by(|a, b| a.id.cmp(&b.id));
             candidates
-                .iter()
                 .find(|prev| {
                     prev.id == svc.id
                         && prev.arn == svc.arn
@@ -609,11 +811,30 @@ pub fn parse_bytes_after(
     limits: &Limits,
     previous: Option<&model::Snapshot>,
 ) -> Result<model::Snapshot, RegistryFileError> {
+    with_text(bytes, |text| parse_after(path, text, limits, previous))
+}
+
+/// [`parse_bytes`] as [`parse_remembering`] does it.
+pub fn parse_bytes_remembering(
+    path: &Path,
+    bytes: &[u8],
+    limits: &Limits,
+    previous: Option<&model::Snapshot>,
+    memo: &mut Memo,
+) -> Result<model::Snapshot, RegistryFileError> {
+    with_text(bytes, |text| parse_remembering(path, text, limits, previous, memo))
+}
+
+/// Valid UTF-8 in place, anything else read lossily (replacement characters).
+fn with_text<T>(bytes: &[u8], f: impl FnOnce(&str) -> T) -> T {
     match std::str::from_utf8(bytes) {
-        Ok(text) => parse_after(path, text, limits, previous),
-        Err(_) => parse_after(path, &String::from_utf8_lossy(bytes), limits, previous),
+        Ok(text) => f(text),
+        Err(_) => f(&String::from_utf8_lossy(bytes)),
     }
 }
+
+#[cfg(test)]
+mod remembering_tests;
 
 #[cfg(test)]
 mod nesting_tests {

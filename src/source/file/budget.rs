@@ -87,21 +87,26 @@ pub(super) enum Item {
 
 /// Counts one element (and `bytes` of strings); an error names the cap it crosses.
 fn charge<E: de::Error>(item: Option<Item>, bytes: usize) -> Result<(), E> {
+    charge_n(item, 1, bytes)
+}
+
+/// Counts `n` elements of a kind (and `bytes` of strings).
+fn charge_n<E: de::Error>(item: Option<Item>, n: usize, bytes: usize) -> Result<(), E> {
     BUDGET.with(|cell| {
         let Some(mut b) = cell.get() else { return Ok(()) };
         let over = match item {
             Some(Item::Namespace) => {
-                b.namespaces += 1;
+                b.namespaces = b.namespaces.saturating_add(n);
                 (b.namespaces > b.limits.max_services)
                     .then(|| format!("more than {} namespaces (the service cap, --registry-max-services)", b.limits.max_services))
             }
             Some(Item::Service) => {
-                b.services += 1;
+                b.services = b.services.saturating_add(n);
                 (b.services > b.limits.max_services)
                     .then(|| format!("more than {} services after alias expansion (--registry-max-services)", b.limits.max_services))
             }
             Some(Item::Instance) => {
-                b.instances += 1;
+                b.instances = b.instances.saturating_add(n);
                 (b.instances > b.limits.max_instances)
                     .then(|| format!("more than {} instances after alias expansion (--registry-max-instances)", b.limits.max_instances))
             }
@@ -128,6 +133,10 @@ fn charge<E: de::Error>(item: Option<Item>, bytes: usize) -> Result<(), E> {
 /// counting attribute maps, which are charged entry by entry as they are read).
 pub(super) trait Counted {
     const ITEM: Item;
+    /// Elements this one stands for.
+    fn count(&self) -> usize {
+        1
+    }
     fn string_bytes(&self) -> usize;
 }
 
@@ -145,7 +154,7 @@ pub(super) fn seq<'de, D: Deserializer<'de>, T: Deserialize<'de> + Counted>(d: D
             // The size hint comes from the file: never trusted for an allocation.
             let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
             while let Some(v) = seq.next_element::<T>()? {
-                charge::<A::Error>(Some(T::ITEM), v.string_bytes())?;
+                charge_n::<A::Error>(Some(T::ITEM), v.count(), v.string_bytes())?;
                 out.push(v);
             }
             Ok(out)
@@ -157,4 +166,9 @@ pub(super) fn seq<'de, D: Deserializer<'de>, T: Deserialize<'de> + Counted>(d: D
 /// Charges `bytes` of strings (an attribute entry).
 pub(super) fn charge_bytes<E: de::Error>(bytes: usize) -> Result<(), E> {
     charge(None, bytes)
+}
+
+/// Counts the `n` instances of a service taken as it was (not read from this text).
+pub(super) fn charge_instances<E: de::Error>(n: usize) -> Result<(), E> {
+    charge_n(Some(Item::Instance), n, 0)
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::notify::Wake;
-use super::{parse_bytes_after, read_capped, Limits, RegistryFileError};
+use super::{parse_bytes_remembering, read_capped, Limits, Memo, RegistryFileError};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::source::SnapshotTx;
@@ -35,8 +35,11 @@ pub struct Watched<T, E> {
     pub empty_hint: &'static str,
     /// A read error (missing file, over the size cap) as this kind's error.
     pub read_error: fn(RegistryFileError) -> E,
-    /// Parses one version; the second argument is the version served so far (to share from).
-    pub parse: fn(&Path, &[u8], &Limits, Option<&T>) -> Result<T, E>,
+    /// Parses one version; the fourth argument is the version served so far (to share from), the
+    /// last what the parse that made it left to remember (see [`parse_remembering`]).
+    ///
+    /// [`parse_remembering`]: super::parse_remembering
+    pub parse: fn(&Path, &[u8], &Limits, Option<&T>, &mut Memo) -> Result<T, E>,
     /// Items served (services, rules): an empty file never replaces a version with items.
     pub size: fn(&T) -> usize,
     /// Lets a new version share what did not change with the served one.
@@ -52,7 +55,7 @@ pub fn registry() -> Watched<model::Snapshot, RegistryFileError> {
         metric: "file",
         empty_hint: "write `namespaces: []` to serve nothing",
         read_error: |e| e,
-        parse: parse_bytes_after,
+        parse: parse_bytes_remembering,
         size: model::Snapshot::service_count,
         share: share_unchanged,
         log_loaded: |path, snap, reload| {
@@ -161,6 +164,7 @@ struct Initial<T> {
     bytes: Vec<u8>,
     stamp: Option<Stamp>,
     read_at: SystemTime,
+    memo: Memo,
 }
 
 impl<T> Initial<T> {
@@ -169,8 +173,9 @@ impl<T> Initial<T> {
         let stamp = Stamp::of(path).ok();
         let read_at = SystemTime::now();
         let bytes = read_capped(path, limits.max_bytes).map_err(kind.read_error)?;
-        let value = (kind.parse)(path, &bytes, limits, None)?;
-        Ok(Initial { value, bytes, stamp, read_at })
+        let mut memo = Memo::default();
+        let value = (kind.parse)(path, &bytes, limits, None, &mut memo)?;
+        Ok(Initial { value, bytes, stamp, read_at, memo })
     }
 }
 
@@ -381,6 +386,8 @@ struct Watcher<T, E> {
     failing: bool,
     /// Freed memory is to be returned to the kernel (a version was published since).
     trim_due: bool,
+    /// What the served version's parse left for the next one.
+    memo: Memo,
 }
 
 impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
@@ -412,6 +419,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             refused: None,
             failing: false,
             trim_due: false,
+            memo: initial.memo,
         }
     }
 
@@ -486,6 +494,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             }
         }
         let read_at = SystemTime::now();
+        let started = Instant::now();
         let bytes = match read_capped(&path, self.limits.max_bytes) {
             Ok(b) => b,
             Err(e) => {
@@ -573,9 +582,19 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         }
         let limits = self.limits;
         let parse = self.kind.parse;
+        let parse_started = Instant::now();
         let served = &*self.served_model;
-        let parsed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&path, &bytes, &limits, Some(served))));
+        let memo = &mut self.memo;
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parse(&path, &bytes, &limits, Some(served), memo)
+        }));
+        tracing::debug!(
+            path = %path.display(),
+            written,
+            read_ms = (parse_started - started).as_secs_f64() * 1e3,
+            parse_ms = parse_started.elapsed().as_secs_f64() * 1e3,
+            "{what} read and parsed"
+        );
         match parsed {
             Ok(Ok(mut snap)) => {
                 self.failing = false;
