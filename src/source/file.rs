@@ -30,7 +30,7 @@ mod watch;
 use budget::Counted;
 pub use budget::{Limits, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_SERVICES};
 pub use chunks::Memo;
-pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, Stamp, Watched};
+pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, ParseFn, Stamp, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryFileError {

@@ -24,6 +24,10 @@ use crate::metrics::Metrics;
 use crate::model;
 use crate::source::SnapshotTx;
 
+/// Parses one version of a watched file: path (for messages), contents, caps, the version served
+/// so far (to share from), and what the parse that made it left to remember.
+pub type ParseFn<T, E> = fn(&Path, &[u8], &Limits, Option<&T>, &mut Memo) -> Result<T, E>;
+
 /// A kind of watched file: how to parse it, how to talk about it, and the error its first load
 /// returns.
 pub struct Watched<T, E> {
@@ -35,11 +39,10 @@ pub struct Watched<T, E> {
     pub empty_hint: &'static str,
     /// A read error (missing file, over the size cap) as this kind's error.
     pub read_error: fn(RegistryFileError) -> E,
-    /// Parses one version; the fourth argument is the version served so far (to share from), the
-    /// last what the parse that made it left to remember (see [`parse_remembering`]).
+    /// Parses one version (see [`ParseFn`] and [`parse_remembering`]).
     ///
     /// [`parse_remembering`]: super::parse_remembering
-    pub parse: fn(&Path, &[u8], &Limits, Option<&T>, &mut Memo) -> Result<T, E>,
+    pub parse: ParseFn<T, E>,
     /// Items served (services, rules): an empty file never replaces a version with items.
     pub size: fn(&T) -> usize,
     /// Lets a new version share what did not change with the served one.
