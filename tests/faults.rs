@@ -178,14 +178,33 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&next, path).unwrap();
 }
 
-/// Edits of a YAML registry parse only the services that changed (debug log), and what clients
-/// get is what a whole parse of the file gives: an address moved, a service added, a service
-/// removed, a namespace field changed (parsed whole), a broken edit (refused, the whole parse's
-/// error), and an edit after it.
+/// Edits of a registry parse only the services that changed (debug log), and what clients get is
+/// what a whole parse of the file gives: an address moved, a service added, a service removed, a
+/// namespace field changed (parsed whole), a broken edit (refused, the whole parse's error), and an
+/// edit after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yaml_edits_parse_only_what_changed_and_serve_the_whole_file() {
+    edits_parse_only_what_changed(false).await;
+}
+
+/// The same for the registry written as JSON (one service per line, as `scripts/gen-registry.py`
+/// writes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_edits_parse_only_what_changed_and_serve_the_whole_file() {
+    edits_parse_only_what_changed(true).await;
+}
+
+async fn edits_parse_only_what_changed(json: bool) {
+    let as_file = |yaml: String| -> String {
+        if !json {
+            return yaml;
+        }
+        let value: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        serde_json::to_string(&value).unwrap().replace("},{", "},\n{")
+    };
+    let registry = |services: usize, skip: &[usize], generation: u32| as_file(registry(services, skip, generation));
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("registry.yaml");
+    let path = dir.path().join(if json { "registry.json" } else { "registry.yaml" });
     let full = registry(60, &[], 0);
     std::fs::write(&path, &full).unwrap();
     let server = ServerProcess::start_env(
@@ -201,8 +220,8 @@ async fn yaml_edits_parse_only_what_changed_and_serve_the_whole_file() {
         ("an address moved", registry(60, &[], 7), true),
         ("a service removed", registry(60, &[17], 7), true),
         ("a service added back", registry(60, &[], 7), true),
-        ("a namespace field", registry(60, &[], 7).replace("name: faults.example", "name: renamed.example"), false),
-        ("an address after that", registry(60, &[], 8).replace("name: faults.example", "name: renamed.example"), true),
+        ("a namespace field", registry(60, &[], 7).replace("faults.example", "renamed.example"), false),
+        ("an address after that", registry(60, &[], 8).replace("faults.example", "renamed.example"), true),
     ];
     for (what, text, short) in steps {
         let before = server.logs().matches(shortened).count();
@@ -227,15 +246,17 @@ async fn yaml_edits_parse_only_what_changed_and_serve_the_whole_file() {
     }
 
     // A broken edit of one service: refused with the file's own position, the served state kept.
-    let broken = registry(60, &[], 8).replace("name: faults.example", "name: renamed.example").replacen("AWS_INSTANCE_PORT: 8080}", "AWS_INSTANCE_PORT: [8080}", 1);
+    let renamed = |g| registry(60, &[], g).replace("faults.example", "renamed.example");
+    let broken = if json { renamed(8).replacen("\"AWS_INSTANCE_PORT\":8080}", "\"AWS_INSTANCE_PORT\":[8080}", 1) } else { renamed(8).replacen("AWS_INSTANCE_PORT: 8080}", "AWS_INSTANCE_PORT: [8080}", 1) };
+    assert_ne!(broken, renamed(8));
     write_atomically(&path, &broken);
     assert!(server.wait_log("registry file edit rejected", Duration::from_secs(5)));
     let whole_error = cloudmap_mcp::source::file::parse(Path::new("x.yaml"), &broken).unwrap_err().to_string();
     let position = whole_error.split(": ").last().unwrap().to_string();
-    assert!(position.contains("line 9"), "{whole_error}");
+    assert!(position.contains("line "), "{whole_error}");
     assert!(server.logs().contains(&position), "the whole parse's position ({position}) in: {}", server.logs());
     quiet(&mut ads, Duration::from_secs(1), "broken edit").await;
-    let fixed = registry(60, &[], 9).replace("name: faults.example", "name: renamed.example");
+    let fixed = renamed(9);
     write_atomically(&path, &fixed);
     let r = ads.recv(Duration::from_secs(10)).await.expect("the fixed edit is pushed");
     assert_eq!(service_entries(&r)[0].2.endpoints[0].address, "10.1.0.10");

@@ -28,6 +28,9 @@ mod notify;
 mod watch;
 
 use budget::Counted;
+/// The registry file's formats. JSON is YAML too, but a JSON parser reads it several times faster
+/// (measured in BENCHMARKS.md), so contents that are a JSON object are read as JSON.
+use chunks::Syntax as Format;
 pub use budget::{Limits, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_SERVICES};
 pub use chunks::Memo;
 pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, ParseFn, Stamp, Watched};
@@ -345,14 +348,6 @@ pub fn parse_with(path: &Path, text: &str, limits: &Limits) -> Result<model::Sna
     parse_after(path, text, limits, None)
 }
 
-/// The registry file's formats. JSON is YAML too, but a JSON parser reads it several times faster
-/// (measured in BENCHMARKS.md), so contents that are a JSON object are read as JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Json,
-    Yaml,
-}
-
 /// Like [`parse_with`]; every service that equals one of `previous` (the snapshot served so far) is
 /// that service's `Arc` in the result, shared as soon as it has been read.
 pub fn parse_after(
@@ -390,10 +385,9 @@ fn parse_inner(
     }
     let body = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
     let Some(memo) = memo else {
-        return Ok(build(path, read(path, text, body, limits, previous)?)?.snap);
+        return Ok(build(path, read(path, text, body, limits, previous)?.0)?.snap);
     };
-    // JSON reads fast enough whole.
-    let split = if body.starts_with('{') { None } else { chunks::split(text) };
+    let split = chunks::split(text);
     if let Some((split, known)) = split.as_ref().and_then(|s| Some((s, memo.usable_for(s)?))) {
         if let Some(built) = parse_shortened(path, text, limits, previous, split, known) {
             memo.remember(text, split, &built.order, &built.counts);
@@ -401,10 +395,13 @@ fn parse_inner(
             return Ok(built.snap);
         }
     }
-    let built = build(path, read(path, text, body, limits, previous)?)?;
+    let (file, format) = read(path, text, body, limits, previous)?;
+    let built = build(path, file)?;
     match &split {
-        Some(split) => memo.remember(text, split, &built.order, &built.counts),
-        None => memo.forget(),
+        // Text that looks like JSON but was read as YAML (flow style): its pieces would not be
+        // read by the same parser next time.
+        Some(split) if split.syntax() == format => memo.remember(text, split, &built.order, &built.counts),
+        _ => memo.forget(),
     }
     memo.shortened = false;
     Ok(built.snap)
@@ -427,7 +424,13 @@ fn parse_shortened(
     let unchanged: usize = short.runs.iter().map(Vec::len).sum();
     let file = {
         let _previous = previous::Scope::with_placeholders(previous, prefix, short.runs);
-        let file = parse_yaml(&short.text, limits);
+        let file = match split.syntax() {
+            chunks::Syntax::Yaml => parse_yaml(&short.text, limits),
+            chunks::Syntax::Json => {
+                budget::with_budget(*limits, short.text.len(), || serde_json::from_str::<FileRegistry>(&short.text))
+                    .map_err(|e| e.to_string())
+            }
+        };
         let all_taken = previous::placeholders_taken() == count;
         file.ok().filter(|_| all_taken)?
     };
@@ -449,9 +452,9 @@ fn read<'a>(
     body: &'a str,
     limits: &Limits,
     previous: Option<&model::Snapshot>,
-) -> Result<FileRegistry<'a>, RegistryFileError> {
+) -> Result<(FileRegistry<'a>, Format), RegistryFileError> {
     if body.is_empty() {
-        return Ok(FileRegistry { namespaces: Vec::new() });
+        return Ok((FileRegistry { namespaces: Vec::new() }, Format::Yaml));
     }
     let _previous = previous::Scope::new(previous);
     let parsed = if body.starts_with('{') {
@@ -459,13 +462,13 @@ fn read<'a>(
         // is read as YAML, which reports its own errors.
         match budget::with_budget(*limits, text.len(), || serde_json::from_str::<FileRegistry>(body)) {
             Err(e) if e.is_syntax() || e.is_eof() => None,
-            r => Some(r.map_err(|e| (Format::Json, e.to_string()))),
+            r => Some(r.map(|f| (f, Format::Json)).map_err(|e| (Format::Json, e.to_string()))),
         }
     } else {
         None
     };
     parsed
-        .unwrap_or_else(|| parse_yaml(text, limits).map_err(|e| (Format::Yaml, e)))
+        .unwrap_or_else(|| parse_yaml(text, limits).map(|f| (f, Format::Yaml)).map_err(|e| (Format::Yaml, e)))
         // Parsers quote pieces of the file (unknown keys) unescaped: keep the message on one line.
         .map_err(|(format, e)| RegistryFileError::Parse {
             path: path.to_path_buf(),

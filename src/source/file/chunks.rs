@@ -85,16 +85,28 @@ impl Memo {
 
 /// A version of the file cut along its services.
 pub(super) struct Split {
+    syntax: Syntax,
     items: Vec<Item>,
-    /// Items in each `services:` list, in file order.
+    /// Items in each `services` list, in file order.
     lists: Vec<usize>,
-    /// Hash of everything that is not an item (with where each run of it ends).
+    /// Hash of everything that is not an item, nor between two items of one list (commas).
     skeleton: u128,
+}
+
+/// What a file's text is written in, as far as cutting it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Syntax {
+    /// YAML block style: items are `- ` lines of a `services:` list.
+    Yaml,
+    /// JSON: items are the objects of a `"services"` array.
+    Json,
 }
 
 struct Item {
     range: Range<usize>,
-    /// Column of the item's `-`.
+    /// Which list (index into `lists`).
+    list: usize,
+    /// YAML: the column of the item's `-`.
     indent: usize,
     hash: u128,
 }
@@ -107,6 +119,10 @@ pub(super) struct Shortened {
 }
 
 impl Split {
+    pub(super) fn syntax(&self) -> Syntax {
+        self.syntax
+    }
+
     /// The file shortened by the pieces `known` holds; `None` if it holds none of them (a whole parse
     /// costs the same), or if the placeholders' names are not the only text starting with `prefix`.
     pub(super) fn shorten(
@@ -118,22 +134,36 @@ impl Split {
         let mut out = String::new();
         let mut runs: Vec<Vec<Arc<model::Service>>> = Vec::new();
         let mut from = 0;
-        for item in &self.items {
-            let Some(svc) = known.get(&item.hash) else { continue };
-            match runs.last_mut() {
-                // Right after the last piece replaced: the same list, the same placeholder.
-                Some(run) if from == item.range.start && from > 0 => run.push(svc.clone()),
+        // The item just replaced, if any: the next one of the same list joins its placeholder.
+        let mut last: Option<usize> = None;
+        for (i, item) in self.items.iter().enumerate() {
+            let Some(svc) = known.get(&item.hash) else {
+                last = None;
+                continue;
+            };
+            match (last, runs.last_mut()) {
+                (Some(l), Some(run)) if l + 1 == i && self.items[l].list == item.list => run.push(svc.clone()),
                 _ => {
                     out.push_str(&text[from..item.range.start]);
-                    out.extend(std::iter::repeat_n(' ', item.indent));
-                    out.push_str("- name: ");
-                    out.push_str(prefix);
-                    out.push_str(&runs.len().to_string());
-                    out.push('\n');
+                    let name = format!("{prefix}{}", runs.len());
+                    match self.syntax {
+                        Syntax::Yaml => {
+                            out.extend(std::iter::repeat_n(' ', item.indent));
+                            out.push_str("- name: ");
+                            out.push_str(&name);
+                            out.push('\n');
+                        }
+                        Syntax::Json => {
+                            out.push_str("{\"name\":\"");
+                            out.push_str(&name);
+                            out.push_str("\"}");
+                        }
+                    }
                     runs.push(vec![svc.clone()]);
                 }
             }
             from = item.range.end;
+            last = Some(i);
         }
         if runs.is_empty() {
             return None;
@@ -148,6 +178,40 @@ impl Split {
 /// the file does not hold it as it is [`Split::shorten`] checks.
 pub(super) fn placeholder_prefix() -> String {
     format!("cloudmap-mcp-unchanged-{:016x}-", rand::random::<u64>())
+}
+
+/// Cuts `text` along its services: as JSON if it starts with `{`, else as YAML. `None` if it cannot
+/// be cut safely (YAML that may hold an alias, JSON that does not scan).
+pub(super) fn split(text: &str) -> Option<Split> {
+    let body = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    let (syntax, items, lists) = if body.starts_with('{') {
+        let (items, lists) = json_items(text.as_bytes())?;
+        (Syntax::Json, items, lists)
+    } else {
+        let (items, lists) = yaml_items(text.as_bytes())?;
+        (Syntax::Yaml, items, lists)
+    };
+    Some(finish(syntax, text.as_bytes(), items, lists))
+}
+
+/// Hashes the items and the skeleton: the text before each list's first item and after its last.
+fn finish(syntax: Syntax, bytes: &[u8], mut items: Vec<Item>, lists: Vec<usize>) -> Split {
+    let mut skeleton = Xxh3::new();
+    skeleton.update(&[syntax as u8]);
+    let mut run = |from: usize, to: usize| {
+        skeleton.update(&((to - from) as u64).to_le_bytes());
+        skeleton.update(&bytes[from..to]);
+    };
+    let mut from = 0;
+    for i in 0..items.len() {
+        if i == 0 || items[i - 1].list != items[i].list {
+            run(from, items[i].range.start);
+        }
+        from = items[i].range.end;
+        items[i].hash = xxh3_128(&bytes[items[i].range.clone()]);
+    }
+    run(from, bytes.len());
+    Split { syntax, items, lists, skeleton: skeleton.digest128() }
 }
 
 /// Whether a `*` starts a token somewhere (an alias, or text that would be one): at the start of a
@@ -178,9 +242,9 @@ fn services_key(indent: usize, mut rest: &[u8]) -> Option<usize> {
     (value.is_empty() || (value[0] == b'#' && value.len() < after.len())).then_some(column)
 }
 
-/// Cuts `text` along its services; `None` if it may hold an alias.
-pub(super) fn split(text: &str) -> Option<Split> {
-    let bytes = text.as_bytes();
+/// The items of YAML text's block-style `services:` lists, line by line; `None` if it may hold an
+/// alias.
+fn yaml_items(bytes: &[u8]) -> Option<(Vec<Item>, Vec<usize>)> {
     if may_hold_alias(bytes) {
         return None;
     }
@@ -194,16 +258,8 @@ pub(super) fn split(text: &str) -> Option<Split> {
         In(usize),
     }
     let mut items: Vec<Item> = Vec::new();
-    let mut lists = Vec::new();
-    let mut skeleton = Xxh3::new();
-    let mut skeleton_from = 0;
+    let mut lists: Vec<usize> = Vec::new();
     let mut state = State::Outside;
-    let close_item = |items: &mut Vec<Item>, end: usize| {
-        if let Some(last) = items.last_mut() {
-            last.range.end = end;
-            last.hash = xxh3_128(&bytes[last.range.clone()]);
-        }
-    };
     let ends = memchr::memchr_iter(b'\n', bytes).map(|i| i + 1).chain((bytes.last() != Some(&b'\n')).then_some(bytes.len()));
     let mut pos = 0;
     for end in ends {
@@ -223,13 +279,14 @@ pub(super) fn split(text: &str) -> Option<Split> {
                     if quiet || indent > column {
                         break;
                     }
-                    close_item(&mut items, pos);
+                    if let Some(last) = items.last_mut() {
+                        last.range.end = pos;
+                    }
                     if indent == column && is_item(rest) {
-                        items.push(Item { range: pos..end, indent, hash: 0 });
+                        items.push(Item { range: pos..end, list: lists.len() - 1, indent, hash: 0 });
                         *lists.last_mut().expect("a list is open") += 1;
                         break;
                     }
-                    skeleton_from = pos;
                     state = State::Outside;
                 }
                 State::AfterKey(key) => {
@@ -237,10 +294,7 @@ pub(super) fn split(text: &str) -> Option<Split> {
                         break;
                     }
                     if indent >= key && is_item(rest) {
-                        let run = &bytes[skeleton_from..pos];
-                        skeleton.update(&(run.len() as u64).to_le_bytes());
-                        skeleton.update(run);
-                        items.push(Item { range: pos..end, indent, hash: 0 });
+                        items.push(Item { range: pos..end, list: lists.len(), indent, hash: 0 });
                         lists.push(1);
                         state = State::In(indent);
                         break;
@@ -257,14 +311,96 @@ pub(super) fn split(text: &str) -> Option<Split> {
         }
         pos = end;
     }
-    if let State::In(_) = state {
-        close_item(&mut items, bytes.len());
-        skeleton_from = bytes.len();
+    if let (State::In(_), Some(last)) = (state, items.last_mut()) {
+        last.range.end = bytes.len();
     }
-    let run = &bytes[skeleton_from..];
-    skeleton.update(&(run.len() as u64).to_le_bytes());
-    skeleton.update(run);
-    Some(Split { items, lists, skeleton: skeleton.digest128() })
+    Some((items, lists))
+}
+
+/// The items (objects) of JSON text's `"services"` arrays; `None` if the text does not scan as
+/// JSON's nesting, or a `"services"` array holds something other than objects.
+fn json_items(bytes: &[u8]) -> Option<(Vec<Item>, Vec<usize>)> {
+    enum Frame {
+        /// An object; `key`: the next string is a key; `services`: the current key is `"services"`.
+        Object { key: bool, services: bool },
+        /// An array; `Some(list)` if it is the value of a `"services"` key.
+        Array(Option<usize>),
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    let mut lists: Vec<usize> = Vec::new();
+    // The item being read, and the depth its object was opened at.
+    let mut open: Option<usize> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let in_services = matches!(stack.last(), Some(Frame::Array(Some(_))));
+        match c {
+            b'"' => {
+                if in_services {
+                    return None;
+                }
+                let start = i;
+                i += 1;
+                loop {
+                    i += memchr::memchr2(b'"', b'\\', &bytes[i..])?;
+                    if bytes[i] == b'\\' {
+                        i += 2;
+                    } else {
+                        break;
+                    }
+                }
+                if let Some(Frame::Object { key, services }) = stack.last_mut() {
+                    if *key {
+                        *services = &bytes[start..=i] == b"\"services\"";
+                        *key = false;
+                    }
+                }
+            }
+            b'{' => {
+                if let Some(Frame::Array(Some(list))) = stack.last() {
+                    items.push(Item { range: i..i, list: *list, indent: 0, hash: 0 });
+                    lists[*list] += 1;
+                    open = Some(stack.len());
+                }
+                stack.push(Frame::Object { key: true, services: false });
+            }
+            b'[' => {
+                let list = match stack.last() {
+                    Some(Frame::Object { key: false, services: true }) => {
+                        lists.push(0);
+                        Some(lists.len() - 1)
+                    }
+                    _ => None,
+                };
+                if in_services {
+                    return None;
+                }
+                stack.push(Frame::Array(list));
+            }
+            b'}' | b']' => {
+                match (stack.pop()?, c) {
+                    (Frame::Object { .. }, b'}') | (Frame::Array(_), b']') => {}
+                    _ => return None,
+                }
+                if open == Some(stack.len()) {
+                    items.last_mut()?.range.end = i + 1;
+                    open = None;
+                }
+            }
+            b',' => {
+                if let Some(Frame::Object { key, services }) = stack.last_mut() {
+                    *key = true;
+                    *services = false;
+                }
+            }
+            b' ' | b'\t' | b'\r' | b'\n' | b':' => {}
+            _ if in_services => return None,
+            _ => {}
+        }
+        i += 1;
+    }
+    (stack.is_empty() && open.is_none()).then_some((items, lists))
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ fn caps_count_the_services_not_parsed_again() {
 }
 
 #[test]
-fn aliases_and_json_are_always_parsed_whole() {
+fn aliases_and_yaml_flow_style_are_always_parsed_whole() {
     let limits = Limits::default();
     let (mut memo, mut served) = (Memo::default(), None);
     let aliased = "namespaces:\n  - name: a\n    type: HTTP\n    services:\n      - name: s1\n        attributes: &shared {team: x}\n      - name: s2\n        attributes: *shared\n";
@@ -153,17 +153,71 @@ fn aliases_and_json_are_always_parsed_whole() {
     let s2 = served.as_ref().unwrap().namespaces[0].services.iter().find(|s| s.name == "s2").unwrap().clone();
     assert_eq!(s2.attributes.get("team").map(String::as_str), Some("y"));
 
-    let json = r#"{"namespaces": [{"name": "a", "type": "HTTP", "services": [{"name": "s1"}, {"name": "s2"}]}]}"#;
-    assert_eq!(step(&mut memo, &mut served, json, &limits), Ok(false));
-    assert_eq!(step(&mut memo, &mut served, &json.replace("s2", "s3"), &limits), Ok(false));
+    // Looks like JSON, is YAML: JSON's pieces are not remembered for the YAML parser.
+    let flow = r#"{"namespaces": [{"name": "a", "type": "HTTP", "services": [{"name": 's1'}, {"name": "s2"}]}]}"#;
+    assert_eq!(step(&mut memo, &mut served, flow, &limits), Ok(false));
+    assert_eq!(memo.remembered_services(), 0);
+    assert_eq!(step(&mut memo, &mut served, &flow.replace("s2", "s3"), &limits), Ok(false));
 }
 
-/// Many random edits of several kinds; every result equals a whole parse.
+/// The registry of [`registry`] as JSON, in one line or pretty-printed.
+fn registry_json(services: usize, bump: &[(usize, &str)], pretty: bool) -> String {
+    let yaml = registry(services, bump);
+    let value: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    if pretty { serde_json::to_string_pretty(&value).unwrap() } else { serde_json::to_string(&value).unwrap() }
+}
+
+#[test]
+fn json_edits_parse_only_what_changed_and_read_the_same() {
+    let limits = Limits::default();
+    for pretty in [false, true] {
+        let (mut memo, mut served) = (Memo::default(), None);
+        let base = registry_json(9, &[], pretty);
+        assert_eq!(step(&mut memo, &mut served, &base, &limits), Ok(false));
+        assert_eq!(memo.remembered_services(), 27, "pretty: {pretty}");
+        for k in [0, 13, 26] {
+            let before = served.clone().unwrap();
+            let text = registry_json(9, &[(0, "192.168.7.7"), (13, "192.168.7.7"), (26, "192.168.7.7")][..=k / 13], pretty);
+            assert_eq!(step(&mut memo, &mut served, &text, &limits), Ok(true), "edit of service {k}");
+            assert_eq!(shared_with(&before, served.as_ref().unwrap()), 26);
+        }
+        // A service removed (its comma with it), then added back.
+        let value: serde_json::Value = serde_json::from_str(&base).unwrap();
+        let mut fewer = value.clone();
+        fewer["namespaces"][1]["services"].as_array_mut().unwrap().remove(4);
+        let fewer = if pretty { serde_json::to_string_pretty(&fewer) } else { serde_json::to_string(&fewer) }.unwrap();
+        assert_eq!(step(&mut memo, &mut served, &fewer, &limits), Ok(true));
+        assert_eq!(served.as_ref().unwrap().service_count(), 26);
+        assert_eq!(step(&mut memo, &mut served, &base, &limits), Ok(true));
+        // A namespace field: whole.
+        assert_eq!(step(&mut memo, &mut served, &base.replacen("HTTP", "DNS_PRIVATE", 1), &limits), Ok(false));
+        // Broken JSON in a changed service: the whole parse's error (it falls back to YAML).
+        let broken = base.replacen("\"i-3\"", "\"i-3", 1);
+        assert!(step(&mut memo, &mut served, &broken, &limits).is_err());
+    }
+}
+
+#[test]
+fn json_scanning_refuses_what_it_cannot_cut() {
+    use super::chunks::split;
+    // Strings holding brackets, braces and escaped quotes do not confuse it.
+    let text = r#"{"namespaces":[{"name":"a\"]}","type":"HTTP","services":[{"name":"s[1]"},{"name":"s{2}\\"}]}]}"#;
+    let limits = Limits::default();
+    let (mut memo, mut served) = (Memo::default(), None);
+    step(&mut memo, &mut served, text, &limits).unwrap();
+    assert_eq!(memo.remembered_services(), 2);
+    assert_eq!(step(&mut memo, &mut served, &text.replace("s[1]", "s[9]"), &limits), Ok(true));
+    // Not JSON's nesting, or a services array of something else: not cut.
+    assert!(split(r#"{"namespaces":[{"services":[{"name":"s"}]}"#).is_none());
+    assert!(split(r#"{"namespaces":[{"services":["s"]}]}"#).is_none());
+    assert!(split(r#"{"namespaces":[{"services":[[{"name":"s"}]]}]}"#).is_none());
+}
+
+/// Many random edits of several kinds, in YAML and in JSON (one line, pretty-printed); every result
+/// equals a whole parse.
 #[test]
 fn random_edits_read_the_same_as_whole_parses() {
     let limits = Limits::default();
-    let (mut memo, mut served) = (Memo::default(), None);
-    let mut bump: Vec<(usize, String)> = Vec::new();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = |n: u64| {
         seed ^= seed << 13;
@@ -171,31 +225,45 @@ fn random_edits_read_the_same_as_whole_parses() {
         seed ^= seed << 17;
         seed % n
     };
-    let mut shortened = 0;
-    for round in 0..60 {
-        let k = next(30) as usize;
-        bump.retain(|(i, _)| *i != k);
-        bump.push((k, format!("172.16.{}.{}", round, next(250))));
-        let view: Vec<(usize, &str)> = bump.iter().map(|(i, s)| (*i, s.as_str())).collect();
-        let mut text = registry(10, &view);
-        match next(5) {
-            // Drop a random line: often broken, sometimes still valid.
-            0 => {
-                let lines: Vec<&str> = text.split_inclusive('\n').collect();
-                let cut = next(lines.len() as u64) as usize;
-                text = lines.iter().enumerate().filter(|(i, _)| *i != cut).map(|(_, l)| *l).collect();
+    for format in ["yaml", "json", "json-pretty"] {
+        let (mut memo, mut served) = (Memo::default(), None);
+        let mut bump: Vec<(usize, String)> = Vec::new();
+        let mut shortened = 0;
+        for round in 0..40 {
+            let k = next(30) as usize;
+            bump.retain(|(i, _)| *i != k);
+            bump.push((k, format!("172.16.{}.{}", round, next(250))));
+            let view: Vec<(usize, &str)> = bump.iter().map(|(i, s)| (*i, s.as_str())).collect();
+            let mut text = match format {
+                "yaml" => registry(10, &view),
+                f => registry_json(10, &view, f == "json-pretty"),
+            };
+            match next(5) {
+                // Drop a random line (pretty JSON, YAML) or byte (one-line JSON): often broken,
+                // sometimes still valid.
+                0 if format == "json" => {
+                    let at = next(text.len() as u64) as usize;
+                    if text.is_char_boundary(at) && text.is_char_boundary(at + 1) {
+                        text.remove(at);
+                    }
+                }
+                0 => {
+                    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+                    let cut = next(lines.len() as u64) as usize;
+                    text = lines.iter().enumerate().filter(|(i, _)| *i != cut).map(|(_, l)| *l).collect();
+                }
+                // Indent a random line by two more spaces.
+                1 => {
+                    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+                    let at = next(lines.len() as u64) as usize;
+                    text = lines.iter().enumerate().map(|(i, l)| if i == at { format!("  {l}") } else { l.to_string() }).collect();
+                }
+                _ => {}
             }
-            // Indent a random line by two more spaces.
-            1 => {
-                let lines: Vec<&str> = text.split_inclusive('\n').collect();
-                let at = next(lines.len() as u64) as usize;
-                text = lines.iter().enumerate().map(|(i, l)| if i == at { format!("  {l}") } else { l.to_string() }).collect();
+            if step(&mut memo, &mut served, &text, &limits) == Ok(true) {
+                shortened += 1;
             }
-            _ => {}
         }
-        if step(&mut memo, &mut served, &text, &limits) == Ok(true) {
-            shortened += 1;
-        }
+        assert!(shortened > 15, "{format}: only {shortened} of 40 edits parsed only what changed");
     }
-    assert!(shortened > 20, "only {shortened} of 60 edits parsed only what changed");
 }
