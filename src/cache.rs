@@ -676,12 +676,14 @@ mod tests {
         }
     }
 
+    type Names = Vec<(Arc<str>, Arc<str>)>;
+
     /// What a from-scratch translation and encoding of `model` serves, given the VIPs served before.
     fn fresh(
         model: &model::Snapshot,
         opts: &Options,
         vips: &translate::Allocation,
-    ) -> (Vec<Bytes>, Vec<(Arc<str>, Arc<str>)>, Translation) {
+    ) -> (Vec<Bytes>, Names, Translation) {
         let t = translate::translate_with(model, opts, vips);
         let (resources, versions): (Vec<Bytes>, Vec<String>) = t.entries.iter().map(encode_entry).unzip();
         let names = t.entries.iter().map(|e| e.resource_name().into()).zip(versions.into_iter().map(Into::into)).collect();
@@ -727,7 +729,9 @@ mod tests {
         Service::edit_instances(&mut m.namespaces[team].services[0], |v| {
             v[1].attributes.insert("AWS_INSTANCE_IPV4".into(), "10.0.0.9".into());
         });
+        let vips = cache.vips.clone();
         assert_eq!(check(&mut cache, &m), 1);
+        assert!(!vips.is_empty() && Arc::ptr_eq(&vips, &cache.vips), "no host came or went: the VIP allocation is kept, not rebuilt");
 
         // A newer service colliding on a host (names differing in case) is rejected; when the older
         // one goes, the newer one is served, without being translated again.
