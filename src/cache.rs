@@ -4,6 +4,7 @@
 //! (`Any{istio.mcp.v1alpha1.Resource{metadata, body: Any{ServiceEntry}}}`); entries that did not
 //! change since the previous snapshot reuse their bytes. Streams write those bytes straight into the
 //! gRPC frame (see `xds::codec`), so a push to N clients encodes nothing N times.
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,12 +36,13 @@ pub struct EncodedType {
     pub resources: Vec<Bytes>,
     /// Sum of `resources` lengths.
     pub resources_len: usize,
-    /// `(resource name, metadata.version)`, sorted by name.
-    pub names: Vec<(String, String)>,
+    /// `(resource name, metadata.version)`, sorted by name. Shared with the builder's memo: a
+    /// build copies a pointer per entry, not two strings.
+    pub names: Vec<(Arc<str>, Arc<str>)>,
 }
 
 impl EncodedType {
-    fn new(resources: Vec<Bytes>, names: Vec<(String, String)>) -> Self {
+    fn new(resources: Vec<Bytes>, names: Vec<(Arc<str>, Arc<str>)>) -> Self {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for (n, v) in &names {
             h.update(n.as_bytes());
@@ -120,7 +122,7 @@ struct Outcome {
 #[derive(Debug)]
 struct Built {
     /// `<namespace>/<object name>`.
-    resource_name: String,
+    resource_name: Arc<str>,
     /// The Istio namespace (the head of `resource_name`).
     namespace_len: usize,
     object_name: String,
@@ -131,10 +133,10 @@ struct Built {
     /// once its VIP is known).
     framed: Bytes,
     /// `metadata.version`.
-    version: String,
+    version: Arc<str>,
     wants_vip: bool,
-    /// The VIP addresses `framed` was encoded with; `None`: not encoded yet.
-    encoded_vip: Option<Vec<String>>,
+    /// The VIPs `framed` was encoded with; `None`: not encoded yet.
+    encoded_vip: Option<Vec<IpAddr>>,
 }
 
 impl Built {
@@ -266,7 +268,7 @@ impl ResourceCache {
                                 (f, v, Some(Vec::new()))
                             };
                             Built {
-                                resource_name: se.resource_name(),
+                                resource_name: se.resource_name().into(),
                                 namespace_len: se.namespace.len(),
                                 wants_vip: se.wants_vip,
                                 encoded_vip,
@@ -275,7 +277,7 @@ impl ResourceCache {
                                 create_time: se.create_time,
                                 source: se.source,
                                 framed,
-                                version,
+                                version: version.into(),
                             }
                         });
                         Arc::new(Outcome { entry, notes })
@@ -298,18 +300,28 @@ impl ResourceCache {
         translate::sort_by_resource_name(&mut kept, |k| (k.built().namespace(), k.built().object_name.as_str()));
 
         // VIPs across all kept entries; an entry is (re)encoded only when its VIP is new to it.
-        let allocated = translate::vip::allocate(
-            kept.iter().filter(|k| k.built().wants_vip).map(|k| k.built().host.as_str()),
-            &self.opts.vips.cidrs,
-            &self.vips,
-        );
+        // When no host came or went, the previous allocation is kept as it is (shared, not
+        // rebuilt): this pass then allocates nothing per entry. At 10,000 services it ran on
+        // every build, and its tens of thousands of small allocations, each taking a malloc arena
+        // lock that the runtime's threads (the poller's calls) hold too, made a build after a
+        // single change wait 100 ms and more for those locks on 2 busy cores.
+        let mut vip_hosts: Vec<&str> = kept.iter().filter(|k| k.built().wants_vip).map(|k| k.built().host.as_str()).collect();
+        vip_hosts.sort_unstable();
+        vip_hosts.dedup();
+        let (vips, vip_collisions, exhausted) = match translate::vip::unchanged(&vip_hosts, &self.opts.vips.cidrs, &self.vips) {
+            Some(collisions) => (self.vips.clone(), collisions, Vec::new()),
+            None => {
+                let a = translate::vip::allocate(vip_hosts, &self.opts.vips.cidrs, &self.vips);
+                (Arc::new(a.addresses), a.collisions, a.exhausted)
+            }
+        };
         for k in kept.iter_mut().filter(|k| k.built().wants_vip) {
-            let addresses = translate::vip_addresses(&allocated.addresses, &k.built().host);
-            if k.built().encoded_vip.as_ref() == Some(&addresses) {
+            let held: &[IpAddr] = vips.get(k.built().host.as_str()).map(Vec::as_slice).unwrap_or_default();
+            if k.built().encoded_vip.as_deref() == Some(held) {
                 continue;
             }
             let mut se = translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before");
-            se.spec.addresses = addresses.clone();
+            se.spec.addresses = translate::vip_addresses(&vips, &k.built().host);
             encoded += 1;
             let (framed, version) = encode_entry(&se);
             let b = k.built();
@@ -321,14 +333,14 @@ impl ResourceCache {
                 create_time: b.create_time,
                 source: b.source.clone(),
                 framed,
-                version,
+                version: version.into(),
                 wants_vip: true,
-                encoded_vip: Some(addresses),
+                encoded_vip: Some(held.to_vec()),
             };
             k.outcome = Arc::new(Outcome { entry: Ok(built), notes: k.outcome.notes.clone() });
             memo[k.memo_index] = k.outcome.clone();
         }
-        notes.extend(translate::vip_notes(&allocated, &kept));
+        notes.extend(translate::vip_notes(&exhausted, &kept));
         rejected.sort();
         notes.sort();
         let mut resources = Vec::with_capacity(kept.len());
@@ -339,7 +351,7 @@ impl ResourceCache {
             names.push((b.resource_name.clone(), b.version.clone()));
         }
         drop(kept);
-        self.vips = Arc::new(allocated.addresses);
+        self.vips = vips;
         self.memo = memo;
         self.prev_model = Some(model.clone());
         self.serial += 1;
@@ -351,7 +363,7 @@ impl ResourceCache {
             model: model.clone(),
             options: self.opts.clone(),
             vips: self.vips.clone(),
-            vip_collisions: allocated.collisions,
+            vip_collisions,
             rejected: Arc::new(rejected),
             notes: Arc::new(notes),
             model_services: model.service_count(),
@@ -365,7 +377,7 @@ impl ResourceCache {
 /// [`crate::util::return_freed_memory`]).
 const TRIM_AFTER_ENCODED: usize = 1000;
 
-fn built_placeholder() -> (Bytes, String, Option<Vec<String>>) {
+fn built_placeholder() -> (Bytes, String, Option<Vec<IpAddr>>) {
     (Bytes::new(), String::new(), None)
 }
 
@@ -540,7 +552,7 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
 
 fn log_changes(prev: Option<&ResourceSnapshot>, next: &ResourceSnapshot, encoded: usize, took: std::time::Duration) {
     // Both lists are sorted by name: one merge walk.
-    let old: &[(String, String)] = prev.map(|p| p.service_entries.names.as_slice()).unwrap_or_default();
+    let old: &[(Arc<str>, Arc<str>)] = prev.map(|p| p.service_entries.names.as_slice()).unwrap_or_default();
     let new = next.service_entries.names.as_slice();
     let (mut added, mut updated, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
@@ -548,21 +560,21 @@ fn log_changes(prev: Option<&ResourceSnapshot>, next: &ResourceSnapshot, encoded
         match (old.get(i), new.get(j)) {
             (Some(o), Some(n)) if o.0 == n.0 => {
                 if o.1 != n.1 {
-                    updated.push(n.0.as_str());
+                    updated.push(&*n.0);
                 }
                 i += 1;
                 j += 1;
             }
             (Some(o), Some(n)) if o.0 < n.0 => {
-                removed.push(o.0.as_str());
+                removed.push(&*o.0);
                 i += 1;
             }
             (Some(o), None) => {
-                removed.push(o.0.as_str());
+                removed.push(&*o.0);
                 i += 1;
             }
             (_, Some(n)) => {
-                added.push(n.0.as_str());
+                added.push(&*n.0);
                 j += 1;
             }
             (None, None) => break,
@@ -664,15 +676,17 @@ mod tests {
         }
     }
 
+    type Names = Vec<(Arc<str>, Arc<str>)>;
+
     /// What a from-scratch translation and encoding of `model` serves, given the VIPs served before.
     fn fresh(
         model: &model::Snapshot,
         opts: &Options,
         vips: &translate::Allocation,
-    ) -> (Vec<Bytes>, Vec<(String, String)>, Translation) {
+    ) -> (Vec<Bytes>, Names, Translation) {
         let t = translate::translate_with(model, opts, vips);
         let (resources, versions): (Vec<Bytes>, Vec<String>) = t.entries.iter().map(encode_entry).unzip();
-        let names = t.entries.iter().map(|e| e.resource_name()).zip(versions).collect();
+        let names = t.entries.iter().map(|e| e.resource_name().into()).zip(versions.into_iter().map(Into::into)).collect();
         (resources, names, t)
     }
 
@@ -715,7 +729,9 @@ mod tests {
         Service::edit_instances(&mut m.namespaces[team].services[0], |v| {
             v[1].attributes.insert("AWS_INSTANCE_IPV4".into(), "10.0.0.9".into());
         });
+        let vips = cache.vips.clone();
         assert_eq!(check(&mut cache, &m), 1);
+        assert!(!vips.is_empty() && Arc::ptr_eq(&vips, &cache.vips), "no host came or went: the VIP allocation is kept, not rebuilt");
 
         // A newer service colliding on a host (names differing in case) is rejected; when the older
         // one goes, the newer one is served, without being translated again.

@@ -343,7 +343,7 @@ async fn serve_child(kind: Kind, size: Size) {
                                 seconds: se.create_time.seconds,
                                 nanos: se.create_time.nanos,
                             }),
-                            version: version.clone(),
+                            version: version.to_string(),
                             labels: se.labels.clone(),
                             annotations: se.annotations.clone(),
                         };

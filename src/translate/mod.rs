@@ -325,7 +325,7 @@ pub fn translate_with(snapshot: &model::Snapshot, opts: &Options, previous: &All
     for e in entries.iter_mut().filter(|e| e.wants_vip) {
         e.spec.addresses = vip_addresses(&allocated.addresses, e.host());
     }
-    out.notes.extend(vip_notes(&allocated, &entries));
+    out.notes.extend(vip_notes(&allocated.exhausted, &entries));
     out.entries = entries;
     out.vips = allocated.addresses;
     out.vip_collisions = allocated.collisions;
@@ -345,9 +345,9 @@ pub fn vip_addresses(allocation: &Allocation, host: &str) -> Vec<String> {
 }
 
 /// Notes for entries that wanted a VIP and got none.
-pub fn vip_notes<T: CollisionCandidate>(allocated: &vip::Allocated, entries: &[T]) -> Vec<Note> {
+pub fn vip_notes<T: CollisionCandidate>(exhausted: &[String], entries: &[T]) -> Vec<Note> {
     let mut notes = Vec::new();
-    for h in &allocated.exhausted {
+    for h in exhausted {
         if let Some(e) = entries.iter().find(|e| e.host() == h) {
             notes.push(Note {
                 source: e.source().clone(),

@@ -248,8 +248,40 @@ pub fn allocate<'a>(hosts: impl IntoIterator<Item = &'a str>, cidrs: &[Cidr], pr
     out
 }
 
+/// What [`allocate`] returns when no host came or went: when `hosts` (sorted, without
+/// duplicates) are exactly the hosts of `previous`, each holding one usable address of every
+/// range (in range order) that no other host holds, every host keeps what it held and `allocate`
+/// would return `previous` itself. Returns its collision count then, having allocated nothing:
+/// a build after a change to one service's instances does not rebuild (and free) an allocation
+/// of every host. `None`: call [`allocate`].
+pub fn unchanged(hosts: &[&str], cidrs: &[Cidr], previous: &Allocation) -> Option<usize> {
+    if hosts.len() != previous.len() || cidrs.is_empty() {
+        return None;
+    }
+    let mut used: Vec<HashSet<u128>> = cidrs.iter().map(|_| HashSet::with_capacity(hosts.len())).collect();
+    let mut collisions = 0;
+    for (h, (held_by, addrs)) in hosts.iter().zip(previous) {
+        if *h != held_by.as_str() || addrs.len() != cidrs.len() {
+            return None;
+        }
+        for ((cidr, addr), used) in cidrs.iter().zip(addrs).zip(&mut used) {
+            // The address `allocate` keeps for this range: the first one of the host's in it.
+            let off = addrs.iter().find_map(|a| cidr.offset(a))?;
+            if cidr.addr(off) != *addr || !used.insert(off) {
+                return None;
+            }
+            if off != home(h, cidr) {
+                collisions += 1;
+            }
+        }
+    }
+    Some(collisions)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -312,6 +344,28 @@ mod tests {
         assert!(v[0].is_ipv4() && v[1].is_ipv6());
     }
 
+    #[test]
+    fn unchanged_hosts_keep_the_previous_allocation_without_a_new_one() {
+        let cs = [cidr("241.0.0.0/29"), cidr("fd00:cafe::/64")]; // six usable IPv4: collisions
+        let first = allocate(["a", "b", "c", "d"], &cs, &Allocation::new());
+        let hosts = ["a", "b", "c", "d"];
+        assert_eq!(unchanged(&hosts, &cs, &first.addresses), Some(first.collisions));
+        assert_eq!(allocate(hosts, &cs, &first.addresses), first);
+        // A host more or less, another name, or other ranges: allocate again.
+        assert_eq!(unchanged(&["a", "b", "c"], &cs, &first.addresses), None);
+        assert_eq!(unchanged(&["a", "b", "c", "d", "e"], &cs, &first.addresses), None);
+        assert_eq!(unchanged(&["a", "b", "c", "x"], &cs, &first.addresses), None);
+        assert_eq!(unchanged(&hosts, &cs[..1], &first.addresses), None);
+        assert_eq!(unchanged(&hosts, &[cidr("242.0.0.0/8"), cs[1]], &first.addresses), None);
+        assert_eq!(unchanged(&hosts, &[], &first.addresses), None);
+        // Two hosts on one address (not an allocation `allocate` makes): allocate again.
+        let mut shared = first.addresses.clone();
+        let a = shared["a"].clone();
+        shared.insert("b".into(), a);
+        assert_eq!(unchanged(&hosts, &cs, &shared), None);
+        assert_ne!(allocate(hosts, &cs, &shared).addresses, shared);
+    }
+
     fn host_set() -> impl Strategy<Value = Vec<String>> {
         proptest::collection::btree_set("[a-z]{1,6}\\.[a-z]{1,4}", 0..60).prop_map(|s| s.into_iter().collect())
     }
@@ -361,6 +415,27 @@ mod tests {
             // Replaying the same history on another replica gives the same result.
             let replica = allocate(next_hosts.iter().rev().copied(), &[c], &allocate(shuffled.iter().map(String::as_str), &[c], &Allocation::new()).addresses);
             prop_assert_eq!(replica, next);
+        }
+
+        /// `unchanged` answers only when `allocate` would return the previous allocation, and
+        /// then with its collision count; it answers for every host set `allocate` served whole.
+        #[test]
+        fn unchanged_agrees_with_allocate(hosts in host_set(), extra in host_set(), drop_every in 2usize..5) {
+            let c = cidr("241.7.0.0/27"); // 30 usable: some sets exhaust it
+            let first = allocate(hosts.iter().map(String::as_str), &[c], &Allocation::new());
+            let next: BTreeSet<&str> = hosts.iter().enumerate().filter(|(i, _)| i % drop_every != 0).map(|(_, h)| h.as_str()).chain(extra.iter().map(String::as_str)).collect();
+            for (set, previous) in [(hosts.iter().map(String::as_str).collect::<BTreeSet<_>>(), &first.addresses), (next, &first.addresses)] {
+                let set: Vec<&str> = set.into_iter().collect();
+                let full = allocate(set.iter().copied(), &[c], previous);
+                match unchanged(&set, &[c], previous) {
+                    Some(collisions) => prop_assert_eq!(&full, &Allocated { addresses: previous.clone(), collisions, exhausted: Vec::new() }),
+                    None => prop_assert!(full.addresses != *previous || set.is_empty() || !full.exhausted.is_empty() || set.len() != previous.len()),
+                }
+            }
+            if first.exhausted.is_empty() && !hosts.is_empty() {
+                let set: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                prop_assert_eq!(unchanged(&set, &[c], &first.addresses), Some(first.collisions));
+            }
         }
 
         /// Without collisions the address depends on the host alone.

@@ -208,6 +208,13 @@ fn snapshot_serves_only_services_with_data_in_canonical_order() {
     assert_eq!(names, vec!["a-first", "s0"]);
     let ids: Vec<_> = snap.namespaces[0].services[0].instances.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, vec!["b", "z"]);
+    // Canonical as it comes (the snapshot is not normalized after it is made), also when it
+    // reuses the services of the previous one.
+    for snap in [snap, st.snapshot()] {
+        let mut normalized = snap.clone();
+        normalized.normalize();
+        assert_eq!(normalized, snap);
+    }
 }
 
 #[test]
