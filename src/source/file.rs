@@ -360,7 +360,7 @@ pub fn parse_after(
 }
 
 /// Like [`parse_after`], for a file read again and again: `memo` remembers which service each piece
-/// of a YAML file's text was read from, so that the next version parses only the pieces that
+/// of the file's text (YAML or JSON) was read from, so that the next version parses only the pieces that
 /// changed (see [`chunks`]). The result is the same as [`parse_after`]'s. `memo` must be the one
 /// given with `previous`'s own parse; a parse that fails leaves it as it was.
 pub fn parse_remembering(
@@ -563,8 +563,8 @@ fn build(path: &Path, file: FileRegistry<'_>) -> Result<Built, RegistryFileError
                     health: inst.health_status.unwrap_or_default(),
                 });
             }
-            // In the snapshot's order already, so that normalizing keeps this `Arc` (the one
-            // `order` holds).
+            // In the snapshot's order already: the snapshot is then only sorted by service, and keeps
+            // this `Arc` (the one `order` holds).
             if !instances.is_sorted_by(|a, b| a.id <= b.id) {
                 instances.sort_by(|a, b| a.id.cmp(&b.id));
             }

@@ -207,6 +207,12 @@ fn json_scanning_refuses_what_it_cannot_cut() {
     step(&mut memo, &mut served, text, &limits).unwrap();
     assert_eq!(memo.remembered_services(), 2);
     assert_eq!(step(&mut memo, &mut served, &text.replace("s[1]", "s[9]"), &limits), Ok(true));
+    // An empty services array in another namespace does not stop the pairing.
+    let with_empty = text.replace(r#"{"namespaces":["#, r#"{"namespaces":[{"name":"e","type":"HTTP","services":[]},"#);
+    let (mut memo, mut served) = (Memo::default(), None);
+    step(&mut memo, &mut served, &with_empty, &limits).unwrap();
+    assert_eq!(memo.remembered_services(), 2);
+    assert_eq!(step(&mut memo, &mut served, &with_empty.replace("s[1]", "s[8]"), &limits), Ok(true));
     // Not JSON's nesting, or a services array of something else: not cut.
     assert!(split(r#"{"namespaces":[{"services":[{"name":"s"}]}"#).is_none());
     assert!(split(r#"{"namespaces":[{"services":["s"]}]}"#).is_none());
