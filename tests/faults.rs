@@ -32,6 +32,16 @@ fn names(r: &DiscoveryResponse) -> BTreeSet<String> {
     service_entries(r).into_iter().map(|(n, _, _)| n).collect()
 }
 
+/// The names of a response's resources, without decoding the ServiceEntries (cheaper, for many
+/// clients reading at once).
+fn resource_names(r: &DiscoveryResponse) -> BTreeSet<String> {
+    use prost::Message;
+    r.resources
+        .iter()
+        .map(|any| cloudmap_mcp::proto::istio::mcp::v1alpha1::Resource::decode(any.value.as_slice()).expect("MCP resource").metadata.expect("metadata").name)
+        .collect()
+}
+
 fn expected(text: &str) -> BTreeSet<String> {
     let snap = cloudmap_mcp::source::file::parse(Path::new("x.yaml"), text).unwrap();
     cloudmap_mcp::translate::translate(&snap, &Default::default()).entries.iter().map(|e| e.resource_name()).collect()
@@ -266,6 +276,12 @@ async fn edits_parse_only_what_changed(json: bool) {
 /// SIGTERM while a large push is on its way to many clients: each one sees only complete states
 /// (the old one or the new one) and then UNAVAILABLE; a client that stopped reading does not hold
 /// the shutdown past its grace period.
+///
+/// On a loaded CI machine one of the 30 once saw its connection reset instead of UNAVAILABLE: the
+/// server closed each connection as soon as its last bytes were in the socket, and the client's
+/// next window update made the kernel reset the connection and drop the tail it had not read yet
+/// (now a lingering close, `net::http2::linger`; the mechanism has its own test in `net`). The
+/// test prints how long the slowest reader took after SIGTERM.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_push() {
@@ -282,8 +298,9 @@ async fn sigterm_during_a_push() {
         "--registry-poll-interval",
         "100ms",
         "--shutdown-grace",
-        "3s",
+        "6s",
     ]);
+    let grace = Duration::from_secs(6);
     let clients = 30;
     let mut streams = Vec::new();
     for _ in 0..clients {
@@ -308,14 +325,14 @@ async fn sigterm_during_a_push() {
             let mut ads = ads;
             let mut states = 0;
             loop {
-                match tokio::time::timeout(Duration::from_secs(20), ads.rx.message()).await {
+                match tokio::time::timeout(Duration::from_secs(30), ads.rx.message()).await {
                     Ok(Ok(Some(r))) => {
-                        let n = names(&r);
+                        let n = resource_names(&r);
                         assert!(n == old || n == new, "partial state: {} resources", n.len());
                         states += 1;
                     }
-                    Ok(Ok(None)) => return (states, tonic::Status::ok("stream closed with status OK")),
-                    Ok(Err(status)) => return (states, status),
+                    Ok(Ok(None)) => return (states, tonic::Status::ok("stream closed with status OK"), Instant::now()),
+                    Ok(Err(status)) => return (states, status, Instant::now()),
                     Err(_) => panic!("stream neither ended nor pushed"),
                 }
             }
@@ -328,25 +345,157 @@ async fn sigterm_during_a_push() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut codes = std::collections::BTreeMap::new();
     let mut complete = 0;
+    let mut slowest = Duration::ZERO;
     for r in readers {
-        let (states, status) = r.await.expect("reader");
+        let (states, status, ended) = r.await.expect("reader");
         complete += states;
+        slowest = slowest.max(ended.saturating_duration_since(t_term));
         *codes.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+        if status.code() != tonic::Code::Unavailable {
+            eprintln!("a reader ended {:.2?} after SIGTERM with {status:?}", ended.saturating_duration_since(t_term));
+        }
     }
     assert_eq!(codes.keys().collect::<Vec<_>>(), ["Unavailable"], "end statuses {codes:?}; server logs:\n{}", server.logs());
     let exit = loop {
         if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
-        assert!(t_term.elapsed() < Duration::from_secs(10), "server did not exit after SIGTERM");
+        assert!(t_term.elapsed() < grace + Duration::from_secs(5), "server did not exit after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let exited_after = t_term.elapsed();
     assert!(exit.success(), "{exit:?}");
-    assert!(exited_after < Duration::from_secs(3 + 3), "exit took {exited_after:?}");
+    assert!(exited_after >= grace, "the stuck client holds the shutdown until the grace is over ({exited_after:?})");
+    assert!(exited_after < grace + Duration::from_secs(3), "exit took {exited_after:?}");
     drop(stuck);
     eprintln!(
-        "FAULTS sigterm: {clients} clients mid-push, {complete} complete states received during the push, end statuses {codes:?}, exit {exit:?} after {exited_after:.2?}"
+        "FAULTS sigterm: {clients} clients mid-push, {complete} complete states received during the push, end statuses {codes:?} (the slowest {slowest:.2?} after SIGTERM), exit {exit:?} after {exited_after:.2?}"
     );
     assert!(!server.logs().contains("panicked"));
+}
+
+/// A loopback TCP proxy whose server → client direction can be slowed down (a client on a slow
+/// link, or one whose reads lag). EOF and errors from the server end the client's side.
+struct SlowLink {
+    addr: std::net::SocketAddr,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowLink {
+    /// Bytes per step and the pause after each while slow: 16 KiB per 25 ms, about 650 KB/s.
+    const STEP: usize = 16 * 1024;
+    const PAUSE: Duration = Duration::from_millis(25);
+
+    async fn start(upstream: std::net::SocketAddr) -> SlowLink {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = slow.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; Self::STEP];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        if flag.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Self::PAUSE).await;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                });
+            }
+        });
+        SlowLink { addr, slow }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// SIGTERM while a push is still on its way over a slow link to a client that ACKs every response,
+/// as istiod does, and sends a window update every 8 KiB: the client receives the rest of the push
+/// and then UNAVAILABLE, and the server exits once the client has closed, well within its grace.
+/// (The reset this guards against depends on when the client's last bytes arrive; it is pinned
+/// down deterministically by `net::tests::lingering_close_delivers_the_tail_a_plain_close_loses`.)
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_client_take_the_rest_of_its_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    let before = registry(1500, &[], 0);
+    let skip: Vec<usize> = (0..1500).filter(|i| i % 2 == 1).collect();
+    let after = registry(1500, &skip, 1);
+    let (old, new) = (expected(&before), expected(&after));
+    std::fs::write(&path, &before).unwrap();
+    let mut server =
+        ServerProcess::start(&["--registry-file", path.to_str().unwrap(), "--registry-poll-interval", "100ms", "--shutdown-grace", "20s"]);
+    let link = SlowLink::start(server.grpc).await;
+    // Small HTTP/2 windows: the client sends a WINDOW_UPDATE for every 8 KiB it takes, so it keeps
+    // writing while the push's tail arrives.
+    let channel = tonic::transport::Endpoint::from_shared(link.url())
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut ads = AdsStream::open(channel).await;
+    let got = ads.istiod_handshake(&[SE_V1, "networking.istio.io/v1alpha3/ServiceEntry"]).await;
+    assert_eq!(resource_names(&got[SE_V1]), old);
+
+    link.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = server.logs().matches("response sent").count();
+    write_atomic(&path, &after);
+    // The new state is on its way (queued for the connection) when SIGTERM comes.
+    assert!(wait_log_count(&server, "response sent", sent + 1, Duration::from_secs(10)));
+    let pid = server.child.id().to_string();
+    let t_term = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut states = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ads.rx.message()).await {
+            Ok(Ok(Some(r))) => {
+                let n = resource_names(&r);
+                assert!(n == old || n == new, "partial state: {} resources", n.len());
+                states.push((r.type_url.clone(), n == new));
+                // After the server ended the stream, tonic closes the request side: nothing to ACK.
+                ads.try_send(&r.type_url, &r.nonce, &r.version_info).await;
+            }
+            Ok(Ok(None)) => break tonic::Status::ok("stream closed with status OK"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("stream neither ended nor pushed"),
+        }
+    };
+    let ended = t_term.elapsed();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?} after {states:?}, {ended:?} after SIGTERM; server logs:\n{}", server.logs());
+    assert!(states.iter().any(|(t, is_new)| t == SE_V1 && *is_new), "the new state queued before SIGTERM arrives: {states:?}");
+    drop(ads);
+    let exit = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t_term.elapsed() < Duration::from_secs(25), "server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    // Done when the client closed, not at the end of the grace.
+    assert!(server.wait_log("shutdown complete", Duration::from_secs(5)), "{}", server.logs());
+    eprintln!("FAULTS slow link: {states:?} then {:?} {ended:.2?} after SIGTERM; exit after {:.2?}", status.code(), t_term.elapsed());
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Handshake, Incoming};
 
@@ -63,6 +63,84 @@ impl<Io: AsyncRead + Unpin> AsyncRead for Rewind<Io> {
 
 super::delegate_async_write!(Rewind);
 
+/// How long a connection the server is done with stays half-open (the server's side shut down),
+/// reading and dropping whatever the client still sends, until the client closes its side. Closing
+/// the socket at once would make the kernel answer the client's next bytes (an ACK, a window
+/// update, a ping) with a reset, and drop what the client has not received yet: after a shutdown's
+/// GOAWAY, the tail of a push and the stream's UNAVAILABLE status. Envoy's `delayed_close_timeout`
+/// and nginx's `lingering_close` exist for the same reason.
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// Shuts down the writing side (after what is queued, the client sees EOF) and reads until the
+/// client closes, at most `within`.
+pub(super) async fn linger<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io, within: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(within, async {
+        let _ = io.shutdown().await;
+        let mut sink = [0u8; 2048];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The connection's I/O as hyper holds it; when hyper drops it, it goes back to the connection's
+/// task (for [`linger`]) instead of being closed.
+struct HandBack<Io> {
+    io: Option<Io>,
+    back: Option<oneshot::Sender<Io>>,
+}
+
+impl<Io> HandBack<Io> {
+    fn new(io: Io) -> (Self, oneshot::Receiver<Io>) {
+        let (tx, rx) = oneshot::channel();
+        (HandBack { io: Some(io), back: Some(tx) }, rx)
+    }
+
+    fn io(&mut self) -> Pin<&mut Io>
+    where
+        Io: Unpin,
+    {
+        Pin::new(self.io.as_mut().expect("the I/O is taken only on drop"))
+    }
+}
+
+impl<Io> Drop for HandBack<Io> {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            // Nobody waiting (the connection is being closed at once): the I/O is dropped here.
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for HandBack<Io> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for HandBack<Io> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+}
+
 /// Ends one connection at once (no GOAWAY, no drain): every request on it carries one in its
 /// extensions. For a client that stopped reading: its streams' buffers go with the connection.
 #[derive(Clone, Debug, Default)]
@@ -101,8 +179,8 @@ pub struct Http2Settings {
 
 /// Serves HTTP/2 on every connection of `incoming` with `svc` (a tonic `Routes`, for one) until
 /// `stop` turns true; then stops accepting, asks every connection to finish (GOAWAY) and returns
-/// once they all closed. Each request carries tonic's `TcpConnectInfo`, so `remote_addr()` works.
-/// Each request also carries the connection's [`CloseConnection`].
+/// once they all closed (each after its [`linger`], at most [`LINGER`]). Each request carries
+/// tonic's `TcpConnectInfo`, so `remote_addr()` works, and the connection's [`CloseConnection`].
 /// Connection errors (a client's protocol error, a GOAWAY for too many resets, a reset socket) are
 /// counted in `connection_errors` and logged at debug.
 pub async fn serve<S, B, Io>(
@@ -156,25 +234,34 @@ pub async fn serve<S, B, Io>(
                 svc.call(req).await
             }
         });
-        let served = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), hyper_svc);
+        let (io, handed_back) = HandBack::new(conn);
+        let served = builder.serve_connection(hyper_util::rt::TokioIo::new(io), hyper_svc);
         let (errors, open, mut stop) = (connection_errors.clone(), open_tx.clone(), stop.clone());
         tokio::spawn(async move {
             let _open = open;
-            tokio::pin!(served);
-            let result = tokio::select! {
-                r = &mut served => r,
+            let mut served = Box::pin(served);
+            let (result, lingering) = tokio::select! {
+                r = served.as_mut() => (r, true),
                 _ = closer.closed() => {
                     tracing::debug!(%peer, "connection closed by the server");
-                    Ok(())
+                    (Ok(()), false)
                 }
                 _ = crate::util::until_true(&mut stop) => {
                     served.as_mut().graceful_shutdown();
-                    served.await
+                    (served.as_mut().await, true)
                 }
             };
-            if let Err(e) = result {
+            drop(served);
+            if let Err(e) = &result {
                 errors.inc();
                 tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+            }
+            // A connection closed on purpose (a client that stopped reading) or ended by an error
+            // (a protocol error, too many resets, a reset socket) frees its buffers now.
+            if lingering && result.is_ok() {
+                if let Ok(io) = handed_back.await {
+                    linger(io, LINGER).await;
+                }
             }
         });
     }

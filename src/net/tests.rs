@@ -162,3 +162,43 @@ async fn at_the_cap_a_new_connection_takes_the_place_of_the_oldest_one_in_its_ha
     assert_eq!(m.open.get(), 3);
     let _ = real.write_all(b"x").await;
 }
+
+/// The server wrote its last bytes and is done while the client is still reading, and the client
+/// had written something the server never read (an ACK, a window update). A plain close resets the
+/// connection and the client loses the tail; [`http2::linger`] delivers all of it, then EOF.
+#[tokio::test]
+async fn lingering_close_delivers_the_tail_a_plain_close_loses() {
+    const LEN: usize = 512 * 1024;
+    async fn run(lingering: bool) -> (usize, Option<std::io::ErrorKind>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&vec![7u8; LEN]).await.unwrap();
+            if lingering {
+                super::http2::linger(s, Duration::from_secs(5)).await;
+            }
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // Bytes the server will not read before it is done.
+        c.write_all(b"window update").await.unwrap();
+        // A slow reader: the server's last write completes while much of it is still in flight.
+        let (mut got, mut buf) = (0, vec![0u8; 4096]);
+        let error = loop {
+            match c.read(&mut buf).await {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e.kind()),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        drop(c);
+        server.await.unwrap();
+        (got, error)
+    }
+    let (got, error) = run(true).await;
+    assert_eq!((got, error), (LEN, None), "lingering: every byte, then EOF");
+    // The control: the same exchange with a plain close loses the tail to a reset.
+    let (got, error) = run(false).await;
+    assert!(got < LEN && error == Some(std::io::ErrorKind::ConnectionReset), "plain close: {got} bytes, {error:?}");
+}

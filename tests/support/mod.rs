@@ -263,6 +263,11 @@ impl AdsStream {
     }
 
     pub async fn send(&self, type_url: &str, nonce: &str, version: &str) {
+        assert!(self.try_send(type_url, nonce, version).await, "send request: the request stream is closed");
+    }
+
+    /// Sends a request; false when the request stream is already closed (the server ended the stream).
+    pub async fn try_send(&self, type_url: &str, nonce: &str, version: &str) -> bool {
         let r = DiscoveryRequest {
             type_url: type_url.into(),
             response_nonce: nonce.into(),
@@ -270,7 +275,7 @@ impl AdsStream {
             node: Some(istiod_node()),
             ..Default::default()
         };
-        self.tx.send(r).await.expect("send request");
+        self.tx.send(r).await.is_ok()
     }
 
     pub async fn recv(&mut self, timeout: Duration) -> Option<DiscoveryResponse> {
