@@ -459,6 +459,10 @@ async fn quiet_services_stay_within_the_api_budget() {
     assert!(worst as f64 >= RATE * window.as_secs_f64() * 0.5, "the poller should use its budget: {worst} calls");
     let m = server.metrics().await;
     assert!(metric(&m, "cloudmap_mcp_aws_budget_waits_total", &[]) > 0.0, "{m}");
+    // 20 polls due at once at 10 calls/s: a batch takes about 1.5 s (after the burst), far over
+    // the 100 ms ceiling: the gauge says the budget cannot keep the schedule.
+    let batch = metric(&m, "cloudmap_mcp_cloudmap_poll_batch_seconds", &[("source", "default")]);
+    assert!(batch >= 1.0, "last poll batch took {batch} s; {m}");
     server.shutdown().await;
 }
 
@@ -486,6 +490,10 @@ async fn quiet_services_cost_one_revision_call_per_poll() {
         (revisions as f64) >= expected * 0.25 && (revisions as f64) <= expected * 1.5,
         "{revisions} revision calls, about {expected} expected"
     );
+    // Within the budget (10 polls at 100 calls/s): a batch takes about one call's time.
+    let m = server.metrics().await;
+    let batch = metric(&m, "cloudmap_mcp_cloudmap_poll_batch_seconds", &[("source", "default")]);
+    assert!(batch > 0.0 && batch < 1.0, "last poll batch took {batch} s; {m}");
     server.shutdown().await;
 }
 

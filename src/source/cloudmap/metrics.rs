@@ -36,6 +36,7 @@ pub struct CloudMapFamilies {
     at_instance_cap: Family<Labels, Gauge>,
     removal_guard_holds: Family<Labels, Counter>,
     synced: Family<Labels, Gauge>,
+    poll_batch_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     last_sync: SyncTimes,
 }
 
@@ -55,6 +56,8 @@ pub struct CloudMapMetrics {
     pub at_instance_cap: Gauge,
     pub removal_guard_holds: Counter,
     pub synced: Gauge,
+    /// Seconds the last batch of due revision polls (and the reads they led to) took.
+    pub poll_batch_seconds: Gauge<f64, AtomicU64>,
     last_sync: Arc<AtomicU64>,
 }
 
@@ -112,6 +115,7 @@ impl CloudMapFamilies {
             at_instance_cap: Family::default(),
             removal_guard_holds: Family::default(),
             synced: Family::default(),
+            poll_batch_seconds: Family::default(),
             last_sync: Arc::default(),
         };
         r.register("cloudmap_mcp_aws_calls", "Cloud Map API call attempts, by operation and outcome", m.calls.clone());
@@ -178,6 +182,11 @@ impl CloudMapFamilies {
             "1 once the first complete Cloud Map sync is done",
             m.synced.clone(),
         );
+        r.register(
+            "cloudmap_mcp_cloudmap_poll_batch_seconds",
+            "Seconds the last batch of revision polls due at once took (with the reads they led to). Above --revision-poll-max-interval the API budget cannot keep the poll schedule: quiet services are polled about this often, and changes take up to this long to show",
+            m.poll_batch_seconds.clone(),
+        );
         r.register_collector(Box::new(SyncAge(m.last_sync.clone())));
         Arc::new(m)
     }
@@ -199,6 +208,7 @@ impl CloudMapFamilies {
             at_instance_cap: self.at_instance_cap.get_or_create(&l).clone(),
             removal_guard_holds: self.removal_guard_holds.get_or_create(&l).clone(),
             synced: self.synced.get_or_create(&l).clone(),
+            poll_batch_seconds: self.poll_batch_seconds.get_or_create(&l).clone(),
             last_sync,
         })
     }

@@ -85,6 +85,7 @@ impl Poller {
         let interval = self.settings.revision_poll_interval;
         let tick = (interval / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut paused = false;
+        let mut pace = Pace::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -107,6 +108,7 @@ impl Poller {
             if jobs.is_empty() {
                 continue;
             }
+            let (started, polls) = (Instant::now(), jobs.len());
             stream::iter(jobs)
                 .map(|job| self.run_job(job))
                 .buffer_unordered(self.concurrency())
@@ -117,6 +119,26 @@ impl Poller {
                     async {}
                 })
                 .await;
+            let took = started.elapsed();
+            self.metrics.poll_batch_seconds.set(took.as_secs_f64());
+            let ceiling = self.cadence().max;
+            let took_s = (took.as_secs_f64() * 10.0).round() / 10.0;
+            match pace.on_batch(took, ceiling, Instant::now()) {
+                Some(PaceChange::Behind) => tracing::warn!(
+                    polls,
+                    took_s,
+                    ceiling = ?ceiling,
+                    aws_api_rate = self.settings.budget.rate,
+                    "revision polls fall behind the API budget: the polls due at once took longer than the longest poll \
+                     interval, so quiet services are polled about every took_s and changes take that long to show; \
+                     raise --aws-api-rate (DiscoverInstancesRevision allows 3,000 calls/s) or add an events queue \
+                     (docs/cloudmap.md, \"The API budget\")"
+                ),
+                Some(PaceChange::CaughtUp) => {
+                    tracing::info!(polls, took_s, ceiling = ?ceiling, "revision polls keep their schedule again")
+                }
+                None => {}
+            }
         }
     }
 
@@ -185,5 +207,68 @@ impl Poller {
         let seq = self.lock().next_seq();
         let r = self.api.discover_instances(&job.http_name, &job.key.1, job.owner.as_deref()).await;
         self.apply_discovered(&job.key, seq, r, read)
+    }
+}
+
+/// How often a poller that stays behind repeats its warning.
+const BEHIND_WARN_EVERY: Duration = Duration::from_secs(600);
+
+/// Whether the revision polls keep their schedule. Every due poll of a batch must finish before the
+/// next batch starts, so a batch that takes longer than the longest poll interval (the ceiling)
+/// means quiet services wait that long between polls, whatever the intervals say: the API budget
+/// is too small for the services. Behind from a batch over the ceiling; on schedule again from one
+/// under half of it (no flapping at the edge).
+#[derive(Debug, Default)]
+pub(super) struct Pace {
+    /// Since when it is behind, and when it last said so.
+    behind: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum PaceChange {
+    /// Fell behind, or is still behind and last said so [`BEHIND_WARN_EVERY`] ago.
+    Behind,
+    CaughtUp,
+}
+
+impl Pace {
+    pub(super) fn on_batch(&mut self, took: Duration, ceiling: Duration, now: Instant) -> Option<PaceChange> {
+        match self.behind {
+            None if took > ceiling => {
+                self.behind = Some(now);
+                Some(PaceChange::Behind)
+            }
+            Some(_) if took < ceiling / 2 => {
+                self.behind = None;
+                Some(PaceChange::CaughtUp)
+            }
+            Some(said) if took > ceiling && now.duration_since(said) >= BEHIND_WARN_EVERY => {
+                self.behind = Some(now);
+                Some(PaceChange::Behind)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    #[test]
+    fn behind_over_the_ceiling_on_schedule_under_half_of_it_and_reminded_every_ten_minutes() {
+        let ceiling = Duration::from_secs(15);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = Pace::default();
+        assert_eq!(p.on_batch(Duration::from_millis(50), ceiling, at(0)), None, "small batches: on schedule");
+        assert_eq!(p.on_batch(ceiling, ceiling, at(1)), None, "at the ceiling: still on schedule");
+        assert_eq!(p.on_batch(Duration::from_secs(50), ceiling, at(60)), Some(PaceChange::Behind));
+        assert_eq!(p.on_batch(Duration::from_secs(50), ceiling, at(110)), None, "said once");
+        assert_eq!(p.on_batch(Duration::from_secs(10), ceiling, at(120)), None, "between half and the ceiling: no change");
+        assert_eq!(p.on_batch(Duration::from_secs(50), ceiling, at(660)), Some(PaceChange::Behind), "reminded");
+        assert_eq!(p.on_batch(Duration::from_secs(7), ceiling, at(700)), Some(PaceChange::CaughtUp));
+        assert_eq!(p.on_batch(Duration::from_secs(7), ceiling, at(701)), None);
+        assert_eq!(p.on_batch(Duration::from_secs(16), ceiling, at(702)), Some(PaceChange::Behind), "again at once");
     }
 }
