@@ -406,6 +406,9 @@ pub fn isolated_alone(mode: &str) -> String {
 pub fn isolated_published(mode: &str) -> String {
     format!("{mode}: of which poller saw it → new snapshot published (server log) p50 (ms)")
 }
+pub fn isolated_handed(mode: &str) -> String {
+    format!("{mode}: of which poller saw it → new state handed to the client's stream (server log) p50 (ms)")
+}
 pub fn churn_rate(mode: &str) -> String {
     format!("{mode}: service changes per second applied")
 }
@@ -423,6 +426,7 @@ pub fn pacing_labels(_cfg: &Config) -> Vec<String> {
                 istiod_cpu(m),
                 isolated_alone(m),
                 isolated_published(m),
+                isolated_handed(m),
                 isolated(m),
             ]
         })
@@ -478,6 +482,8 @@ pub fn pacing_rows(cell: Cell<'_>) {
             ("AWS_ACCESS_KEY_ID", "bench"),
             ("AWS_SECRET_ACCESS_KEY", "bench"),
             ("AWS_REGION", "us-east-1"),
+            // "response sent" (debug): when a new state is handed to a client's stream.
+            ("RUST_LOG", "info,cloudmap_mcp::xds::service=debug"),
         ];
         let server = Serve::start(&args, &env);
         let (mut client, _) =
@@ -500,7 +506,7 @@ pub fn pacing_rows(cell: Cell<'_>) {
         // Isolated changes with only the benchmark's client connected: the server's own part.
         std::thread::sleep(cfg.quiet * 3);
         client.drain();
-        let (mut iso, mut published) = isolated_changes(
+        let (mut iso, mut published, mut handed) = isolated_changes(
             cfg,
             rt,
             &mut api,
@@ -522,6 +528,12 @@ pub fn pacing_rows(cell: Cell<'_>) {
             Unit::Ms,
             col,
             percentile(&mut published, 50.0),
+        );
+        t.set(
+            isolated_handed(mode),
+            Unit::Ms,
+            col,
+            percentile(&mut handed, 50.0),
         );
         let istiod = Istiod::start(&bin, server.grpc);
         istiod.wait_synced(size.services, Duration::from_secs(900));
@@ -574,7 +586,7 @@ pub fn pacing_rows(cell: Cell<'_>) {
         // Isolated changes after a quiet period: the first change is pushed at once.
         std::thread::sleep(cfg.quiet * 3);
         client.drain();
-        let (mut iso, _) = isolated_changes(
+        let (mut iso, _, _) = isolated_changes(
             cfg,
             rt,
             &mut api,
@@ -599,8 +611,9 @@ pub fn pacing_rows(cell: Cell<'_>) {
 }
 
 /// `cfg.isolated` changes, each after `cfg.quiet` without changes, to hot services: the time from
-/// the poller's log line to `client` holding the new address, and to the server's "serving new
-/// ServiceEntry snapshot" line, per change.
+/// the poller's log line to `client` holding the new address, to the server's "serving new
+/// ServiceEntry snapshot" line, and to its first "response sent" line of the ServiceEntry kind (the
+/// new state handed to a client's stream; the first client's, when several are connected), per change.
 #[allow(clippy::too_many_arguments)]
 fn isolated_changes(
     cfg: &Config,
@@ -612,9 +625,10 @@ fn isolated_changes(
     size: super::Size,
     seq: &mut usize,
     mode: &str,
-) -> (Vec<f64>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut iso = Vec::new();
     let mut published = Vec::new();
+    let mut handed = Vec::new();
     for k in 0..cfg.isolated {
         std::thread::sleep(cfg.quiet);
         *seq += 1;
@@ -641,7 +655,14 @@ fn isolated_changes(
             ) {
                 published.push(realpath::wall_ms(l.at, p.at));
             }
+            if let Some(h) = server.find_log(
+                mark,
+                &["response sent", "\"networking.istio.io/v1/ServiceEntry\""],
+                Duration::from_secs(1),
+            ) {
+                handed.push(realpath::wall_ms(l.at, h.at));
+            }
         }
     }
-    (iso, published)
+    (iso, published, handed)
 }
