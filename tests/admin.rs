@@ -299,7 +299,19 @@ fn silent_slow_and_idle_admin_connections_are_closed_and_capped() {
     slow.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n").unwrap();
     let mut kept = std::net::TcpStream::connect(server.admin).unwrap();
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The server takes connections in the order they arrived, each with its slot: the answer on the
+    // last one proves all 8 hold a slot (a fixed sleep was not enough on a loaded CI machine).
+    {
+        use std::io::Read;
+        kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = kept.read(&mut buf).expect("the kept-alive connection is answered");
+            assert!(n > 0, "closed before answering");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    }
     // The cap (8) is reached: one more is closed at once.
     let mut over = std::net::TcpStream::connect(server.admin).unwrap();
     assert!(closed_by_server(&mut over, Instant::now() + Duration::from_secs(2)), "a connection over the cap is closed");
