@@ -273,6 +273,35 @@ async fn edits_parse_only_what_changed(json: bool) {
     assert!(!server.logs().contains("panicked"));
 }
 
+/// A registry of 1,500 services written at `dir/registry.yaml`, and its next version with every
+/// second service removed: a push of about 350 KB per kind.
+struct Push {
+    path: std::path::PathBuf,
+    after: String,
+    old: BTreeSet<String>,
+    new: BTreeSet<String>,
+}
+
+fn push_of_half_the_services(dir: &Path) -> Push {
+    let path = dir.join("registry.yaml");
+    let before = registry(1500, &[], 0);
+    let skip: Vec<usize> = (0..1500).filter(|i| i % 2 == 1).collect();
+    let after = registry(1500, &skip, 1);
+    std::fs::write(&path, &before).unwrap();
+    Push { path, old: expected(&before), new: expected(&after), after }
+}
+
+/// The server's exit status; fails if it is still running at `deadline`.
+async fn exit_within(server: &mut ServerProcess, deadline: Instant) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// SIGTERM while a large push is on its way to many clients: each one sees only complete states
 /// (the old one or the new one) and then UNAVAILABLE; a client that stopped reading does not hold
 /// the shutdown past its grace period.
@@ -286,12 +315,7 @@ async fn edits_parse_only_what_changed(json: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_push() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("registry.yaml");
-    let before = registry(1500, &[], 0);
-    let skip: Vec<usize> = (0..1500).filter(|i| i % 2 == 1).collect();
-    let after = registry(1500, &skip, 1);
-    let (old, new) = (expected(&before), expected(&after));
-    std::fs::write(&path, &before).unwrap();
+    let Push { path, after, old, new } = push_of_half_the_services(dir.path());
     let mut server = ServerProcess::start(&[
         "--registry-file",
         path.to_str().unwrap(),
@@ -356,13 +380,7 @@ async fn sigterm_during_a_push() {
         }
     }
     assert_eq!(codes.keys().collect::<Vec<_>>(), ["Unavailable"], "end statuses {codes:?}; server logs:\n{}", server.logs());
-    let exit = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t_term.elapsed() < grace + Duration::from_secs(5), "server did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = exit_within(&mut server, t_term + grace + Duration::from_secs(5)).await;
     let exited_after = t_term.elapsed();
     assert!(exit.success(), "{exit:?}");
     assert!(exited_after >= grace, "the stuck client holds the shutdown until the grace is over ({exited_after:?})");
@@ -438,12 +456,7 @@ impl SlowLink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_client_take_the_rest_of_its_push() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("registry.yaml");
-    let before = registry(1500, &[], 0);
-    let skip: Vec<usize> = (0..1500).filter(|i| i % 2 == 1).collect();
-    let after = registry(1500, &skip, 1);
-    let (old, new) = (expected(&before), expected(&after));
-    std::fs::write(&path, &before).unwrap();
+    let Push { path, after, old, new } = push_of_half_the_services(dir.path());
     let mut server =
         ServerProcess::start(&["--registry-file", path.to_str().unwrap(), "--registry-poll-interval", "100ms", "--shutdown-grace", "20s"]);
     let link = SlowLink::start(server.grpc).await;
@@ -487,13 +500,7 @@ async fn sigterm_lets_a_slow_client_take_the_rest_of_its_push() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?} after {states:?}, {ended:?} after SIGTERM; server logs:\n{}", server.logs());
     assert!(states.iter().any(|(t, is_new)| t == SE_V1 && *is_new), "the new state queued before SIGTERM arrives: {states:?}");
     drop(ads);
-    let exit = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t_term.elapsed() < Duration::from_secs(25), "server did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = exit_within(&mut server, t_term + Duration::from_secs(25)).await;
     assert!(exit.success(), "{exit:?}");
     // Done when the client closed, not at the end of the grace.
     assert!(server.wait_log("shutdown complete", Duration::from_secs(5)), "{}", server.logs());
