@@ -108,7 +108,7 @@ impl Poller {
             if jobs.is_empty() {
                 continue;
             }
-            let (started, polls) = (Instant::now(), jobs.len());
+            let (started, polls, waits) = (Instant::now(), jobs.len(), self.metrics.budget_waits.get());
             stream::iter(jobs)
                 .map(|job| self.run_job(job))
                 .buffer_unordered(self.concurrency())
@@ -123,7 +123,18 @@ impl Poller {
             self.metrics.poll_batch_seconds.set(took.as_secs_f64());
             let ceiling = self.cadence().max;
             let took_s = (took.as_secs_f64() * 10.0).round() / 10.0;
+            // Only calls that waited for the budget make it the budget's fault; otherwise Cloud Map
+            // answered slowly or calls were retried (throttling, timeouts).
+            let budget_bound = self.metrics.budget_waits.get() > waits;
             match pace.on_batch(took, ceiling, Instant::now()) {
+                Some(PaceChange::Behind) if !budget_bound => tracing::warn!(
+                    polls,
+                    took_s,
+                    ceiling = ?ceiling,
+                    "revision polls fall behind: the polls due at once took longer than the longest poll interval \
+                     without waiting for the API budget; Cloud Map answered slowly or calls were retried \
+                     (see cloudmap_mcp_aws_call_duration_seconds and cloudmap_mcp_aws_throttles_total)"
+                ),
                 Some(PaceChange::Behind) => tracing::warn!(
                     polls,
                     took_s,
