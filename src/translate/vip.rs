@@ -253,9 +253,13 @@ pub fn allocate<'a>(hosts: impl IntoIterator<Item = &'a str>, cidrs: &[Cidr], pr
 /// range (in range order) that no other host holds, every host keeps what it held and `allocate`
 /// would return `previous` itself. Returns its collision count then, having allocated nothing:
 /// a build after a change to one service's instances does not rebuild (and free) an allocation
-/// of every host. `None`: call [`allocate`].
+/// of every host. `None`: call [`allocate`]. Without ranges `allocate` gives nothing to anyone,
+/// so an empty `previous` is unchanged then.
 pub fn unchanged(hosts: &[&str], cidrs: &[Cidr], previous: &Allocation) -> Option<usize> {
-    if hosts.len() != previous.len() || cidrs.is_empty() {
+    if cidrs.is_empty() {
+        return previous.is_empty().then_some(0);
+    }
+    if hosts.len() != previous.len() {
         return None;
     }
     let mut used: Vec<HashSet<u128>> = cidrs.iter().map(|_| HashSet::with_capacity(hosts.len())).collect();
@@ -358,6 +362,9 @@ mod tests {
         assert_eq!(unchanged(&hosts, &cs[..1], &first.addresses), None);
         assert_eq!(unchanged(&hosts, &[cidr("242.0.0.0/8"), cs[1]], &first.addresses), None);
         assert_eq!(unchanged(&hosts, &[], &first.addresses), None);
+        // Without ranges nobody gets an address: an empty allocation is what `allocate` gives.
+        assert_eq!(allocate(hosts.iter().copied(), &[], &first.addresses), Allocated::default());
+        assert_eq!(unchanged(&hosts, &[], &Allocation::new()), Some(0));
         // Two hosts on one address (not an allocation `allocate` makes): allocate again.
         let mut shared = first.addresses.clone();
         let a = shared["a"].clone();
