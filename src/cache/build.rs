@@ -164,12 +164,12 @@ impl ResourceCache {
 
     /// The full path (see the module doc).
     fn full_build(&mut self, model: &Arc<model::Snapshot>) -> (ResourceSnapshot, usize) {
+        let vips_from = self.vips.clone();
         // The previous model's services, in the order `memo` follows. Models come in canonical
         // order (sorted by namespace and service name), so one forward walk pairs each service
         // with its previous version. A service's outcome depends only on its namespace, itself and
         // the options, so it is reused whenever those are equal (an unchanged `Arc` is equal).
         // Taken out, so that a build that panics leaves a cache that simply builds from scratch.
-        let vips_from = self.vips.clone();
         let prev_model = self.prev_model.take();
         let old_memo = std::mem::take(&mut self.memo);
         self.served = None;
