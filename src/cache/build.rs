@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::{encode_entry, EncodedType, ResourceSnapshot};
 use crate::model;
 use crate::model::Timestamp;
-use crate::translate::{self, CollisionCandidate, Note, Rejection, ServiceRef};
+use crate::translate::{self, CollisionCandidate, Note, Rejection, ServiceEntry, ServiceRef};
 
 /// One service's part of a build: its encoded ServiceEntry (before host collisions are resolved)
 /// or the reason it has none, and notes on what was left out.
@@ -53,6 +53,30 @@ struct Built {
 impl Built {
     fn namespace(&self) -> &str {
         &self.resource_name[..self.namespace_len]
+    }
+
+    /// This entry encoded from `se`, a translation of the same service under the same name and
+    /// host, with the VIPs its host holds in `vips` if it wants one.
+    fn encoded_from(&self, mut se: ServiceEntry, vips: &translate::Allocation) -> Built {
+        let held = if self.wants_vip {
+            se.spec.addresses = translate::vip_addresses(vips, &self.host);
+            vips.get(self.host.as_str()).cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (framed, version) = encode_entry(&se);
+        Built {
+            resource_name: self.resource_name.clone(),
+            namespace_len: self.namespace_len,
+            object_name: self.object_name.clone(),
+            host: self.host.clone(),
+            create_time: self.create_time,
+            source: self.source.clone(),
+            framed,
+            version: version.into(),
+            wants_vip: self.wants_vip,
+            encoded_vip: Some(held),
+        }
     }
 }
 
@@ -270,23 +294,9 @@ impl ResourceCache {
             if k.built().encoded_vip.as_deref() == Some(held) {
                 continue;
             }
-            let mut se = translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before");
-            se.spec.addresses = translate::vip_addresses(&vips, &k.built().host);
+            let se = translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before");
             encoded += 1;
-            let (framed, version) = encode_entry(&se);
-            let b = k.built();
-            let built = Built {
-                resource_name: b.resource_name.clone(),
-                namespace_len: b.namespace_len,
-                object_name: b.object_name.clone(),
-                host: b.host.clone(),
-                create_time: b.create_time,
-                source: b.source.clone(),
-                framed,
-                version: version.into(),
-                wants_vip: true,
-                encoded_vip: Some(held.to_vec()),
-            };
+            let built = k.built().encoded_from(se, &vips);
             k.outcome = Arc::new(Outcome { entry: Ok(built), notes: k.outcome.notes.clone() });
             memo[k.memo_index] = k.outcome.clone();
         }
@@ -321,6 +331,7 @@ impl ResourceCache {
     fn patch(&mut self, model: &Arc<model::Snapshot>) -> Option<(ResourceSnapshot, usize)> {
         let prev = self.prev_model.as_ref()?;
         let served = self.served.as_ref()?;
+        // `None`: the VIP pass would allocate again.
         served.vips_again?;
         if prev.namespaces.len() != model.namespaces.len() || served.position.len() != self.memo.len() {
             return None;
@@ -388,7 +399,7 @@ impl ResourceCache {
     fn outcome_in_place(&self, ns: &model::Namespace, svc: &model::Service, old: &Outcome) -> Option<Outcome> {
         let was = old.entry.as_ref().ok()?;
         let (result, notes) = translate::translate_service(ns, svc, &self.opts);
-        let mut se = result.ok()?;
+        let se = result.ok()?;
         let same = notes == old.notes
             && *was.resource_name == se.resource_name()
             && was.object_name == se.name
@@ -399,25 +410,7 @@ impl ResourceCache {
         if !same {
             return None;
         }
-        let encoded_vip = if se.wants_vip {
-            se.spec.addresses = translate::vip_addresses(&self.vips, &was.host);
-            self.vips.get(was.host.as_str()).cloned().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let (framed, version) = encode_entry(&se);
-        let entry = Built {
-            resource_name: was.resource_name.clone(),
-            namespace_len: was.namespace_len,
-            object_name: se.name,
-            host: was.host.clone(),
-            create_time: se.create_time,
-            source: se.source,
-            framed,
-            version: version.into(),
-            wants_vip: se.wants_vip,
-            encoded_vip: Some(encoded_vip),
-        };
+        let entry = was.encoded_from(se, &self.vips);
         Some(Outcome { entry: Ok(entry), notes })
     }
 
