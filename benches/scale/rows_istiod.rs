@@ -23,7 +23,7 @@ use super::{
 };
 
 /// The istiod release the rows run (its adsc keeps responses like 1.22 does).
-pub const VERSION: &str = "1.31.1";
+pub const VERSION: &str = "1.31";
 const SE_RECEIVED: &str = "type=networking.istio.io/v1/ServiceEntry";
 
 /// pilot-discovery: $CLOUDMAP_MCP_ISTIOD_BIN, else `$CLOUDMAP_MCP_ISTIOD_CACHE/<VERSION>/pilot-discovery`

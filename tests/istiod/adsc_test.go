@@ -120,7 +120,7 @@ func TestADSC(t *testing.T) {
 		if err != nil {
 			t.Fatalf("adsc.New: %v", err)
 		}
-		store = memory.NewController(collections.Pilot, false)
+		store = memory.NewController(memory.Make(collections.Pilot))
 		store.RegisterHasSyncedHandler(client.HasSynced)
 		client.Store = store
 		go store.Run(stop)

@@ -27,9 +27,11 @@ import (
 	"istio.io/istio/pkg/model"
 )
 
-// istioRelease is one istiod version the harness builds and runs. Its build module (go.mod + go.sum pinning
-// istio.io/istio at the release tag's commit) lives in pilot/<Version>/ beside this file.
+// istioRelease is one istiod release series the harness builds and runs. Its build module (go.mod + go.sum
+// pinning istio.io/istio at a commit of that series the Go module proxy serves, and PIN, written by
+// scripts/istiod-pin.sh, naming it) lives in pilot/<Version>/ beside this file.
 type istioRelease struct {
+	// Version is the release series ("1.31"): the build module's directory and what ISTIOD_VERSIONS names.
 	Version string
 	// SEType is the type URL this istiod requests ServiceEntries with.
 	SEType string
@@ -44,8 +46,27 @@ type istioRelease struct {
 // releases, newest first. Only releases whose istio.io/istio module (and dependencies) the Go module proxy
 // serves can be listed; see README.md.
 var releases = []istioRelease{
-	{Version: "1.31.1", SEType: "networking.istio.io/v1/ServiceEntry", Kinds: 15, FakeKube: true},
-	{Version: "1.22.1", SEType: "networking.istio.io/v1alpha3/ServiceEntry", Kinds: 14},
+	{Version: "1.31", SEType: "networking.istio.io/v1/ServiceEntry", Kinds: 15, FakeKube: true},
+	{Version: "1.22", SEType: "networking.istio.io/v1alpha3/ServiceEntry", Kinds: 14},
+}
+
+// pin reads pilot/<Version>/PIN: the label of what is built ("release-1.31 @ eed52eb (VERSION 1.31)") and the
+// short commit, which becomes istiod's build version ("1.31-eed52eb").
+func (r istioRelease) pin(t *testing.T) (label, buildVersion string) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "tests", "istiod", "pilot", r.Version, "PIN"))
+	if err != nil {
+		t.Fatalf("build module for %s has no PIN file (run scripts/istiod-pin.sh %s): %v", r.Version, r.Version, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "label: "); ok {
+			label = strings.TrimSpace(v)
+		}
+	}
+	m := regexp.MustCompile(` @ ([0-9a-f]{7}) `).FindStringSubmatch(label)
+	if m == nil {
+		t.Fatalf("pilot/%s/PIN has no 'label: <branch> @ <commit> (VERSION x)' line: %q", r.Version, b)
+	}
+	return label, r.Version + "-" + m[1]
 }
 
 func selectedReleases(t *testing.T) []istioRelease {
@@ -125,10 +146,11 @@ func pilotDiscovery(t *testing.T, rel istioRelease) string {
 			goBin = filepath.Join(gr, "bin", "go")
 		}
 	}
+	label, buildVersion := rel.pin(t)
 	args := []string{"build", "-mod=readonly", "-buildvcs=false",
-		"-ldflags=-X istio.io/istio/pkg/version.buildVersion=" + rel.Version,
+		"-ldflags=-X istio.io/istio/pkg/version.buildVersion=" + buildVersion,
 		"-o", tmp, pkg}
-	t.Logf("building pilot-discovery %s: (cd %s && %s %s)", rel.Version, modDir, goBin, strings.Join(args, " "))
+	t.Logf("building pilot-discovery %s, %s: (cd %s && %s %s)", rel.Version, label, modDir, goBin, strings.Join(args, " "))
 	cmd := exec.Command(goBin, args...)
 	cmd.Dir = modDir
 	cmd.Env = append(os.Environ(), "GOWORK=off")
@@ -411,6 +433,21 @@ func (s *sidecar) clusterNames() []string {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+// forEachIstiod runs f as a subtest per selected istiod release, with its (cached) pilot-discovery binary.
+func forEachIstiod(t *testing.T, f func(t *testing.T, rel istioRelease, bin string)) {
+	rels := selectedReleases(t)
+	if len(rels) == 0 || os.Getenv("CLOUDMAP_MCP_ISTIOD_BUILD_ONLY") == "1" {
+		t.Skip("no istiod to run")
+	}
+	for _, rel := range rels {
+		t.Run(rel.Version, func(t *testing.T) {
+			var bin string
+			step(t, "build pilot-discovery (cached after the first run)", func() { bin = pilotDiscovery(t, rel) })
+			f(t, rel, bin)
+		})
+	}
+}
 
 // TestIstiod builds and runs real istiod releases against cloudmap-mcp.
 func TestIstiod(t *testing.T) {

@@ -130,18 +130,10 @@ func (s *sidecar) nameTable() (*nds.NameTable, error) {
 // DestinationRule subset on `version` selects the right endpoints (CDS/EDS), and the endpoint-label allowlist of
 // the mapping file shrinks what istiod has to decode.
 func TestIstiodTraffic(t *testing.T) {
-	rels := selectedReleases(t)
-	if len(rels) == 0 || os.Getenv("CLOUDMAP_MCP_ISTIOD_BUILD_ONLY") == "1" {
-		t.Skip("no istiod to run")
-	}
-	for _, rel := range rels {
-		t.Run(rel.Version, func(t *testing.T) { runTraffic(t, rel) })
-	}
+	forEachIstiod(t, runTraffic)
 }
 
-func runTraffic(t *testing.T, rel istioRelease) {
-	var bin string
-	step(t, "build pilot-discovery (cached after the first run)", func() { bin = pilotDiscovery(t, rel) })
+func runTraffic(t *testing.T, rel istioRelease, bin string) {
 	logs := logDir(t)
 	dir := t.TempDir()
 	regPath := filepath.Join(dir, "registry.yaml")

@@ -1,4 +1,4 @@
-// Command pilot-discovery is istiod 1.31.1's own pilot-discovery command (the same root command, flags and
+// Command pilot-discovery is istiod 1.31's own (release-1.31, see PIN) pilot-discovery command (the same root command, flags and
 // server from istio.io/istio/pilot/cmd/pilot-discovery/app and pilot/pkg/bootstrap), with one difference when
 // ISTIOD_CONFORMANCE_FAKE_KUBE=1: the `discovery` command gives istiod Istio's in-memory fake Kubernetes
 // client (kube.NewFakeClient, which istiod's own tests pass to bootstrap.NewServer) instead of none.
