@@ -277,6 +277,8 @@ type server struct {
 	proc         *process
 	// extraArgs are appended to the `serve` command line (e.g. TLS flags).
 	extraArgs []string
+	// sourceArgs, when set, replace `--registry-file <registryPath>` (e.g. `--cloudmap ...`).
+	sourceArgs []string
 }
 
 // newServer picks ports for a cloudmap-mcp server serving registryPath; start() runs it.
@@ -299,8 +301,12 @@ func newServer(t testing.TB, registryPath, logPath string) *server {
 // start runs the server (again, on the same ports) and waits for /readyz.
 func (s *server) start() {
 	s.t.Helper()
-	s.proc = startProcess(s.t, "cloudmap-mcp", s.logPath, filepath.Dir(s.registryPath), []string{
-		"CLOUDMAP_MCP_REGISTRY_POLL_INTERVAL=200ms",
+	source := []string{"--registry-file", s.registryPath, "--registry-poll-interval", "200ms"}
+	dir := filepath.Dir(s.registryPath)
+	if s.sourceArgs != nil {
+		source, dir = s.sourceArgs, filepath.Dir(s.logPath)
+	}
+	s.proc = startProcess(s.t, "cloudmap-mcp", s.logPath, dir, []string{
 		"RUST_LOG=info",
 		"RUST_BACKTRACE=1",
 		// Never reach for AWS from the tests.
@@ -308,12 +314,11 @@ func (s *server) start() {
 		"AWS_ACCESS_KEY_ID=test",
 		"AWS_SECRET_ACCESS_KEY=test",
 		"AWS_REGION=us-east-1",
-	}, serverBinary(), append([]string{"serve",
-		"--registry-file", s.registryPath,
+	}, serverBinary(), append(append(append([]string{"serve"}, source...),
 		"--grpc-addr", s.grpcAddr,
 		"--admin-addr", s.adminAddr,
 		"--istio-namespace", istioNamespace,
-	}, s.extraArgs...)...,
+	), s.extraArgs...)...,
 	)
 	err := eventually(30*time.Second, func() error {
 		if s.proc.exited() {
