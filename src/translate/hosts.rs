@@ -1,6 +1,6 @@
 //! Whose hosts are whose: the extra hosts of a ServiceEntry (mapping `aliases`, the
 //! `cloudmap-mcp/hosts` service attribute) are checked one by one for their service
-//! ([`check_extra_hosts`]: never in the cluster's domains, attribute hosts only inside the allowed
+//! ([`own_and_extra`]: never in the cluster's domains, attribute hosts only inside the allowed
 //! domains, at most [`HostPolicy::max_extra_hosts`]), then across services
 //! ([`drop_contested_hosts`]: a host is served by one entry only; a service's own host always
 //! beats another service's extra host). A host left out is a [`Note`] of kind
@@ -59,33 +59,26 @@ pub fn below(host: &str, domain: &str) -> bool {
     host != domain && in_domain(host, domain)
 }
 
-/// Where the extra hosts of one service came from.
-pub enum ExtraSource<'a> {
-    /// The mapping's `aliases` (written by the platform team): not held to the allowed domains.
-    Mapping,
-    /// The `cloudmap-mcp/hosts` service attribute: only hosts below one of these domains.
-    Attribute { allowed: &'a [String] },
-}
-
-/// Checks the extra hosts of one service (`hosts[1..]`, `hosts[0]` being its own host) and
-/// removes the ones it may not serve, with a note for each (one note for those beyond the cap).
-pub fn check_extra_hosts(hosts: &mut Vec<String>, from: ExtraSource<'_>, policy: &HostPolicy, source: &ServiceRef, notes: &mut Vec<Note>) {
-    if hosts.len() <= 1 {
-        return;
-    }
-    let what = match from {
-        ExtraSource::Mapping => "mapping alias",
-        ExtraSource::Attribute { .. } => "cloudmap-mcp/hosts host",
-    };
-    let mut kept = 0;
+/// The hosts of one service: its own `host`, then the `extras` (rendered mapping aliases, or the
+/// `cloudmap-mcp/hosts` attribute's hosts when `allowed` gives the domains they may be below),
+/// without duplicates and without the ones it may not serve, with a note for each of those (one
+/// note for those beyond the cap).
+pub fn own_and_extra(
+    host: String,
+    extras: impl Iterator<Item = String>,
+    allowed: Option<&[String]>,
+    policy: &HostPolicy,
+    source: &ServiceRef,
+    notes: &mut Vec<Note>,
+) -> Vec<String> {
+    let what = if allowed.is_some() { "cloudmap-mcp/hosts host" } else { "mapping alias" };
     let note = |message: String| Note { source: source.clone(), instance: None, kind: NoteKind::Host, message };
+    let mut seen = BTreeSet::from([host.clone()]);
+    let mut out = vec![host];
     let mut beyond = Vec::new();
-    let mut out = Vec::with_capacity(hosts.len().min(policy.max_extra_hosts + 1));
-    let mut extras = std::mem::take(hosts).into_iter();
-    out.extend(extras.next());
-    for h in extras {
-        let refused = policy.cluster_host(&h).or_else(|| match &from {
-            ExtraSource::Attribute { allowed } if !allowed.iter().any(|d| below(&h, d)) => Some(if allowed.is_empty() {
+    for h in extras.filter(|h| seen.insert(h.clone())) {
+        let refused = policy.cluster_host(&h).or_else(|| match allowed {
+            Some(allowed) if !allowed.iter().any(|d| below(&h, d)) => Some(if allowed.is_empty() {
                 "the mapping allows no extra hosts from service attributes (hostOverrides.allowedDomains is empty)".to_string()
             } else {
                 format!("it is not below an allowed domain ({}; mapping hostOverrides.allowedDomains)", allowed.join(", "))
@@ -94,10 +87,9 @@ pub fn check_extra_hosts(hosts: &mut Vec<String>, from: ExtraSource<'_>, policy:
         });
         if let Some(why) = refused {
             notes.push(note(format!("{what} {h:?} not served: {why}")));
-        } else if kept >= policy.max_extra_hosts {
+        } else if out.len() > policy.max_extra_hosts {
             beyond.push(h);
         } else {
-            kept += 1;
             out.push(h);
         }
     }
@@ -109,7 +101,7 @@ pub fn check_extra_hosts(hosts: &mut Vec<String>, from: ExtraSource<'_>, policy:
             shorten(&beyond)
         )));
     }
-    *hosts = out;
+    out
 }
 
 /// The first few of a long list, and how many more.

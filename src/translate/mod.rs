@@ -556,22 +556,10 @@ fn translate_one(
     };
     let wants_vip = shape.vip && addresses.is_empty() && !opts.vips.cidrs.is_empty();
 
-    let mut hosts = vec![host.clone()];
-    let mut seen = std::collections::BTreeSet::from([host.clone()]);
-    for a in &shape.aliases {
-        let h = a.render(&svc_name, &ns_name);
-        if seen.insert(h.clone()) {
-            hosts.push(h);
-        }
-    }
-    let allowed;
-    let from = if shape.aliases_from_attribute {
-        allowed = opts.mapping.override_domains(&ns.name);
-        hosts::ExtraSource::Attribute { allowed: &allowed }
-    } else {
-        hosts::ExtraSource::Mapping
-    };
-    hosts::check_extra_hosts(&mut hosts, from, &opts.hosts, source, notes);
+    // Attribute hosts are held to the allowed domains; the mapping's aliases are not.
+    let allowed = shape.aliases_from_attribute.then(|| opts.mapping.override_domains(&ns.name));
+    let extras = shape.aliases.iter().map(|a| a.render(&svc_name, &ns_name));
+    let mut hosts = hosts::own_and_extra(host.clone(), extras, allowed.as_deref(), &opts.hosts, source, notes);
     let http_or_tls = ports.iter().all(|p| validate::is_http_or_tls(&p.protocol));
     if hosts.len() > 1 && !http_or_tls {
         notes.push(note(
