@@ -279,3 +279,70 @@ pub fn model_loss(applied: &model::Snapshot, proposed: &model::Snapshot) -> Loss
     let (before, after) = (refs(applied), refs(proposed));
     Loss::between(&before, &after.iter().collect::<Vec<_>>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(names: &[&str]) -> Vec<ServiceRef> {
+        let mut v: Vec<ServiceRef> =
+            names.iter().map(|n| ServiceRef { namespace: "ns".into(), service: n.to_string() }).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_loss_counts_the_services_no_longer_served() {
+        let (before, after) = (refs(&["a", "b", "c", "d"]), refs(&["a", "e"]));
+        let loss = Loss::between(&before, &after.iter().collect::<Vec<_>>());
+        assert_eq!((loss.lost, loss.served), (3, 4));
+        assert_eq!(loss.examples, ["ns/b", "ns/c", "ns/d"]);
+        assert!(loss.is_mass(0.5) && !loss.is_mass(0.75));
+        // Removing the only service is a mass removal; removing nothing never is.
+        assert!(Loss { lost: 1, served: 1, examples: vec![] }.is_mass(0.5));
+        assert!(!Loss { lost: 0, served: 0, examples: vec![] }.is_mass(0.0));
+    }
+
+    /// The guard task on a paused clock: proposals are numbers, the loss is how much smaller a
+    /// proposal is than what is applied (out of 10 services).
+    #[tokio::test(start_paused = true)]
+    async fn a_mass_removal_is_held_until_consecutive_checks_and_a_revert_ends_the_hold() {
+        let guards = EditGuards::default();
+        let (tx, rx) = watch::channel(10usize);
+        let evaluate: Evaluate<usize> = Arc::new(|applied: &usize, proposed: &usize| Loss {
+            lost: applied.saturating_sub(*proposed),
+            served: *applied,
+            examples: Vec::new(),
+        });
+        let settings = GuardSettings { max_removal_ratio: 0.5, confirmations: 3, interval: Duration::from_secs(60) };
+        let mut applied = guards.guard("mapping file", rx, evaluate, settings);
+        let settle = || tokio::time::sleep(Duration::from_millis(10));
+
+        tx.send_replace(8); // a small removal: applied at once
+        applied.changed().await.unwrap();
+        assert_eq!(*applied.borrow_and_update(), 8);
+        tx.send_replace(1); // 7 of 8: held
+        settle().await;
+        assert_eq!(*applied.borrow(), 8);
+        let held = guards.held();
+        assert_eq!((held[0].would_stop_serving, held[0].consecutive), (7, 1));
+        assert!(guards.readiness().unwrap().contains("a mapping file edit is held: it would stop serving 7 of 8 services"));
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(guards.held()[0].consecutive, 2);
+        assert_eq!(*applied.borrow(), 8, "still held after the second check");
+        // Reverted before the third check: the hold ends, and the old proposal never comes back.
+        tx.send_replace(8);
+        settle().await;
+        assert!(guards.held().is_empty() && guards.readiness().is_none());
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert_eq!(*applied.borrow_and_update(), 8);
+
+        // Left in place: applied at the third check.
+        tx.send_replace(0);
+        settle().await;
+        assert_eq!(*applied.borrow(), 8);
+        tokio::time::sleep(Duration::from_secs(121)).await;
+        assert_eq!(*applied.borrow(), 0);
+        assert!(guards.held().is_empty());
+    }
+}
