@@ -265,19 +265,27 @@ pub fn options_loss(model: &model::Snapshot, applied: &translate::Options, propo
     Loss::between(served(&before), &served(&after))
 }
 
-/// For the registry file's guard: the services of `applied` that `proposed` no longer lists.
+/// For the registry file's guard: the services of `applied` that `proposed` no longer lists (on
+/// borrowed names: this runs on every registry edit).
 pub fn model_loss(applied: &model::Snapshot, proposed: &model::Snapshot) -> Loss {
-    let refs = |m: &model::Snapshot| {
-        let mut v: Vec<ServiceRef> = m
-            .namespaces
-            .iter()
-            .flat_map(|ns| ns.services.iter().map(move |s| ServiceRef { namespace: ns.name.clone(), service: s.name.clone() }))
-            .collect();
-        v.sort();
+    fn names(m: &model::Snapshot) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> =
+            m.namespaces.iter().flat_map(|ns| ns.services.iter().map(move |s| (ns.name.as_str(), s.name.as_str()))).collect();
+        v.sort_unstable();
         v
-    };
-    let (before, after) = (refs(applied), refs(proposed));
-    Loss::between(&before, &after.iter().collect::<Vec<_>>())
+    }
+    let after = names(proposed);
+    let mut loss = Loss::default();
+    for (ns, svc) in names(applied) {
+        loss.served += 1;
+        if after.binary_search(&(ns, svc)).is_err() {
+            loss.lost += 1;
+            if loss.examples.len() < 5 {
+                loss.examples.push(format!("{ns}/{svc}"));
+            }
+        }
+    }
+    loss
 }
 
 #[cfg(test)]
@@ -301,6 +309,18 @@ mod tests {
         // Removing the only service is a mass removal; removing nothing never is.
         assert!(Loss { lost: 1, served: 1, examples: vec![] }.is_mass(0.5));
         assert!(!Loss { lost: 0, served: 0, examples: vec![] }.is_mass(0.0));
+    }
+
+    #[test]
+    fn a_registry_edit_loses_the_services_it_no_longer_lists() {
+        let registry = |services: &[&str]| {
+            let list: Vec<String> = services.iter().map(|s| format!("{{name: {s}}}")).collect();
+            let text = format!("namespaces: [{{name: ns, type: HTTP, services: [{}]}}]\n", list.join(", "));
+            crate::source::file::parse(std::path::Path::new("r.yaml"), &text).unwrap()
+        };
+        let loss = model_loss(&registry(&["a", "b", "c"]), &registry(&["c", "d"]));
+        assert_eq!((loss.lost, loss.served, loss.examples), (2, 3, vec!["ns/a".to_string(), "ns/b".to_string()]));
+        assert_eq!(model_loss(&registry(&[]), &registry(&["a"])), Loss::default());
     }
 
     /// The guard task on a paused clock: proposals are numbers, the loss is how much smaller a
