@@ -11,6 +11,7 @@ use crate::admin::views::{View, ViewCache, ViewMetrics};
 use crate::admin::{self, DebugState, ExtraView, HealthState};
 use crate::cache::{self, ResourceCache};
 use crate::config::{ServeArgs, SourceArgs, TranslateArgs};
+use crate::guard::{self, EditGuards};
 use crate::metrics::{Activity, Metrics};
 use crate::net::{self, http2::Preface};
 use crate::source::{self, cloudmap, file, SnapshotRx};
@@ -194,13 +195,39 @@ pub async fn serve(
         return Err(AppError::Config("--debug-addr serves the debug views, which --debug-views=false turns off: give one".into()));
     }
     let view_metrics = ViewMetrics::register(&mut registry);
+    let guards = EditGuards::register(&mut registry);
+    let guard_settings = settings::edit_guard(&args);
     let options = start_options(&args.translate, metrics.clone()).await?;
     let opts = options.borrow().clone();
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
+    // A registry file edit that removes most services is held (Cloud Map has its own guard).
+    let snapshots = match &args.source.registry_file {
+        Some(_) => {
+            type Model = Option<Arc<crate::model::Snapshot>>;
+            let loss: guard::Evaluate<Model> = Arc::new(|a: &Model, p: &Model| match (a, p) {
+                (Some(a), Some(p)) => guard::model_loss(a, p),
+                _ => guard::Loss::default(),
+            });
+            guards.guard("registry file", source.snapshots.clone(), loss, guard_settings)
+        }
+        None => source.snapshots.clone(),
+    };
     // Pacing sits before the build: a change held back is neither built nor pushed until its window ends.
-    let model_rx = crate::pacing::paced(source.snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
+    let model_rx = crate::pacing::paced(snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
     let (res_tx, res_rx) = watch::channel(None);
+    // So is a mapping edit that would stop serving most services, judged on the served model.
+    let options = match &args.translate.mapping_file {
+        Some(_) => {
+            let served = res_rx.clone();
+            let loss: guard::Evaluate<Arc<translate::Options>> = Arc::new(move |a: &Arc<translate::Options>, p: &Arc<translate::Options>| {
+                let snap: Option<Arc<cache::ResourceSnapshot>> = served.borrow().clone();
+                snap.map(|s| guard::options_loss(&s.model, a, p)).unwrap_or_default()
+            });
+            guards.guard("mapping file", options, loss, guard_settings)
+        }
+        None => options,
+    };
     tokio::spawn(cache::run(model_rx, options, ResourceCache::new((*opts).clone()), res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -305,20 +332,37 @@ pub async fn serve(
             }
         }
     };
-    // With several sources, readiness names any that has not synced.
-    let detail: Option<admin::ReadinessDetail> = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| {
-        let pollers = c.pollers.clone();
-        Arc::new(move || cloudmap::multi::not_synced(&pollers)) as admin::ReadinessDetail
-    });
+    // With several sources, readiness names any that has not synced; and any held edit.
+    let not_synced = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| c.pollers.clone());
+    let held = guards.clone();
+    let detail: Option<admin::ReadinessDetail> = Some(Arc::new(move || {
+        let parts: Vec<String> =
+            [not_synced.as_ref().and_then(|p| cloudmap::multi::not_synced(p)), held.readiness()].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }));
     let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail });
     let debug_app = args.debug_views.then(|| {
-        let extra = source.cloudmap.map(|c| {
-            let snapshots = res_rx.clone();
-            ExtraView {
-                path: cloudmap::debug::PATH,
-                view: View::CloudMap,
-                render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
-            }
+        let mut extra: Vec<ExtraView> = source
+            .cloudmap
+            .map(|c| {
+                let snapshots = res_rx.clone();
+                ExtraView {
+                    path: cloudmap::debug::PATH,
+                    view: View::CloudMap,
+                    render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
+                }
+            })
+            .into_iter()
+            .collect();
+        let held = guards.clone();
+        extra.push(ExtraView {
+            path: "/debug/held-edits",
+            view: View::HeldEdits,
+            render: Arc::new(move || {
+                let mut body = serde_json::to_vec(&serde_json::json!({ "held": held.held() })).expect("serializes");
+                body.push(b'\n');
+                body.into()
+            }),
         });
         let cache = Arc::new(ViewCache::new(view_metrics));
         admin::debug_router(DebugState { snapshots: res_rx.clone(), clients, cache }, extra)

@@ -275,6 +275,7 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
     metrics.rejected_services.set(snap.rejected.len() as i64);
     metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.kind == NoteKind::SkippedInstance).count() as i64);
     metrics.ignored_overrides.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Override).count() as i64);
+    metrics.dropped_hosts.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Host).count() as i64);
     metrics.vips.set(snap.vips.len() as i64);
     metrics.vip_collisions.set(snap.vip_collisions as i64);
     metrics.ready.set(1);

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod fuzzing;
+pub mod guard;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -45,14 +45,7 @@ async fn ecs_service(seed: &Seed, ns: &str, name: &str) -> String {
 }
 
 pub async fn set_attributes(seed: &Seed, service_id: &str, attrs: &[(&str, &str)]) {
-    let mut req = seed
-        .client
-        .update_service_attributes()
-        .service_id(service_id);
-    for (k, v) in attrs {
-        req = req.attributes(*k, *v);
-    }
-    req.send().await.expect("UpdateServiceAttributes");
+    seed.set_service_attributes(service_id, attrs).await;
 }
 
 /// The service `name` in the debug view.

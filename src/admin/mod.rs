@@ -8,6 +8,7 @@
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
+//! | `/debug/held-edits` | JSON: mapping or registry file edits held by the edit guard (see `guard`) |
 //! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (`{"sources": [...]}` with several): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
 //!
 //! [`health_router`] serves the first three, [`debug_router`] the debug views; the composition root
@@ -68,12 +69,12 @@ pub fn health_router(state: HealthState) -> Router {
         .with_state(state)
 }
 
-pub fn debug_router(state: DebugState, extra: Option<ExtraView>) -> Router {
+pub fn debug_router(state: DebugState, extra: Vec<ExtraView>) -> Router {
     let mut router = Router::new()
         .route("/debug/serviceentries", get(serviceentries))
         .route("/debug/rejected", get(rejected))
         .route("/debug/clients", get(clients));
-    if let Some(x) = extra {
+    for x in extra {
         let cache = state.cache.clone();
         router = router.route(
             x.path,

@@ -32,6 +32,7 @@ pub enum View {
     Rejected,
     Clients,
     CloudMap,
+    HeldEdits,
 }
 
 impl View {
@@ -43,6 +44,7 @@ impl View {
             View::Rejected => "rejected",
             View::Clients => "clients",
             View::CloudMap => "cloudmap",
+            View::HeldEdits => "held_edits",
         }
     }
 }

@@ -38,6 +38,8 @@ struct Built {
     namespace_len: usize,
     object_name: String,
     host: String,
+    /// The entry's other hosts, as translated (before the cross-service pass).
+    extras: Vec<String>,
     create_time: Timestamp,
     source: ServiceRef,
     /// The framed `resources` field (empty until encoded: an entry that wants a VIP is encoded
@@ -48,6 +50,8 @@ struct Built {
     wants_vip: bool,
     /// The VIPs `framed` was encoded with; `None`: not encoded yet.
     encoded_vip: Option<Vec<IpAddr>>,
+    /// The extra hosts left out of `framed` (lost to other services in the build that encoded it).
+    encoded_dropped: Vec<String>,
 }
 
 impl Built {
@@ -56,8 +60,10 @@ impl Built {
     }
 
     /// This entry encoded from `se`, a translation of the same service under the same name and
-    /// host, with the VIPs its host holds in `vips` if it wants one.
-    fn encoded_from(&self, mut se: ServiceEntry, vips: &translate::Allocation) -> Built {
+    /// host, with the VIPs its host holds in `vips` if it wants one, and without the extra hosts
+    /// `dropped` (lost to other services).
+    fn encoded_from(&self, mut se: ServiceEntry, vips: &translate::Allocation, dropped: &[String]) -> Built {
+        se.spec.hosts.retain(|h| !dropped.contains(h));
         let held = if self.wants_vip {
             se.spec.addresses = translate::vip_addresses(vips, &self.host);
             vips.get(self.host.as_str()).cloned().unwrap_or_default()
@@ -70,12 +76,14 @@ impl Built {
             namespace_len: self.namespace_len,
             object_name: self.object_name.clone(),
             host: self.host.clone(),
+            extras: self.extras.clone(),
             create_time: self.create_time,
             source: self.source.clone(),
             framed,
             version: version.into(),
             wants_vip: self.wants_vip,
             encoded_vip: Some(held),
+            encoded_dropped: dropped.to_vec(),
         }
     }
 }
@@ -85,6 +93,8 @@ impl Built {
 struct Kept<'m> {
     outcome: Arc<Outcome>,
     memo_index: usize,
+    /// Extra hosts it loses to other services ([`translate::hosts::drop_contested_hosts`]).
+    dropped: Vec<String>,
     ns: &'m model::Namespace,
     svc: &'m model::Service,
 }
@@ -107,6 +117,9 @@ impl CollisionCandidate for Kept<'_> {
     }
     fn host(&self) -> &str {
         &self.built().host
+    }
+    fn extra_hosts(&self) -> &[String] {
+        &self.built().extras
     }
 }
 
@@ -244,6 +257,8 @@ impl ResourceCache {
                                 wants_vip: se.wants_vip,
                                 encoded_vip,
                                 host: se.spec.hosts[0].clone(),
+                                extras: se.spec.hosts[1..].to_vec(),
+                                encoded_dropped: Vec::new(),
                                 object_name: se.name,
                                 create_time: se.create_time,
                                 source: se.source,
@@ -256,7 +271,13 @@ impl ResourceCache {
                 };
                 notes.extend(outcome.notes.iter().cloned());
                 match &outcome.entry {
-                    Ok(_) => candidates.push(Kept { outcome: outcome.clone(), memo_index: memo.len(), ns, svc }),
+                    Ok(_) => candidates.push(Kept {
+                        outcome: outcome.clone(),
+                        memo_index: memo.len(),
+                        dropped: Vec::new(),
+                        ns,
+                        svc,
+                    }),
                     Err(reason) => {
                         rejected.push(Rejection { source: translate::source_of(ns, svc), reason: reason.clone() })
                     }
@@ -268,6 +289,10 @@ impl ResourceCache {
         drop(old_memo);
         drop(prev_model);
         let mut kept = translate::resolve_collisions(candidates, &mut rejected);
+        let dropped = translate::hosts::drop_contested_hosts(&kept, &mut notes);
+        for (k, d) in kept.iter_mut().zip(dropped) {
+            k.dropped = d;
+        }
         translate::sort_by_resource_name(&mut kept, |k| (k.built().namespace(), k.built().object_name.as_str()));
 
         // VIPs across all kept entries; an entry is (re)encoded only when its VIP is new to it.
@@ -289,14 +314,18 @@ impl ResourceCache {
                 (Arc::new(a.addresses), a.collisions, a.exhausted, again)
             }
         };
-        for k in kept.iter_mut().filter(|k| k.built().wants_vip) {
-            let held: &[IpAddr] = vips.get(k.built().host.as_str()).map(Vec::as_slice).unwrap_or_default();
-            if k.built().encoded_vip.as_deref() == Some(held) {
+        // Also (re)encoded: an entry whose extra hosts lost to other services differ from those
+        // left out of its bytes.
+        for k in kept.iter_mut() {
+            let b = k.built();
+            let held: &[IpAddr] =
+                if b.wants_vip { vips.get(b.host.as_str()).map(Vec::as_slice).unwrap_or_default() } else { &[] };
+            if b.encoded_vip.as_deref() == Some(held) && b.encoded_dropped == k.dropped {
                 continue;
             }
             let se = translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before");
             encoded += 1;
-            let built = k.built().encoded_from(se, &vips);
+            let built = k.built().encoded_from(se, &vips, &k.dropped);
             k.outcome = Arc::new(Outcome { entry: Ok(built), notes: k.outcome.notes.clone() });
             memo[k.memo_index] = k.outcome.clone();
         }
@@ -404,13 +433,15 @@ impl ResourceCache {
             && *was.resource_name == se.resource_name()
             && was.object_name == se.name
             && was.host == se.spec.hosts[0]
+            && was.extras[..] == se.spec.hosts[1..]
             && was.create_time == se.create_time
             && was.source == se.source
             && was.wants_vip == se.wants_vip;
         if !same {
             return None;
         }
-        let entry = was.encoded_from(se, &self.vips);
+        // Its extra hosts are the same, so it loses the same ones as in the last build.
+        let entry = was.encoded_from(se, &self.vips, &was.encoded_dropped);
         Some(Outcome { entry: Ok(entry), notes })
     }
 

@@ -306,12 +306,15 @@ struct Step {
     service: usize,
     /// `None`: the service goes away. Else its instances: (address, port) choices.
     instances: Option<Vec<(u8, u8)>>,
+    /// Its `cloudmap-mcp/hosts` attribute (an index into `EXTRAS`): extra hosts that collide with
+    /// other services' own and extra hosts.
+    extras: u8,
 }
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     use proptest::prelude::*;
-    (0..2usize, 0..5usize, proptest::option::weighted(0.85, proptest::collection::vec((0..6u8, 0..4u8), 0..4)))
-        .prop_map(|(namespace, service, instances)| Step { namespace, service, instances })
+    (0..2usize, 0..5usize, proptest::option::weighted(0.85, proptest::collection::vec((0..6u8, 0..4u8), 0..4)), 0..6u8)
+        .prop_map(|(namespace, service, instances, extras)| Step { namespace, service, instances, extras })
 }
 
 fn apply(m: &mut model::Snapshot, s: &Step) {
@@ -336,12 +339,26 @@ fn apply(m: &mut model::Snapshot, s: &Step) {
             inst
         })
         .collect();
+    const EXTRAS: [&str; 6] = ["", "shared.team", "web.team,shared.team", "x.team,api.team", "shared.other,x.team", "web.other"];
+    let attributes: BTreeMap<String, String> = match EXTRAS[s.extras as usize] {
+        "" => BTreeMap::new(),
+        hosts => BTreeMap::from([
+            ("cloudmap-mcp/hosts".to_string(), hosts.to_string()),
+            ("cloudmap-mcp/protocol".to_string(), "HTTP".to_string()),
+        ]),
+    };
     match at {
         // An edit of the same service (same creation time): what a poll brings.
-        Some(i) => Service::edit_instances(&mut ns.services[i], |v| *v = instances),
+        Some(i) => {
+            Service::edit_instances(&mut ns.services[i], |v| *v = instances);
+            if ns.services[i].attributes != attributes {
+                Arc::make_mut(&mut ns.services[i]).attributes = attributes;
+            }
+        }
         None => {
             let mut svc = service(name, 10 + s.service as i64, &[]);
             svc.instances = instances.into();
+            svc.attributes = attributes;
             ns.services.push(Arc::new(svc));
             m.normalize();
         }
@@ -353,7 +370,8 @@ proptest::proptest! {
 
     /// Whatever path each build takes, it serves exactly what a fresh translation does (bytes,
     /// versions, VIPs, rejections, notes), through random histories of edits, additions and removals,
-    /// with host collisions, unservable services and a VIP range small enough to fill up.
+    /// with host collisions (own and extra hosts), unservable services and a VIP range small enough
+    /// to fill up.
     #[test]
     fn every_build_of_a_random_history_equals_a_fresh_one(steps in proptest::collection::vec(step(), 1..25)) {
         let vips = translate::VipSettings::new(true, vec!["241.9.0.0/30".parse().unwrap()]).unwrap();
@@ -391,4 +409,36 @@ fn the_debug_translation_shows_the_vips_served_while_an_address_is_held_back() {
     assert!(!check_patched(&mut cache, &m).1);
     assert!(cache.vips.contains_key("c.team"));
     assert!(check_patched(&mut cache, &m).1, "settled");
+}
+
+#[test]
+fn a_change_of_extra_hosts_takes_the_full_build_and_the_loser_of_an_extra_host_patches_correctly() {
+    let mut cache = ResourceCache::new(Options::default());
+    let with_hosts = |name: &str, created: i64, hosts: &str| {
+        let mut s = service(name, created, &["10.0.0.1", "10.0.0.2"]);
+        s.attributes = BTreeMap::from([
+            ("cloudmap-mcp/hosts".to_string(), hosts.to_string()),
+            ("cloudmap-mcp/protocol".to_string(), "HTTP".to_string()),
+        ]);
+        s
+    };
+    // `a` is older: it keeps `shared.team`; `b` loses it and keeps `b2.team`.
+    let mut m = model::Snapshot {
+        namespaces: vec![namespace("team", vec![with_hosts("a", 1, "shared.team"), with_hosts("b", 2, "shared.team,b2.team")])],
+    };
+    check(&mut cache, &m);
+    let (snap, _) = cache.build(&Arc::new(m.clone()));
+    assert!(snap.notes.iter().any(|n| n.kind == NoteKind::Host && n.source.service == "b"), "{:?}", snap.notes);
+    // An instance of the loser changes: patched, still without the lost host.
+    Service::edit_instances(&mut m.namespaces[0].services[1], |v| {
+        v[0].attributes.insert("AWS_INSTANCE_IPV4".into(), "10.0.0.9".into());
+    });
+    assert_eq!(check_patched(&mut cache, &m), (1, true));
+    // The winner gives the host up: the loser's entry changes without any change of its own.
+    Arc::make_mut(&mut m.namespaces[0].services[0]).attributes.remove("cloudmap-mcp/hosts");
+    let (encoded, patched) = check_patched(&mut cache, &m);
+    assert!(!patched, "extra hosts changed: a full build");
+    assert_eq!(encoded, 2, "a changed, and b serves shared.team now");
+    let (snap, _) = cache.build(&Arc::new(m.clone()));
+    assert!(!snap.notes.iter().any(|n| n.kind == NoteKind::Host), "{:?}", snap.notes);
 }

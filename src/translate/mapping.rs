@@ -17,11 +17,12 @@ use crate::model::{self, NamespaceType};
 #[derive(Clone, Debug, Default)]
 pub struct Mapping {
     rules: Vec<Rule>,
+    host_overrides: Option<HostOverrides>,
 }
 
 impl PartialEq for Mapping {
     fn eq(&self, other: &Self) -> bool {
-        self.rules == other.rules
+        self.rules == other.rules && self.host_overrides == other.host_overrides
     }
 }
 impl Eq for Mapping {}
@@ -34,6 +35,43 @@ impl Mapping {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+
+    /// The domains a `cloudmap-mcp/hosts` attribute of a service in namespace `namespace` may put
+    /// hosts under (`x.<domain>` and deeper): `hostOverrides.allowedDomains` with `{namespace}`
+    /// filled in, or else the namespace itself.
+    pub fn override_domains(&self, namespace: &str) -> Vec<String> {
+        let ns = namespace.trim_end_matches('.').to_ascii_lowercase();
+        match &self.host_overrides {
+            None => vec![ns],
+            Some(h) => h.allowed_domains.iter().map(|d| d.0.replace("{namespace}", &ns).to_ascii_lowercase()).collect(),
+        }
+    }
+}
+
+/// The mapping's `hostOverrides`: what the `cloudmap-mcp/hosts` service attribute may ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostOverrides {
+    /// Domains whose subdomains an attribute may claim; `{namespace}` is the service's Cloud Map
+    /// namespace. Empty: no extra hosts from attributes.
+    pub allowed_domains: Vec<AllowedDomain>,
+}
+
+/// A domain of `hostOverrides.allowedDomains` (may contain `{namespace}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedDomain(pub String);
+
+impl<'de> Deserialize<'de> for AllowedDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim().trim_end_matches('.').to_ascii_lowercase();
+        if t.replace("{namespace}", "").contains(['{', '}']) {
+            return Err(de::Error::custom(format!("allowed domain {s:?}: {{namespace}} is the only placeholder")));
+        }
+        validate::dns_name(&t.replace("{namespace}", "ns"))
+            .map_err(|e| de::Error::custom(format!("allowed domain {s:?}: {e}")))?;
+        Ok(AllowedDomain(t))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +79,11 @@ impl Mapping {
 pub struct MappingError(String);
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct File {
     #[serde(default)]
     rules: Vec<Rule>,
+    host_overrides: Option<HostOverrides>,
 }
 
 /// Parses mapping file contents. An empty file is an empty mapping (no rules).
@@ -63,7 +102,7 @@ pub fn parse(text: &str) -> Result<Mapping, MappingError> {
             )));
         }
     }
-    Ok(Mapping { rules })
+    Ok(Mapping { rules, host_overrides: file.host_overrides })
 }
 
 /// One rule: which services it matches and the fields it sets. Every field is optional; for each

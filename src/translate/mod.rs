@@ -8,11 +8,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{self, attr, HealthStatus, Timestamp};
+pub use hosts::HostPolicy;
 pub use mapping::Mapping;
 pub use shape::keys as override_keys;
 use shape::Shape;
 pub use vip::{Allocation, VipSettings};
 
+pub mod hosts;
 pub mod mapping;
 pub mod render;
 mod shape;
@@ -153,6 +155,8 @@ pub struct Options {
     pub mapping: Arc<Mapping>,
     /// VIP allocation for entries without an address.
     pub vips: VipSettings,
+    /// What extra hosts a service may have.
+    pub hosts: HostPolicy,
 }
 
 impl Default for Options {
@@ -167,6 +171,7 @@ impl Default for Options {
             export_to: Vec::new(),
             mapping: Arc::new(Mapping::default()),
             vips: VipSettings::default(),
+            hosts: HostPolicy::default(),
         }
     }
 }
@@ -282,6 +287,9 @@ pub enum NoteKind {
     Mapping,
     /// No VIP: the range is full.
     Vip,
+    /// An extra host not served (another service's host, in the cluster's domains, outside the
+    /// allowed domains, beyond the cap; see [`hosts`]).
+    Host,
 }
 
 /// The result of [`translate`].
@@ -320,6 +328,10 @@ pub fn translate_with(snapshot: &model::Snapshot, opts: &Options, previous: &All
         }
     }
     let mut entries = resolve_collisions(candidates, &mut out.rejected);
+    let dropped = hosts::drop_contested_hosts(&entries, &mut out.notes);
+    for (e, d) in entries.iter_mut().zip(dropped) {
+        e.spec.hosts.retain(|h| !d.contains(h));
+    }
     sort_by_resource_name(&mut entries, |e| (e.namespace.as_str(), e.name.as_str()));
     let allocated = vip::allocate(entries.iter().filter(|e| e.wants_vip).map(|e| e.host()), &opts.vips.cidrs, previous);
     for e in entries.iter_mut().filter(|e| e.wants_vip) {
@@ -373,6 +385,8 @@ pub trait CollisionCandidate {
     fn create_time(&self) -> Timestamp;
     fn source(&self) -> &ServiceRef;
     fn host(&self) -> &str;
+    /// The hosts besides [`Self::host`] (mapping aliases, `cloudmap-mcp/hosts`).
+    fn extra_hosts(&self) -> &[String];
 }
 
 impl CollisionCandidate for ServiceEntry {
@@ -387,6 +401,9 @@ impl CollisionCandidate for ServiceEntry {
     }
     fn host(&self) -> &str {
         &self.spec.hosts[0]
+    }
+    fn extra_hosts(&self) -> &[String] {
+        &self.spec.hosts[1..]
     }
 }
 
@@ -539,13 +556,10 @@ fn translate_one(
     };
     let wants_vip = shape.vip && addresses.is_empty() && !opts.vips.cidrs.is_empty();
 
-    let mut hosts = vec![host.clone()];
-    for a in &shape.aliases {
-        let h = a.render(&svc_name, &ns_name);
-        if !hosts.contains(&h) {
-            hosts.push(h);
-        }
-    }
+    // Attribute hosts are held to the allowed domains; the mapping's aliases are not.
+    let allowed = shape.aliases_from_attribute.then(|| opts.mapping.override_domains(&ns.name));
+    let extras = shape.aliases.iter().map(|a| a.render(&svc_name, &ns_name));
+    let mut hosts = hosts::own_and_extra(host.clone(), extras, allowed.as_deref(), &opts.hosts, source, notes);
     let http_or_tls = ports.iter().all(|p| validate::is_http_or_tls(&p.protocol));
     if hosts.len() > 1 && !http_or_tls {
         notes.push(note(

@@ -25,6 +25,8 @@ pub struct Shape<'a> {
     pub host: HostTemplate,
     /// Extra host templates (mapping `aliases`) or hosts (`cloudmap-mcp/hosts`).
     pub aliases: Vec<HostTemplate>,
+    /// `aliases` are the `cloudmap-mcp/hosts` attribute's (held to the allowed domains).
+    pub aliases_from_attribute: bool,
     pub sanitize: bool,
     pub istio_namespace: &'a str,
     pub export_to: Vec<String>,
@@ -54,6 +56,7 @@ impl<'a> Shape<'a> {
         let mut s = Shape {
             host: opts.host_template.clone(),
             aliases: Vec::new(),
+            aliases_from_attribute: false,
             sanitize: false,
             istio_namespace: &opts.istio_namespace,
             export_to: opts.export_to.clone(),
@@ -141,6 +144,7 @@ impl<'a> Shape<'a> {
                     .collect::<Result<Vec<_>, _>>()
                     .map(|hosts| {
                         self.aliases = hosts;
+                        self.aliases_from_attribute = true;
                         "hosts"
                     }),
                 keys::EXPORT_TO => {
