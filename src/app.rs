@@ -133,6 +133,9 @@ fn mapping_file() -> file::Watched<Mapping, AppError> {
 /// keeps them up to date with its good versions.
 pub async fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Result<cache::OptionsRx, AppError> {
     let base = settings::translate_options(args).map_err(AppError::Config)?;
+    for warning in base.vips.cidrs.iter().filter_map(|c| c.warning()) {
+        tracing::warn!("{warning}");
+    }
     let Some(path) = args.mapping_file.clone() else {
         return Ok(cache::fixed_options(base));
     };

@@ -82,10 +82,6 @@ pub struct ResourceSnapshot {
     pub options: Arc<translate::Options>,
     /// The VIPs it serves (by host).
     pub vips: Arc<translate::Allocation>,
-    /// The allocation `vips` was made from (the previous snapshot's): what [`Self::translation`]
-    /// allocates from, so that it gives exactly the VIPs served. Allocating from `vips` itself
-    /// differs when a range is full and a departed host's address is held back for one build.
-    pub vips_from: Arc<translate::Allocation>,
     /// Entries whose VIP is not their host's hash address.
     pub vip_collisions: usize,
     /// Services that produced no ServiceEntry, and why (sorted).
@@ -117,7 +113,7 @@ impl ResourceSnapshot {
     /// (at 10,000 services they take several times the encoded size): translated again from the
     /// model, which gives the same entries because translation is deterministic.
     pub fn translation(&self) -> Translation {
-        translate::translate_with(&self.model, &self.options, &self.vips_from)
+        translate::translate(&self.model, &self.options)
     }
 }
 

@@ -292,11 +292,11 @@ pub struct TranslateArgs {
     /// How often the mapping file is checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_MAPPING_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub mapping_poll_interval: Duration,
-    /// Give every ServiceEntry without an address a VIP from --vip-cidr, so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
+    /// Give every ServiceEntry a VIP from --vip-cidr (except a single hand-registered IP), so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
     #[arg(long, env = "CLOUDMAP_MCP_ALLOCATE_VIPS", default_value = "true", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub allocate_vips: bool,
-    /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48.
+    /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48, loopback, link-local, multicast, unspecified or IPv4-mapped addresses; a warning outside 240.0.0.0/4 and fc00::/7.
     #[arg(long = "vip-cidr", env = "CLOUDMAP_MCP_VIP_CIDRS", value_delimiter = ',', default_value = translate::vip::DEFAULT_CIDR, value_parser = parse_cidr)]
     pub vip_cidrs: Vec<translate::vip::Cidr>,
     /// The Kubernetes cluster domain: no extra host (mapping alias, `cloudmap-mcp/hosts`) in it, in cluster.local, or ending in .svc is served.

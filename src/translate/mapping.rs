@@ -126,7 +126,7 @@ pub struct Rule {
     pub labels: Option<Labels>,
     pub annotations: Option<Annotations>,
     pub endpoint_labels: Option<EndpointLabels>,
-    pub vip: Option<bool>,
+    pub vip: Option<super::vip::VipMode>,
 }
 
 impl Rule {
@@ -424,6 +424,7 @@ rules:
     endpointLabels: {allow: [version, "app*"], deny: "app-internal"}
     vip: false
   - match: {service: other}
+    vip: always
 "#,
         )
         .unwrap();
@@ -436,7 +437,8 @@ rules:
         assert_eq!(r.export_to, Some(ExportTo(vec![".".into(), "team-a".into()])));
         assert_eq!(r.location, Some(Location::MeshInternal));
         assert_eq!(r.resolution, Some(Resolution::Dns));
-        assert_eq!(r.vip, Some(false));
+        assert_eq!(r.vip, Some(super::super::VipMode::Never));
+        assert_eq!(m.rules[1].vip, Some(super::super::VipMode::Always));
         let el = r.endpoint_labels.as_ref().unwrap();
         assert!(el.keeps("version") && el.keeps("APP") && !el.keeps("app-internal") && !el.keeps("ECS_CLUSTER_NAME"));
         assert!(parse("").unwrap().is_empty());

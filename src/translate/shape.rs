@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::mapping::{EndpointLabels, PortRule, Rule};
+use super::vip::VipMode;
 use super::{validate, HostTemplate, Location, Note, NoteKind, Options, Port, Resolution, ServiceRef};
 use crate::model;
 
@@ -38,7 +39,7 @@ pub struct Shape<'a> {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub endpoint_labels: Option<&'a EndpointLabels>,
-    pub vip: bool,
+    pub vip: VipMode,
     /// Rule index and name → the fields it gave.
     shaped_by: BTreeMap<(usize, &'a str), Vec<&'static str>>,
     /// Override keys applied (without the prefix).
@@ -67,7 +68,7 @@ impl<'a> Shape<'a> {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             endpoint_labels: None,
-            vip: opts.vips.enabled,
+            vip: opts.vips.default_mode(),
             shaped_by: BTreeMap::new(),
             overrides: Vec::new(),
         };
@@ -163,13 +164,8 @@ impl<'a> Shape<'a> {
                     self.location = l;
                     "location"
                 }),
-                keys::VIP => match v {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    _ => Err("not true or false".to_string()),
-                }
-                .map(|b| {
-                    self.vip = b;
+                keys::VIP => v.parse::<VipMode>().map(|m| {
+                    self.vip = m;
                     "vip"
                 }),
                 _ => Err(format!("unknown key (known: {})", keys::ALL.join(", "))),
