@@ -51,6 +51,8 @@ pub struct BoundAddrs {
 pub struct StartedSource {
     pub snapshots: SnapshotRx,
     pub cloudmap: Option<cloudmap::CloudMapSource>,
+    /// With the registry file: why the file on disk is not served (for readiness).
+    pub file_problem: Option<file::Problem>,
 }
 
 /// Starts the configured source (the registry file or Cloud Map, never both) and returns its
@@ -76,13 +78,15 @@ pub async fn start_source(
                 None => cloudmap::start(settings::cloudmap_settings(&args.cloudmap, health)?, registry, metrics).await?,
                 Some(sources) => cloudmap::start_many(sources, registry, metrics).await?,
             };
-            Ok(StartedSource { snapshots: src.snapshots.clone(), cloudmap: Some(src) })
+            Ok(StartedSource { snapshots: src.snapshots.clone(), cloudmap: Some(src), file_problem: None })
         }
         (Some(path), false) => {
             let (tx, rx) = source::channel();
             let limits = settings::registry_limits(args);
-            file::watch(path.clone(), args.registry_poll_interval, limits, tx, metrics).await?;
-            Ok(StartedSource { snapshots: rx, cloudmap: None })
+            let kind = file::registry();
+            let problem = kind.problem.clone();
+            file::watch_file(path.clone(), args.registry_poll_interval, limits, tx, kind, metrics).await?;
+            Ok(StartedSource { snapshots: rx, cloudmap: None, file_problem: Some(problem) })
         }
     }
 }
@@ -126,22 +130,29 @@ fn mapping_file() -> file::Watched<Mapping, AppError> {
                 if reload { "mapping file reloaded" } else { "mapping file loaded" }
             )
         },
+        problem: file::Problem::default(),
     }
 }
 
 /// The translation options from the flags and the mapping file; with a mapping file, a task
-/// keeps them up to date with its good versions.
-pub async fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Result<cache::OptionsRx, AppError> {
+/// keeps them up to date with its good versions, and why the file on disk is not the version in
+/// use (for readiness).
+pub async fn start_options(
+    args: &TranslateArgs,
+    metrics: Arc<Metrics>,
+) -> Result<(cache::OptionsRx, Option<file::Problem>), AppError> {
     let base = settings::translate_options(args).map_err(AppError::Config)?;
     for warning in base.vips.cidrs.iter().filter_map(|c| c.warning()) {
         tracing::warn!("{warning}");
     }
     let Some(path) = args.mapping_file.clone() else {
-        return Ok(cache::fixed_options(base));
+        return Ok((cache::fixed_options(base), None));
     };
     let (map_tx, mut map_rx) = watch::channel(None);
     let limits = file::Limits { max_bytes: MAPPING_MAX_BYTES, ..Default::default() };
-    file::watch_file(path, args.mapping_poll_interval, limits, map_tx, mapping_file(), metrics.clone()).await?;
+    let kind = mapping_file();
+    let problem = kind.problem.clone();
+    file::watch_file(path, args.mapping_poll_interval, limits, map_tx, kind, metrics.clone()).await?;
     let initial = map_rx.borrow_and_update().clone().expect("the watcher publishes the first load");
     metrics.mapping_rules.set(initial.rules().len() as i64);
     let (opts_tx, opts_rx) = watch::channel(Arc::new(translate::Options { mapping: initial, ..base.clone() }));
@@ -162,7 +173,7 @@ pub async fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Resul
             });
         }
     });
-    Ok(opts_rx)
+    Ok((opts_rx, Some(problem)))
 }
 
 /// Runs the server until `shutdown` completes, then drains. `bound` receives the listen addresses.
@@ -200,7 +211,7 @@ pub async fn serve(
     let view_metrics = ViewMetrics::register(&mut registry);
     let guards = EditGuards::register(&mut registry);
     let guard_settings = settings::edit_guard(&args);
-    let options = start_options(&args.translate, metrics.clone()).await?;
+    let (options, mapping_problem) = start_options(&args.translate, metrics.clone()).await?;
     let opts = options.borrow().clone();
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
@@ -335,12 +346,20 @@ pub async fn serve(
             }
         }
     };
-    // With several sources, readiness names any that has not synced; and any held edit.
-    let not_synced = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| c.pollers.clone());
+    // With several sources, readiness names any that has not synced; with files, any file whose
+    // version on disk is not the one served, and why; and any held edit.
+    let mut details: Vec<admin::ReadinessDetail> = Vec::new();
+    if let Some(c) = source.cloudmap.as_ref().filter(|c| c.multi) {
+        let pollers = c.pollers.clone();
+        details.push(Arc::new(move || cloudmap::multi::not_synced(&pollers)));
+    }
+    for problem in [source.file_problem.clone(), mapping_problem].into_iter().flatten() {
+        details.push(Arc::new(move || problem.get()));
+    }
     let held = guards.clone();
+    details.push(Arc::new(move || held.readiness()));
     let detail: Option<admin::ReadinessDetail> = Some(Arc::new(move || {
-        let parts: Vec<String> =
-            [not_synced.as_ref().and_then(|p| cloudmap::multi::not_synced(p)), held.readiness()].into_iter().flatten().collect();
+        let parts: Vec<String> = details.iter().filter_map(|d| d()).collect();
         (!parts.is_empty()).then(|| parts.join("; "))
     }));
     let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail });

@@ -3,7 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet) |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); a registry or mapping file not applied is named with the reason (still 200: its last good version is served) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
