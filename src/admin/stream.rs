@@ -7,7 +7,8 @@
 //! piece plus what hyper and the socket buffer, whatever the registry's size, and a reader that
 //! leaves stops the work. The pieces are made on the debug views' render thread, one at a time in
 //! the order asked, so all debug views together never take more than that one thread away from
-//! the xDS streams.
+//! the xDS streams. When the last request in progress ends, the memory its pieces used is returned
+//! to the kernel ([`ViewCache::stream_started`]).
 //!
 //! The bytes are those of `cloudmap-mcp render` of the same snapshot (the rendered entries, then
 //! for YAML the `#` comments on what was left out, for JSON one Kubernetes `List`).
@@ -87,7 +88,10 @@ impl EntryPieces {
 /// connection polls for it. An entry that does not read back (a bug) ends the body early with an
 /// error (the client sees the connection cut, never a truncated body passed off as complete).
 pub fn body(cache: Arc<ViewCache>, pieces: EntryPieces) -> Body {
+    // Dropped with the stream, however it ends.
+    let open = cache.stream_started();
     let stream = futures::stream::unfold(Some(pieces), move |state| {
+        let _open = &open;
         let cache = cache.clone();
         async move {
             let mut pieces = state?;

@@ -20,6 +20,7 @@
 //!
 //! The render itself runs on a dedicated thread and is not cancelled when the requester goes away:
 //! the next one in line gets it.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -145,6 +146,22 @@ pub struct ViewCache {
     slots: Arc<Mutex<Vec<Rendered>>>,
     metrics: ViewMetrics,
     thread: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Streamed views in progress.
+    streams: AtomicUsize,
+}
+
+/// Held by a streamed view for as long as it is read; see [`ViewCache::stream_started`].
+pub struct StreamGuard(Arc<ViewCache>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last reader left: give the pieces' memory back (freed on other threads than the
+            // one that made them, it stays in the allocator's arenas otherwise). On the render
+            // thread: a trim holds each arena's lock while it walks it.
+            drop(self.0.run(crate::util::return_freed_memory));
+        }
+    }
 }
 
 impl ViewCache {
@@ -153,7 +170,15 @@ impl ViewCache {
             slots: Arc::new(Mutex::new(Vec::new())),
             metrics,
             thread: std::sync::Mutex::new(render_thread()),
+            streams: AtomicUsize::new(0),
         }
+    }
+
+    /// A streamed view starts; when the last one in progress ends (its guard dropped: read to the
+    /// end, or the reader gone), the memory freed meanwhile is returned to the kernel.
+    pub fn stream_started(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
     }
 
     /// Runs `render` on the render thread; a panic is an error.
@@ -389,6 +414,19 @@ mod tests {
             Bytes::from("kept")
         );
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn streams_in_progress_are_counted_until_their_guards_drop() {
+        let c = cache();
+        let (a, b) = (c.stream_started(), c.stream_started());
+        assert_eq!(c.streams.load(Ordering::SeqCst), 2);
+        drop(a);
+        assert_eq!(c.streams.load(Ordering::SeqCst), 1);
+        drop(b);
+        assert_eq!(c.streams.load(Ordering::SeqCst), 0);
+        // The trim queued by the last one runs on the render thread, before later work.
+        assert_eq!(c.on_render_thread(|| 7).await.unwrap(), 7);
     }
 
     #[tokio::test]
