@@ -13,6 +13,7 @@ reading, RSS after, the ratios, the body size each reader got (all must be equal
 reads took. Defaults: 10,000 services x 10 instances, 20 readers, 2048 KiB/s.
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -98,6 +99,7 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
     statuses = sorted({r[0] for r in results.values()})
     sizes = sorted({r[1] for r in results.values()})
     rows = [
