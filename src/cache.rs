@@ -23,6 +23,7 @@ use crate::translate::{
 use crate::util::Escaped;
 
 mod build;
+pub mod decode;
 #[cfg(test)]
 mod tests;
 

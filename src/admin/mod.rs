@@ -5,15 +5,16 @@
 //! | `/healthz` | 200 while the process runs |
 //! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); a registry or mapping file not applied is named with the reason (still 200: its last good version is served) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
-//! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
+//! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments; streamed ([`stream`]) |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
 //! | `/debug/held-edits` | JSON: mapping or registry file edits held by the edit guard (see `guard`) |
 //! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (`{"sources": [...]}` with several): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
 //!
 //! [`health_router`] serves the first three, [`debug_router`] the debug views; the composition root
-//! puts them on one listener or two, or leaves the debug views out. Every debug view is rendered
-//! through one [`views::ViewCache`] (single flight, once per snapshot).
+//! puts them on one listener or two, or leaves the debug views out. `/debug/serviceentries` is
+//! streamed per request ([`stream`]); every other debug view is rendered through one
+//! [`views::ViewCache`] (single flight, once per snapshot). All render on one thread.
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -29,6 +30,7 @@ use crate::translate::render;
 use crate::xds::Clients;
 
 pub mod serve;
+pub mod stream;
 pub mod views;
 
 use views::{Freshness, View, ViewCache};
@@ -173,20 +175,11 @@ async fn serviceentries(State(s): State<DebugState>, Query(q): Query<FormatQuery
         )
             .into_response();
     };
-    // Translated again (the snapshot keeps only the encoded entries): at 10,000 services that is
-    // hundreds of milliseconds of CPU and tens of megabytes, hence once per snapshot.
-    let body = s
-        .cache
-        .get(view, Freshness::Snapshot(snap.serial), move || {
-            let t = snap.translation();
-            let mut body = render::render(&t.entries, format);
-            if format == render::Format::Yaml {
-                body.push_str(&render::report_comments(&t));
-            }
-            Bytes::from(body)
-        })
-        .await;
-    respond(body, content_type)
+    // Streamed: the served entries read back one by one (tens of megabytes at 10,000 services,
+    // never held whole).
+    s.cache.count_render(view);
+    let body = stream::body(s.cache.clone(), stream::EntryPieces::new(snap, format));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn rejected(State(s): State<DebugState>) -> Response {
