@@ -3,7 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); a registry or mapping file not applied is named with the reason (still 200: its last good version is served) |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); a registry or mapping file not applied is named with the reason (still 200: its last good version is served), and so is a snapshot where the source has services but none is served (all rejected) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments; streamed ([`stream`]) |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
@@ -96,8 +96,19 @@ pub fn debug_router(state: DebugState, extra: Vec<ExtraView>) -> Router {
 }
 
 async fn readyz(State(s): State<HealthState>) -> Response {
-    let detail = s.detail.as_ref().and_then(|d| d());
-    let served = s.snapshots.borrow().as_ref().map(|snap| snap.service_entries.names.len());
+    let mut detail = s.detail.as_ref().and_then(|d| d());
+    let (served, none_served) = match s.snapshots.borrow().as_ref() {
+        Some(snap) => (Some(snap.service_entries.names.len()), none_served(snap)),
+        None => (None, None),
+    };
+    // Still ready (the server answers istiod, and istiod cannot start without an answer), but say
+    // why nothing is served: a mapping whose hosts fit no name, for example.
+    if let Some(why) = none_served {
+        detail = Some(match detail {
+            Some(d) => format!("{why}; {d}"),
+            None => why,
+        });
+    }
     match (served, detail) {
         (Some(n), None) => (StatusCode::OK, format!("ready: {n} ServiceEntries\n")).into_response(),
         (Some(n), Some(d)) => (StatusCode::OK, format!("ready: {n} ServiceEntries; {d}\n")).into_response(),
@@ -106,6 +117,24 @@ async fn readyz(State(s): State<HealthState>) -> Response {
         }
         (None, Some(d)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {d}\n")).into_response(),
     }
+}
+
+/// When the source has services but none of them is served: how many were rejected, and the first
+/// reason (all of them are in `/debug/rejected`).
+fn none_served(snap: &crate::cache::ResourceSnapshot) -> Option<String> {
+    if snap.model_services == 0 || !snap.service_entries.names.is_empty() {
+        return None;
+    }
+    let first = snap
+        .rejected
+        .first()
+        .map(|r| format!(", e.g. {}: {}", crate::util::Escaped(&r.source.to_string()), crate::util::Escaped(&r.reason)))
+        .unwrap_or_default();
+    Some(format!(
+        "none of the {} services is served ({} rejected{first}; see /debug/rejected)",
+        snap.model_services,
+        snap.rejected.len()
+    ))
 }
 
 async fn metrics(State(s): State<HealthState>) -> Response {
