@@ -32,6 +32,7 @@ pub enum View {
     Rejected,
     Clients,
     CloudMap,
+    Shards,
 }
 
 impl View {
@@ -43,6 +44,7 @@ impl View {
             View::Rejected => "rejected",
             View::Clients => "clients",
             View::CloudMap => "cloudmap",
+            View::Shards => "shards",
         }
     }
 }
