@@ -411,4 +411,14 @@ pub struct RenderArgs {
     /// Output format: multi-document YAML, or a JSON List.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = render::Format::Yaml)]
     pub output: render::Format,
+    /// Print istiod's `meshConfig.configSources` for the server instead (one `xds://` entry per shard, and `k8s://`);
+    /// needs no source.
+    #[arg(long)]
+    pub istiod_config: bool,
+    /// With --istiod-config: the server as istiod reaches it, HOST:PORT of shard 0 (e.g. the Service name and its gRPC port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "cloudmap-mcp.istio-system.svc:15010")]
+    pub server_address: String,
+    /// With --istiod-config: the server's --shards.
+    #[arg(long, env = "CLOUDMAP_MCP_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: u16,
 }

@@ -114,3 +114,32 @@ fn a_port_range_past_65535_is_refused_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("4 consecutive ports from 127.0.0.1:65534 go past port 65535"), "{err}");
 }
+
+#[test]
+fn render_prints_istiods_config_sources_one_per_shard() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp")).arg("render").args(args).env_remove("CLOUDMAP_MCP_SHARDS").output().unwrap()
+    };
+    let out = run(&["--istiod-config", "--shards", "4", "--server-address", "cloudmap-mcp.mesh.svc:15010"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let sources: Vec<&str> =
+        v["meshConfig"]["configSources"].as_sequence().unwrap().iter().map(|s| s["address"].as_str().unwrap()).collect();
+    assert_eq!(
+        sources,
+        [
+            "xds://cloudmap-mcp.mesh.svc:15010",
+            "xds://cloudmap-mcp.mesh.svc:15011",
+            "xds://cloudmap-mcp.mesh.svc:15012",
+            "xds://cloudmap-mcp.mesh.svc:15013",
+            "k8s://"
+        ]
+    );
+    // Unsharded by default; the address must name a port.
+    let out = run(&["--istiod-config"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("address: xds://").count(), 1, "{text}");
+    let out = run(&["--istiod-config", "--server-address", "cloudmap-mcp"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"cloudmap-mcp\" is not HOST:PORT"));
+}

@@ -102,5 +102,39 @@ pub fn changed(prev: Option<&ResourceSnapshot>, next: &ResourceSnapshot) -> Vec<
         .collect()
 }
 
+/// A `--server-address` that is not `HOST:PORT`, or whose shard ports go past 65535.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0:?} is not HOST:PORT")]
+    NotHostPort(String),
+    #[error("{shards} ports from {port} go past port 65535")]
+    PastLastPort { port: u16, shards: usize },
+}
+
+/// istiod's `meshConfig` with one `xds://` config source per shard of the server at `address`
+/// (`HOST:PORT` of shard 0), and `k8s://` (without it istiod drops its Kubernetes config).
+pub fn istiod_config_sources(address: &str, shards: usize) -> Result<String, AddressError> {
+    let bad = || AddressError::NotHostPort(address.to_string());
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let shards = shards.max(1);
+    if usize::from(port) + shards - 1 > usize::from(u16::MAX) {
+        return Err(AddressError::PastLastPort { port, shards });
+    }
+    let mut out = format!(
+        "# istiod meshConfig for cloudmap-mcp with --shards {shards}: one config source per shard port, and k8s://.\n\
+         # With TLS, give every xds:// entry the same tlsSettings.\n\
+         meshConfig:\n  configSources:\n"
+    );
+    for i in 0..shards {
+        out.push_str(&format!("    - address: xds://{host}:{}\n", usize::from(port) + i));
+    }
+    out.push_str("    - address: k8s://\n");
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;
