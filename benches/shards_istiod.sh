@@ -34,6 +34,7 @@ done
 { echo "configSources:"; for i in $(seq 0 $((N - 1))); do echo "- address: xds://127.0.0.1:$((base + i))"; done; } >"$D/mesh.yaml"
 echo "networks: {}" >"$D/net.yaml"
 cd "$D"
+: >"$D/istiod.log"
 T0=$(date +%s.%N)
 POD_NAMESPACE=istio-system POD_NAME=istiod-0 ENABLE_CA_SERVER=false PILOT_ENABLE_ANALYSIS=false KUBECONFIG="$D/none" \
 ISTIOD_CONFORMANCE_FAKE_KUBE=1 "$ISTIOD" discovery --registries= --meshConfig="$D/mesh.yaml" --networksConfig="$D/net.yaml" \
