@@ -32,6 +32,8 @@ pub enum AppError {
     CloudMap(#[from] cloudmap::CloudMapError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    BindShards(#[from] net::bind::BindError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("admin server failed: {0}")]
@@ -39,9 +41,12 @@ pub enum AppError {
 }
 
 /// The addresses actually bound (useful with port 0).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BoundAddrs {
+    /// The first gRPC port (shard 0).
     pub grpc: SocketAddr,
+    /// Every gRPC port, by shard (`--shards`; one without sharding).
+    pub grpc_shards: Vec<SocketAddr>,
     pub admin: SocketAddr,
     /// With `--debug-addr`: where the debug views are served.
     pub debug: Option<SocketAddr>,
@@ -242,7 +247,9 @@ pub async fn serve(
         }
         None => options,
     };
-    tokio::spawn(cache::run(model_rx, options, ResourceCache::new((*opts).clone()), res_tx, metrics.clone()));
+    let shards = usize::from(args.shards);
+    let cache = ResourceCache::new((*opts).clone()).with_shards(shards);
+    tokio::spawn(cache::run(model_rx, options, cache, res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(log_activity(metrics.clone(), args.activity_log_interval, stop_rx.clone()));
@@ -289,8 +296,11 @@ pub async fn serve(
         }
         None => None,
     };
-    let grpc_listener =
-        TcpListener::bind(args.grpc_addr).await.map_err(|source| AppError::Bind { addr: args.grpc_addr, source })?;
+    let grpc_listeners = net::bind::consecutive(args.grpc_addr, shards).await?;
+    let grpc_addrs = grpc_listeners
+        .iter()
+        .map(|l| l.local_addr().map_err(|source| AppError::Bind { addr: args.grpc_addr, source }))
+        .collect::<Result<Vec<_>, _>>()?;
     let admin_listener =
         TcpListener::bind(args.admin_addr).await.map_err(|source| AppError::Bind { addr: args.admin_addr, source })?;
     let debug_listener = match args.debug_addr {
@@ -298,7 +308,8 @@ pub async fn serve(
         None => None,
     };
     let addrs = BoundAddrs {
-        grpc: grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: args.grpc_addr, source })?,
+        grpc: grpc_addrs[0],
+        grpc_shards: grpc_addrs.clone(),
         admin: admin_listener.local_addr().map_err(|source| AppError::Bind { addr: args.admin_addr, source })?,
         debug: match &debug_listener {
             Some(l) => Some(l.local_addr().map_err(|source| AppError::Bind { addr: args.admin_addr, source })?),
@@ -310,41 +321,55 @@ pub async fn serve(
         (true, None) => "on the admin address".to_string(),
         (true, Some(a)) => a.to_string(),
     };
-    tracing::info!(grpc_addr = %addrs.grpc, admin_addr = %addrs.admin, debug_views = %debug_views, "listening");
+    let grpc_list = grpc_addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",");
+    tracing::info!(
+        grpc_addr = %addrs.grpc,
+        grpc_addrs = %grpc_list,
+        shards,
+        admin_addr = %addrs.admin,
+        debug_views = %debug_views,
+        "listening"
+    );
     if let Some(b) = bound {
-        let _ = b.send(addrs);
+        let _ = b.send(addrs.clone());
     }
 
+    // One server per shard port, sharing the stream limits, the connection cap and TLS.
     let grpc: futures::future::BoxFuture<'static, ()> = {
-        let routes = tonic::service::Routes::new(ads)
-            .add_service(health_svc)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .prepare();
+        let routes = |shard: usize| {
+            tonic::service::Routes::new(ads.for_shard(shard))
+                .add_service(health_svc.clone())
+                .add_service(reflection_v1.clone())
+                .add_service(reflection_v1alpha.clone())
+                .prepare()
+        };
         let (h2, h2_errors, listener_metrics) =
             (settings::http2(&args), metrics.http2_connection_errors.clone(), metrics.listener("grpc"));
-        let bind_err = |source| AppError::Bind { addr: args.grpc_addr, source };
-        match tls {
-            Some((files, cfg)) => {
-                let tls = crate::tls::TlsHandshake::reloading(
-                    files,
-                    cfg,
-                    args.tls_reload_interval,
-                    metrics.tls_handshake_errors.clone(),
-                    stop_rx.clone(),
-                );
-                let incoming =
-                    net::incoming(grpc_listener, grpc_limits, Preface(tls), listener_metrics, stop_rx.clone())
+        let cap = net::ConnectionCap::new(grpc_limits.max_connections);
+        let tls = tls.map(|(files, cfg)| {
+            crate::tls::TlsHandshake::reloading(files, cfg, args.tls_reload_interval, metrics.tls_handshake_errors.clone(), stop_rx.clone())
+        });
+        let mut servers: Vec<futures::future::BoxFuture<'static, ()>> = Vec::with_capacity(shards);
+        for (shard, listener) in grpc_listeners.into_iter().enumerate() {
+            let addr = grpc_addrs[shard];
+            let bind_err = |source| AppError::Bind { addr, source };
+            let (limits, lm, stop) = (grpc_limits.clone(), listener_metrics.clone(), stop_rx.clone());
+            servers.push(match &tls {
+                Some(tls) => {
+                    let incoming = net::incoming_capped(listener, limits, Preface(tls.clone()), lm, stop, cap.clone())
                         .map_err(bind_err)?;
-                Box::pin(net::http2::serve(incoming, routes, h2, h2_errors, stop_rx.clone()))
-            }
-            None => {
-                let incoming =
-                    net::incoming(grpc_listener, grpc_limits, Preface(net::Plain), listener_metrics, stop_rx.clone())
+                    Box::pin(net::http2::serve(incoming, routes(shard), h2.clone(), h2_errors.clone(), stop_rx.clone()))
+                }
+                None => {
+                    let incoming = net::incoming_capped(listener, limits, Preface(net::Plain), lm, stop, cap.clone())
                         .map_err(bind_err)?;
-                Box::pin(net::http2::serve(incoming, routes, h2, h2_errors, stop_rx.clone()))
-            }
+                    Box::pin(net::http2::serve(incoming, routes(shard), h2.clone(), h2_errors.clone(), stop_rx.clone()))
+                }
+            });
         }
+        Box::pin(async move {
+            futures::future::join_all(servers).await;
+        })
     };
     // With several sources, readiness names any that has not synced; with files, any file whose
     // version on disk is not the one served, and why; and any held edit.
@@ -387,7 +412,8 @@ pub async fn serve(
             }),
         });
         let cache = Arc::new(ViewCache::new(view_metrics));
-        admin::debug_router(DebugState { snapshots: res_rx.clone(), clients, cache }, extra)
+        let grpc_addrs = Arc::new(grpc_addrs.clone());
+        admin::debug_router(DebugState { snapshots: res_rx.clone(), clients, cache, grpc_addrs }, extra)
     });
     let (admin_app, debug_app) = match (debug_app, debug_listener) {
         (Some(d), Some(l)) => (health_app, Some((d, l))),

@@ -24,6 +24,7 @@ use crate::util::Escaped;
 
 mod build;
 pub mod decode;
+pub mod shard;
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +76,9 @@ pub struct ResourceSnapshot {
     /// When this snapshot was published (push latency is measured from here).
     pub published_at: Instant,
     pub service_entries: Arc<EncodedType>,
+    /// With `--shards N` (N > 1): `service_entries` split into N disjoint shards, shard i served
+    /// on the i-th gRPC port (see [`shard`]). Empty with one shard.
+    pub shards: Vec<Arc<EncodedType>>,
     /// Served for every kind this server does not produce.
     pub empty: Arc<EncodedType>,
     /// The model snapshot this was built from (shared with the source, not copied).
@@ -101,12 +105,27 @@ pub const SERVICE_ENTRY_TYPE_URLS: &[&str] = &[
 ];
 
 impl ResourceSnapshot {
-    /// The resources for a requested type URL: ServiceEntries, or the empty set for any other kind.
-    pub fn for_type(&self, type_url: &str) -> &Arc<EncodedType> {
+    /// The resources for a requested type URL on a stream of `shard`: the shard's ServiceEntries,
+    /// or the empty set for any other kind (the same on every shard).
+    pub fn for_type(&self, type_url: &str, shard: usize) -> &Arc<EncodedType> {
         if SERVICE_ENTRY_TYPE_URLS.contains(&type_url) {
-            &self.service_entries
+            self.shard(shard)
         } else {
             &self.empty
+        }
+    }
+
+    /// How many shards the ServiceEntries are served as (1: not sharded).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len().max(1)
+    }
+
+    /// The ServiceEntries of shard `i` (`i` < [`Self::shard_count`]); without shards, all of them.
+    pub fn shard(&self, i: usize) -> &Arc<EncodedType> {
+        if self.shards.is_empty() {
+            &self.service_entries
+        } else {
+            &self.shards[i]
         }
     }
 
@@ -269,6 +288,11 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
     let se = &snap.service_entries;
     metrics.resources.set(se.names.len() as i64);
     metrics.resource_bytes.set(se.resources_len as i64);
+    for i in 0..snap.shard_count() {
+        let shard = snap.shard(i);
+        Metrics::by_shard(&metrics.shard_resources, i).set(shard.names.len() as i64);
+        Metrics::by_shard(&metrics.shard_resource_bytes, i).set(shard.resources_len as i64);
+    }
     metrics.rejected_services.set(snap.rejected.len() as i64);
     metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.kind == NoteKind::SkippedInstance).count() as i64);
     metrics.ignored_overrides.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Override).count() as i64);
@@ -328,8 +352,10 @@ fn log_changes(
     }
     let changed = prev.is_none_or(|p| p.service_entries.version != next.service_entries.version);
     if changed {
+        let shards = shard::changed(prev, next);
         tracing::info!(
             version = %next.service_entries.version,
+            shards_changed = ?shards,
             serviceentries = next.service_entries.names.len(),
             added = added.len(),
             updated = updated.len(),

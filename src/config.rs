@@ -326,6 +326,11 @@ pub struct ServeArgs {
     /// gRPC (ADS, health, reflection) listen address.
     #[arg(long, env = "CLOUDMAP_MCP_GRPC_ADDR", default_value = "0.0.0.0:15010")]
     pub grpc_addr: SocketAddr,
+    /// Serve the ServiceEntries as N disjoint shards, shard i on --grpc-addr's port + i, each port listed in istiod as
+    /// its own config source: a change then re-sends (and istiod decodes) one shard, not every ServiceEntry. A service's
+    /// shard depends only on its name and N; every port answers the other kinds and MeshConfig. See docs/sharding.md.
+    #[arg(long, env = "CLOUDMAP_MCP_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: u16,
     /// Admin HTTP listen address: /healthz, /readyz, /metrics, and /debug/* unless --debug-addr or
     /// --debug-views=false. No authentication: see docs/operations.md (exposure).
     #[arg(long, env = "CLOUDMAP_MCP_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
@@ -420,4 +425,14 @@ pub struct RenderArgs {
     /// Output format: multi-document YAML, or a JSON List.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = render::Format::Yaml)]
     pub output: render::Format,
+    /// Print istiod's `meshConfig.configSources` for the server instead (one `xds://` entry per shard, and `k8s://`);
+    /// needs no source.
+    #[arg(long)]
+    pub istiod_config: bool,
+    /// With --istiod-config: the server as istiod reaches it, HOST:PORT of shard 0 (e.g. the Service name and its gRPC port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "cloudmap-mcp.istio-system.svc:15010")]
+    pub server_address: String,
+    /// With --istiod-config: the server's --shards.
+    #[arg(long, env = "CLOUDMAP_MCP_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: u16,
 }

@@ -432,19 +432,29 @@ pub fn check_translation(snap: &model::Snapshot, opts: &Options) -> Translation 
 // ---------------------------------------------------------------------------------------------
 // Target 3: the per-stream request handler.
 
-fn stream_snapshots() -> &'static [ResourceSnapshot; 3] {
-    static SNAPS: OnceLock<[ResourceSnapshot; 3]> = OnceLock::new();
-    SNAPS.get_or_init(|| {
+/// The snapshots a fuzzed stream switches between: unsharded, or in [`STREAM_SHARDS`] shards.
+fn stream_snapshots(sharded: bool) -> &'static [ResourceSnapshot; 3] {
+    static PLAIN: OnceLock<[ResourceSnapshot; 3]> = OnceLock::new();
+    static SHARDED: OnceLock<[ResourceSnapshot; 3]> = OnceLock::new();
+    let build = move || {
         let text = include_str!("../examples/registry.yaml");
         let mut model = crate::source::file::parse(Path::new("examples/registry.yaml"), text).expect("example parses");
-        let mut cache = ResourceCache::new(Options::default());
+        let mut cache = ResourceCache::new(Options::default()).with_shards(if sharded { STREAM_SHARDS } else { 1 });
         let (full, _) = cache.build(&Arc::new(model.clone()));
         model.namespaces.retain(|n| n.name == "my-namespace");
         let (one, _) = cache.build(&Arc::new(model));
         let (empty, _) = cache.build(&Arc::default());
         [full, one, empty]
-    })
+    };
+    if sharded {
+        SHARDED.get_or_init(build)
+    } else {
+        PLAIN.get_or_init(build)
+    }
 }
+
+/// Shards of the sharded snapshots of the stream target.
+const STREAM_SHARDS: usize = 3;
 
 const TYPE_URLS: &[&str] = &[
     "core/v1alpha1/MeshConfig",
@@ -474,9 +484,13 @@ pub fn stream(data: &[u8]) {
         max_node_id_len: 8 + u.below(128),
         ..Limits::default()
     };
-    let snaps = stream_snapshots();
+    // A stream of one shard of a sharded server, or of an unsharded one.
+    let (snaps, shard) = match u.byte() % 4 {
+        0 => (stream_snapshots(false), 0),
+        k => (stream_snapshots(true), usize::from(k - 1)),
+    };
     let cp = codec::control_plane_field();
-    let mut st = StreamState::new(limits);
+    let mut st = StreamState::new(limits).with_shard(shard);
     let mut snap: Option<&ResourceSnapshot> = None;
     let mut model: BTreeMap<String, ModelType> = BTreeMap::new();
     let mut node: Option<String> = None;
@@ -486,7 +500,10 @@ pub fn stream(data: &[u8]) {
                           s: &ResourceSnapshot,
                           model: &mut BTreeMap<String, ModelType>,
                           last_nonce: &mut u64| {
-        assert!(Arc::ptr_eq(&o.body, s.for_type(&o.type_url)), "a response carries the full current state of its type");
+        assert!(Arc::ptr_eq(&o.body, s.for_type(&o.type_url, shard)), "a response carries the full current state of its type");
+        for (name, _) in &o.body.names {
+            assert_eq!(cache::shard::shard_of(name, s.shard_count()), shard, "a stream gets its own shard's entries only");
+        }
         assert_eq!(o.serial, s.serial);
         let n: u64 = o.nonce.parse().expect("nonces are sequence numbers");
         assert!(n > *last_nonce, "nonces increase");
@@ -515,7 +532,7 @@ pub fn stream(data: &[u8]) {
                 let out = st.on_snapshot(s);
                 let expected: BTreeSet<&str> = model
                     .iter()
-                    .filter(|(t, m)| m.pending || (m.last_version.is_some() && m.last_version.as_deref() != Some(s.for_type(t).version.as_str())))
+                    .filter(|(t, m)| m.pending || (m.last_version.is_some() && m.last_version.as_deref() != Some(s.for_type(t, shard).version.as_str())))
                     .map(|(t, _)| t.as_str())
                     .collect();
                 let got: BTreeSet<&str> = out.iter().map(|o| o.type_url.as_str()).collect();

@@ -38,6 +38,12 @@ async fn shutdown_signal() {
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    if args.istiod_config {
+        let snippet = cloudmap_mcp::cache::shard::istiod_config_sources(&args.server_address, usize::from(args.shards))
+            .context("--server-address")?;
+        print!("{snippet}");
+        return Ok(());
+    }
     let mut opts = app::settings::translate_options(&args.translate).map_err(anyhow::Error::msg).context("invalid options")?;
     for warning in opts.vips.cidrs.iter().filter_map(|c| c.warning()) {
         eprintln!("warning: {warning}");

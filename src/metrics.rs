@@ -66,6 +66,10 @@ pub struct Metrics {
     pub push_latency: Histogram,
     pub resources: Gauge,
     pub resource_bytes: Gauge,
+    pub shard_resources: Family<Labels, Gauge>,
+    pub shard_resource_bytes: Family<Labels, Gauge>,
+    pub shard_pushes: Family<Labels, Counter>,
+    pub shard_push_bytes: Family<Labels, Counter>,
     pub rejected_services: Gauge,
     pub skipped_instances: Gauge,
     pub ignored_overrides: Gauge,
@@ -109,6 +113,10 @@ impl Metrics {
             push_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             resources: Gauge::default(),
             resource_bytes: Gauge::default(),
+            shard_resources: Family::default(),
+            shard_resource_bytes: Family::default(),
+            shard_pushes: Family::default(),
+            shard_push_bytes: Family::default(),
             rejected_services: Gauge::default(),
             skipped_instances: Gauge::default(),
             ignored_overrides: Gauge::default(),
@@ -164,6 +172,22 @@ impl Metrics {
             "resource_bytes",
             "Encoded size of all ServiceEntries currently served",
             Box::new(m.resource_bytes.clone())
+        );
+        reg!("shard_resources", "ServiceEntries currently served by each shard (--shards), by shard", Box::new(m.shard_resources.clone()));
+        reg!(
+            "shard_resource_bytes",
+            "Encoded size of the ServiceEntries currently served by each shard (--shards), by shard",
+            Box::new(m.shard_resource_bytes.clone()),
+        );
+        reg!(
+            "shard_pushes",
+            "ServiceEntry responses pushed to the streams of a shard because a new snapshot changed it, by shard (one per stream)",
+            Box::new(m.shard_pushes.clone()),
+        );
+        reg!(
+            "shard_push_bytes",
+            "Encoded bytes of the ServiceEntry responses counted by cloudmap_mcp_shard_pushes, by shard",
+            Box::new(m.shard_push_bytes.clone()),
         );
         reg!(
             "rejected_services",
@@ -293,6 +317,11 @@ impl Metrics {
 
     pub fn source_error(&self, source: &'static str) {
         self.source_errors.get_or_create(&vec![("source", source.to_string())]).inc();
+    }
+
+    /// The series of `family` for shard `shard` (label `shard`).
+    pub fn by_shard<M: Clone>(family: &Family<Labels, M>, shard: usize) -> M {
+        family.get_or_create(&vec![("shard", shard.to_string())]).clone()
     }
 
     pub fn by_type(family: &Family<Labels, Counter>, type_url: &str) -> Counter {

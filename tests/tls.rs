@@ -71,6 +71,14 @@ async fn handshake_ok(addr: std::net::SocketAddr, ca: &str, client: Option<(&str
     matches!(tokio::time::timeout(Duration::from_secs(5), resp.into_inner().message()).await, Ok(Ok(Some(r))) if r.resources.len() == 3)
 }
 
+/// The server on `reg` with TLS from `cert` and `key`, plus `extra` flags.
+fn start_tls(reg: &Path, cert: &Path, key: &Path, extra: &[&str]) -> ServerProcess {
+    let mut args = vec!["--registry-file", reg.to_str().unwrap(), "--tls-cert-file", cert.to_str().unwrap()];
+    args.extend(["--tls-key-file", key.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
 fn registry(dir: &Path) -> PathBuf {
     write(dir, "registry.yaml", &example_registry())
 }
@@ -83,16 +91,7 @@ async fn simple_tls_like_istiod_and_rotation_without_restart() {
     let cert_path = write(dir.path(), "tls.crt", &cert);
     let key_path = write(dir.path(), "tls.key", &key);
     let reg = registry(dir.path());
-    let server = ServerProcess::start(&[
-        "--registry-file",
-        reg.to_str().unwrap(),
-        "--tls-cert-file",
-        cert_path.to_str().unwrap(),
-        "--tls-key-file",
-        key_path.to_str().unwrap(),
-        "--tls-reload-interval",
-        "200ms",
-    ]);
+    let server = start_tls(&reg, &cert_path, &key_path, &["--tls-reload-interval", "200ms"]);
 
     // istiod's script over TLS, verifying the server against the CA and the SAN.
     let mut ads = AdsStream::open(channel(server.grpc, &ca1.pem(), None).await.unwrap()).await;
@@ -209,4 +208,29 @@ fn bad_tls_files_fail_at_startup() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert-file"));
+}
+
+/// `--shards 3` with TLS: every shard port speaks TLS with the same certificate, answers istiod's
+/// script, and refuses plaintext; together they serve the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shard_port_serves_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.leaf(&[SAN]);
+    let (cert_path, key_path) = (write(dir.path(), "tls.crt", &cert), write(dir.path(), "tls.key", &key));
+    let reg = registry(dir.path());
+    let server = start_tls(&reg, &cert_path, &key_path, &["--shards", "3"]);
+    assert_eq!(server.grpc_shards.len(), 3, "{}", server.logs());
+    let mut served = 0;
+    for addr in &server.grpc_shards {
+        let mut ads = AdsStream::open(channel(*addr, &ca.pem(), None).await.unwrap()).await;
+        let got = ads.istiod_handshake(ISTIOD_130_KINDS).await;
+        served += service_entries(&got["networking.istio.io/v1/ServiceEntry"]).len();
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await;
+        if let Ok(ch) = plain {
+            let mut c = cloudmap_mcp::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(ch);
+            assert!(c.stream_aggregated_resources(tokio_stream::empty()).await.is_err(), "plaintext accepted on {addr}");
+        }
+    }
+    assert_eq!(served, 3, "the three services, each on one port");
 }

@@ -366,7 +366,7 @@ async fn serve_child(kind: Kind, size: Size) {
 /// The bytes `ours` sends for the first ServiceEntry request on a stream (nonce "1").
 pub fn prebuilt_response(snap: &cache::ResourceSnapshot) -> Bytes {
     let cp = ads_codec::control_plane_field();
-    let body = snap.for_type(SE_V1);
+    let body = snap.for_type(SE_V1, 0);
     let mut v = Vec::with_capacity(cache::encoded_response_len(body, SE_V1, "1", &cp));
     cache::encode_response(body, SE_V1, "1", &cp, &mut v);
     Bytes::from(v)

@@ -7,8 +7,9 @@
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments; streamed ([`stream`]) |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
-//! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
+//! | `/debug/clients` | JSON: each stream's node id, peer, shard, and per type the last sent/acked version and nonce |
 //! | `/debug/held-edits` | JSON: mapping or registry file edits held by the edit guard (see `guard`) |
+//! | `/debug/shards` | JSON: per shard (`--shards`) its gRPC address, ServiceEntries, bytes, version and open streams (rendered by [`shards`]) |
 //! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (`{"sources": [...]}` with several): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
 //!
 //! [`health_router`] serves the first three, [`debug_router`] the debug views; the composition root
@@ -31,6 +32,7 @@ use crate::xds::Clients;
 
 pub mod serve;
 pub mod stream;
+pub mod shards;
 pub mod views;
 
 use views::{Freshness, View, ViewCache};
@@ -61,6 +63,8 @@ pub struct DebugState {
     pub snapshots: ResourceRx,
     pub clients: Arc<Clients>,
     pub cache: Arc<ViewCache>,
+    /// The gRPC address of each shard (one without `--shards`).
+    pub grpc_addrs: Arc<Vec<std::net::SocketAddr>>,
 }
 
 pub fn health_router(state: HealthState) -> Router {
@@ -75,7 +79,8 @@ pub fn debug_router(state: DebugState, extra: Vec<ExtraView>) -> Router {
     let mut router = Router::new()
         .route("/debug/serviceentries", get(serviceentries))
         .route("/debug/rejected", get(rejected))
-        .route("/debug/clients", get(clients));
+        .route("/debug/clients", get(clients))
+        .route("/debug/shards", get(shards_view));
     for x in extra {
         let cache = state.cache.clone();
         router = router.route(
@@ -240,6 +245,18 @@ async fn clients(State(s): State<DebugState>) -> Response {
             let mut list: Vec<_> = clients.iter().map(|e| e.value().clone()).collect();
             list.sort_by_key(|c| c.stream_id);
             json_bytes(&list)
+        })
+        .await;
+    respond(body, "application/json")
+}
+
+async fn shards_view(State(s): State<DebugState>) -> Response {
+    let (snapshots, clients, addrs) = (s.snapshots.clone(), s.clients.clone(), s.grpc_addrs.clone());
+    let body = s
+        .cache
+        .get(View::Shards, Freshness::Live, move || {
+            let snap = snapshots.borrow().clone();
+            shards::render(snap.as_deref(), &addrs, &clients)
         })
         .await;
     respond(body, "application/json")

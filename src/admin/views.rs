@@ -39,6 +39,7 @@ pub enum View {
     Clients,
     CloudMap,
     HeldEdits,
+    Shards,
 }
 
 impl View {
@@ -51,6 +52,7 @@ impl View {
             View::Clients => "clients",
             View::CloudMap => "cloudmap",
             View::HeldEdits => "held_edits",
+            View::Shards => "shards",
         }
     }
 }

@@ -149,6 +149,8 @@ pub struct ResourceCache {
     empty: Arc<EncodedType>,
     /// How many builds took the patch path (for tests and the benchmark's reading).
     pub(super) patched: u64,
+    /// Splits the served entries into `--shards` (see `cache::shard`).
+    pub(super) sharding: super::shard::Sharding,
 }
 
 /// What the last build served, beyond the memo: enough to repeat its cross-service decisions.
@@ -178,6 +180,7 @@ impl ResourceCache {
             serial: 0,
             empty: Arc::new(EncodedType::empty()),
             patched: 0,
+            sharding: super::shard::Sharding::new(1),
         }
     }
 
@@ -457,6 +460,7 @@ impl ResourceCache {
         let snap = ResourceSnapshot {
             serial: self.serial,
             published_at: Instant::now(),
+            shards: self.sharding.split(&served.service_entries),
             service_entries: served.service_entries.clone(),
             empty: self.empty.clone(),
             model: model.clone(),

@@ -6,6 +6,7 @@
 //! [`Handshake`] completed. Each holds a slot of the listener's connection cap until it is dropped.
 //! [`http2`] serves such connections with hyper (the gRPC listener); an axum app can use
 //! [`Incoming`] directly as its `axum::serve::Listener`.
+pub mod bind;
 pub mod http2;
 
 use std::future::Future;
@@ -241,6 +242,20 @@ fn next_backoff(current: Duration) -> Duration {
     }
 }
 
+/// A connection cap (`max_connections` slots and the handshakes that may be evicted) shared by
+/// several listeners, e.g. the gRPC ports of `--shards`.
+#[derive(Clone)]
+pub struct ConnectionCap {
+    slots: Arc<Semaphore>,
+    handshaking: Handshaking,
+}
+
+impl ConnectionCap {
+    pub fn new(max_connections: usize) -> Self {
+        ConnectionCap { slots: Arc::new(Semaphore::new(max_connections)), handshaking: Handshaking::default() }
+    }
+}
+
 /// Runs the accept loop of `listener` on a task and returns the connections whose handshake
 /// completed. Stops accepting (and closes the listening socket) when `stop` turns true.
 pub fn incoming<H: Handshake>(
@@ -248,12 +263,25 @@ pub fn incoming<H: Handshake>(
     settings: ListenerSettings,
     handshake: H,
     metrics: ListenerMetrics,
+    stop: watch::Receiver<bool>,
+) -> io::Result<Incoming<H::Io>> {
+    let cap = ConnectionCap::new(settings.max_connections);
+    incoming_capped(listener, settings, handshake, metrics, stop, cap)
+}
+
+/// [`incoming`] under a cap shared with other listeners (`settings.max_connections` is then only
+/// named in logs: the cap's own size applies).
+pub fn incoming_capped<H: Handshake>(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    handshake: H,
+    metrics: ListenerMetrics,
     mut stop: watch::Receiver<bool>,
+    cap: ConnectionCap,
 ) -> io::Result<Incoming<H::Io>> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(16);
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let handshaking = Handshaking::default();
+    let ConnectionCap { slots, handshaking } = cap;
     tokio::spawn(async move {
         let refused_log = LogLimiter::new(LOG_EVERY);
         let error_log = LogLimiter::new(LOG_EVERY);

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::codec;
 use super::stream::{Action, Limits, Outgoing, RequestBudget, StreamState, TypeState};
-use crate::cache::ResourceRx;
+use crate::cache::{ResourceRx, SERVICE_ENTRY_TYPE_URLS};
 use crate::metrics::Metrics;
 use crate::net::http2::CloseConnection;
 use crate::proto::DiscoveryRequest;
@@ -59,6 +59,8 @@ impl Default for AdsConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ClientInfo {
     pub stream_id: u64,
+    /// The shard (`--shards`) of the port the stream came in on.
+    pub shard: usize,
     pub node_id: Option<String>,
     pub peer: Option<String>,
     pub connected_at: String,
@@ -86,10 +88,12 @@ struct Inner {
     nack_log: LogLimiter,
 }
 
-/// The ADS gRPC service (add it to a tonic `Server`).
+/// The ADS gRPC service (add it to a tonic `Server`). Serves shard 0 (everything, without
+/// sharding); [`AdsServer::for_shard`] gives the service of another shard's port.
 #[derive(Clone)]
 pub struct AdsServer {
     inner: Arc<Inner>,
+    shard: usize,
 }
 
 impl AdsServer {
@@ -117,7 +121,14 @@ impl AdsServer {
                 nack_log: LogLimiter::new(WARN_EVERY),
                 config,
             }),
+            shard: 0,
         }
+    }
+
+    /// The same server for the port of shard `shard`: its streams serve that shard's
+    /// ServiceEntries; limits, the client registry and shutdown are shared by all shards.
+    pub fn for_shard(&self, shard: usize) -> AdsServer {
+        AdsServer { inner: self.inner.clone(), shard }
     }
 }
 
@@ -135,9 +146,9 @@ impl tower::Service<http::Request<Body>> for AdsServer {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let inner = self.inner.clone();
+        let (inner, shard) = (self.inner.clone(), self.shard);
         match req.uri().path() {
-            SOTW_PATH => Box::pin(async move { Ok(sotw(inner, req)) }),
+            SOTW_PATH => Box::pin(async move { Ok(sotw(inner, shard, req)) }),
             DELTA_PATH => Box::pin(async {
                 Ok(Status::unimplemented(
                     "DeltaAggregatedResources is not served: use StreamAggregatedResources (state of the world), as istiod does",
@@ -157,7 +168,7 @@ impl tower::Service<http::Request<Body>> for AdsServer {
 /// holds a copy of a whole response, however many streams receive one at once. The response channel
 /// has capacity 1: at most one response waits beside the one being written. If the stream ends with
 /// an error, its status travels on its own channel so a full response channel can never swallow it.
-fn sotw(inner: Arc<Inner>, req: http::Request<Body>) -> http::Response<Body> {
+fn sotw(inner: Arc<Inner>, shard: usize, req: http::Request<Body>) -> http::Response<Body> {
     // No request compression is accepted (what tonic answers without compression enabled).
     if let Some(enc) = req.headers().get("grpc-encoding").filter(|e| *e != "identity") {
         let msg = format!("request compression {:?} is not supported", enc.to_str().unwrap_or("?"));
@@ -185,10 +196,10 @@ fn sotw(inner: Arc<Inner>, req: http::Request<Body>) -> http::Response<Body> {
     let (tx, rx) = mpsc::channel(1);
     let (done_tx, done_rx) = oneshot::channel::<Status>();
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("ads", stream = id, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
+    let span = tracing::info_span!("ads", stream = id, shard, peer = %peer.map(|p| p.to_string()).unwrap_or_default(), node = tracing::field::Empty);
     let progress = Arc::new(codec::Progress::default());
     let body = codec::ResponseBody::new(rx, done_rx, inner.control_plane.clone(), progress.clone());
-    let stream = Stream { id, peer, slot, progress, closer };
+    let stream = Stream { id, shard, peer, slot, progress, closer };
     tokio::spawn(run_stream(inner, stream, req.into_inner(), tx, done_tx).instrument(span));
     let mut resp = http::Response::new(Body::new(body));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
@@ -201,6 +212,7 @@ const REGISTRY_REFRESH: Duration = Duration::from_millis(50);
 /// What a stream task owns besides its channels.
 struct Stream {
     id: u64,
+    shard: usize,
     peer: Option<SocketAddr>,
     /// Its place under `max_streams`, given back when the task ends.
     slot: OwnedSemaphorePermit,
@@ -248,15 +260,17 @@ async fn run_stream(
     let m = inner.metrics.clone();
     m.streams_total.inc();
     m.streams_connected.inc();
-    let Stream { id, peer, slot, progress, closer } = stream;
+    let Stream { id, shard, peer, slot, progress, closer } = stream;
     let _guard = StreamGuard { id, inner: inner.clone(), _slot: slot };
     let connected_at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let mut info =
-        ClientInfo { stream_id: id, node_id: None, peer: peer.map(|p| p.to_string()), connected_at, types: BTreeMap::new() };
+        ClientInfo { stream_id: id, shard, node_id: None, peer: peer.map(|p| p.to_string()), connected_at, types: BTreeMap::new() };
     inner.clients.insert(id, info.clone());
     tracing::debug!("stream opened");
 
-    let mut state = StreamState::new(inner.config.limits);
+    let mut state = StreamState::new(inner.config.limits).with_shard(shard);
+    let (shard_pushes, shard_push_bytes) =
+        (Metrics::by_shard(&m.shard_pushes, shard), Metrics::by_shard(&m.shard_push_bytes, shard));
     let mut snaps = inner.snapshots.clone();
     let mut shutdown = inner.shutdown.clone();
     let send = |o: Outgoing| {
@@ -314,6 +328,10 @@ async fn run_stream(
                 let snap = snaps.borrow_and_update().clone();
                 if let Some(snap) = snap {
                     for o in state.on_snapshot(&snap) {
+                        if SERVICE_ENTRY_TYPE_URLS.contains(&o.type_url.as_str()) {
+                            shard_pushes.inc();
+                            shard_push_bytes.inc_by((codec::encoded_len(&o, &[]) + inner.control_plane.len()) as u64);
+                        }
                         if let Err(e) = send(o).await { break 'outer e; }
                         m.push_latency.observe(snap.published_at.elapsed().as_secs_f64());
                     }

@@ -8,6 +8,10 @@
 //! - a nonce equal to the last one sent is an ACK, or a NACK when `error_detail` is set: send nothing;
 //! - a new snapshot is pushed for every subscribed type whose version changed, and only those;
 //! - until the first snapshot exists nothing is answered; the pending types are answered when it comes.
+//!
+//! With `--shards N` a stream belongs to the shard of the port it came in on: its ServiceEntry
+//! kinds carry that shard's entries only, every other kind is answered as on any stream, and a
+//! snapshot that leaves the shard unchanged pushes nothing on it.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -148,11 +152,23 @@ pub struct StreamState {
     nonce_seq: u64,
     types: BTreeMap<String, TypeState>,
     node_id: Option<String>,
+    /// The shard whose ServiceEntries this stream serves (0 without sharding).
+    shard: usize,
 }
 
 impl StreamState {
     pub fn new(limits: Limits) -> Self {
-        StreamState { limits, nonce_seq: 0, types: BTreeMap::new(), node_id: None }
+        StreamState { limits, nonce_seq: 0, types: BTreeMap::new(), node_id: None, shard: 0 }
+    }
+
+    /// A stream of shard `shard` (see the module doc).
+    pub fn with_shard(mut self, shard: usize) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
     }
 
     pub fn node_id(&self) -> Option<&str> {
@@ -169,7 +185,7 @@ impl StreamState {
     }
 
     fn respond(&mut self, type_url: &str, snap: &ResourceSnapshot) -> Outgoing {
-        let body = snap.for_type(type_url).clone();
+        let body = snap.for_type(type_url, self.shard).clone();
         let nonce = self.next_nonce();
         let st = self.types.get_mut(type_url).expect("type registered before responding");
         st.last_sent_version = Some(body.version.clone());
@@ -235,7 +251,7 @@ impl StreamState {
             .filter(|(t, st)| {
                 st.pending
                     || (st.last_sent_version.is_some()
-                        && st.last_sent_version.as_deref() != Some(snap.for_type(t).version.as_str()))
+                        && st.last_sent_version.as_deref() != Some(snap.for_type(t, self.shard).version.as_str()))
             })
             .map(|(t, _)| t.clone())
             .collect();

@@ -450,6 +450,8 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
         ("unknown namespace type (schema)", ["--set", "cloudmap.namespaceTypes={DNS}"]),
         ("malformed IRSA role ARN (schema)", ["--set", "serviceAccount.irsaRoleArn=my-role"]),
         ("port out of range (schema)", ["--set", "config.grpcPort=70000"]),
+        ("no shards (schema)", ["--set", "config.shards=0"]),
+        ("shard ports past 65535", ["--set", "config.grpcPort=65534", "--set", "config.shards=4"]),
         ("bad duration (schema)", ["--set", "config.sendTimeout=soon"]),
         ("unknown client auth (schema)", ["--set", "tls.enabled=true", "--set", "tls.clientCA.enabled=true",
                                           "--set", "tls.clientCA.auth=maybe"]),
@@ -465,6 +467,26 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
         env = {e["name"]: e.get("value") for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
         R.check("flags map rendered as CLOUDMAP_MCP_<FLAG>", env.get("CLOUDMAP_MCP_SOME_FUTURE_FLAG") == "abc", str(sorted(env)))
         R.check("--set integers rendered as integers", env.get("CLOUDMAP_MCP_MAX_RESOURCE_NAMES") == "20000")
+
+    # --shards: one container port, Service port and NetworkPolicy port per shard.
+    p = helm_template(helm_bin, extra=("--set", "config.shards=4", "--set", "networkPolicy.enabled=true"))
+    if R.check("helm template with config.shards=4", p.returncode == 0, p.stderr[-1000:]):
+        docs = load_docs(p.stdout)
+        c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        R.check("shards: CLOUDMAP_MCP_SHARDS=4", env.get("CLOUDMAP_MCP_SHARDS") == "4", str(env.get("CLOUDMAP_MCP_SHARDS")))
+        want = {"grpc": 15010, "grpc-1": 15011, "grpc-2": 15012, "grpc-3": 15013}
+        cports = {x["name"]: x["containerPort"] for x in c["ports"] if x["name"].startswith("grpc")}
+        R.check("shards: container ports grpc, grpc-1..3 on consecutive ports", cports == want, str(cports))
+        sports = {x["name"]: (x["port"], x["targetPort"], x.get("appProtocol")) for x in one(docs, "Service")["spec"]["ports"]}
+        R.check("shards: a Service port per shard, targeting its container port",
+                all(sports.get(n) == (port, n, "grpc") for n, port in want.items()), str(sports))
+        np_ports = [x["port"] for r in one(docs, "NetworkPolicy")["spec"]["ingress"] for x in r.get("ports", [])]
+        R.check("shards: the NetworkPolicy opens every shard port to istiod", all(n in np_ports for n in want), str(np_ports))
+    p = helm_template(helm_bin)
+    if p.returncode == 0:
+        env = {e["name"] for e in one(load_docs(p.stdout), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+        R.check("shards: unset by default (one shard)", "CLOUDMAP_MCP_SHARDS" not in env)
 
     # Every server flag is exposed by the chart.
     tmpl = (CHART / "templates" / "deployment.yaml").read_text()
@@ -512,6 +534,23 @@ def check_kustomize(kubectl: str | None, known: set[str]) -> None:
             docs += load_docs((KUSTOMIZE / "base" / r).read_text())
         check_workload("kustomize base (raw)", docs, known, expect_mode="cloudmap")
         return
+    # components/shards on the base: one container and Service port per shard, and the flag.
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources: [{os.path.relpath(KUSTOMIZE / 'base', tmp)}]\n"
+            f"components: [{os.path.relpath(KUSTOMIZE / 'components' / 'shards', tmp)}]\n")
+        p = subprocess.run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp],
+                           capture_output=True, text=True, timeout=120)
+        if R.check("kubectl kustomize base + components/shards", p.returncode == 0, p.stderr[-1500:]):
+            docs = load_docs(p.stdout)
+            c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+            want = {"grpc": 15010, "grpc-1": 15011, "grpc-2": 15012, "grpc-3": 15013}
+            cports = {x["name"]: x["containerPort"] for x in c["ports"] if x["name"].startswith("grpc")}
+            sports = {x["name"]: x["port"] for x in one(docs, "Service")["spec"]["ports"] if x["name"].startswith("grpc")}
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            R.check("components/shards: 4 shards on 15010-15013 (container and Service ports)",
+                    cports == want and sports == want and env.get("CLOUDMAP_MCP_SHARDS") == "4", f"{cports} {sports}")
     for d in dirs:
         rel = d.relative_to(ROOT)
         p = subprocess.run([kubectl, "kustomize", str(d)], capture_output=True, text=True, timeout=120)

@@ -60,6 +60,8 @@ pub const MESH_CONFIG: &str = "core/v1alpha1/MeshConfig";
 pub struct ServerProcess {
     pub child: Child,
     pub grpc: SocketAddr,
+    /// Every gRPC port, by shard (`--shards`); `[grpc]` without sharding.
+    pub grpc_shards: Vec<SocketAddr>,
     pub admin: SocketAddr,
     /// With `--debug-addr`: where the debug views are served.
     pub debug: Option<SocketAddr>,
@@ -142,9 +144,13 @@ impl ServerProcess {
             }
         };
         let grpc = field("grpc_addr").unwrap().parse().unwrap();
+        let grpc_shards = match field("grpc_addrs") {
+            Some(list) => list.split(',').map(|a| a.parse().unwrap()).collect(),
+            None => vec![grpc],
+        };
         let admin = field("admin_addr").unwrap().parse().unwrap();
         let debug = field("debug_views").and_then(|a| a.parse().ok());
-        ServerProcess { child, grpc, admin, debug, logs }
+        ServerProcess { child, grpc, grpc_shards, admin, debug, logs }
     }
 
     pub fn logs(&self) -> String {

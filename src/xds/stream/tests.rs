@@ -254,3 +254,60 @@ fn request_budget_allows_a_burst_then_the_rate() {
     }
     assert!(b.spend(now) > Duration::ZERO);
 }
+
+fn sharded_snapshots(shards: usize) -> (ResourceSnapshot, ResourceSnapshot) {
+    let mut model = file::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml")).unwrap();
+    let mut cache = ResourceCache::new(Options::default()).with_shards(shards);
+    let (a, _) = cache.build(&std::sync::Arc::new(model.clone()));
+    model.namespaces.retain(|n| n.name == "my-namespace");
+    let (b, _) = cache.build(&std::sync::Arc::new(model));
+    (a, b)
+}
+
+#[test]
+fn a_shard_stream_serves_its_shard_and_every_other_kind_in_full() {
+    use crate::cache::shard::shard_of;
+    let (a, _) = sharded_snapshots(4);
+    let mut seen = Vec::new();
+    for shard in 0..4 {
+        let mut st = StreamState::new(Limits::default()).with_shard(shard);
+        assert_eq!(st.shard(), shard);
+        let mesh = respond(st.on_request(&req(MESH, "ts", ""), Some(&a)));
+        assert!(mesh.body.resources.is_empty());
+        let vs = respond(st.on_request(&req("networking.istio.io/v1/VirtualService", "ts", ""), Some(&a)));
+        assert_eq!(vs.body.version, a.empty.version, "other kinds are the same on every shard");
+        for t in ["networking.istio.io/v1/ServiceEntry", "networking.istio.io/v1alpha3/ServiceEntry"] {
+            let se = respond(st.on_request(&req(t, "ts", ""), Some(&a)));
+            assert!(std::sync::Arc::ptr_eq(&se.body, &a.shards[shard]), "every ServiceEntry kind gets the shard");
+            assert!(se.body.names.iter().all(|(n, _)| shard_of(n, 4) == shard));
+        }
+        seen.extend(a.shards[shard].names.iter().map(|(n, _)| n.clone()));
+    }
+    seen.sort();
+    assert_eq!(seen, a.service_entries.names.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), "the shards together are the whole set");
+}
+
+#[test]
+fn a_new_snapshot_pushes_only_on_the_shards_it_changed() {
+    use crate::cache::shard::shard_of;
+    let (a, b) = sharded_snapshots(4);
+    // `b` drops the services of two namespaces: their shards change, the others do not.
+    let kept: Vec<_> = b.service_entries.names.iter().map(|(n, _)| n.clone()).collect();
+    let gone: std::collections::BTreeSet<usize> =
+        a.service_entries.names.iter().filter(|(n, _)| !kept.contains(n)).map(|(n, _)| shard_of(n, 4)).collect();
+    assert!(!gone.is_empty() && gone.len() < 4, "{gone:?}");
+    for shard in 0..4 {
+        let mut st = StreamState::new(Limits::default()).with_shard(shard);
+        let first = respond(st.on_request(&req(SE_V1, "ts", ""), Some(&a)));
+        respond(st.on_request(&req(MESH, "ts", ""), Some(&a)));
+        st.on_request(&req(SE_V1, &first.nonce, &first.body.version), Some(&a)).unwrap();
+        let pushed = st.on_snapshot(&b);
+        if gone.contains(&shard) {
+            assert_eq!(pushed.len(), 1, "shard {shard}");
+            assert_eq!(pushed[0].type_url, SE_V1);
+            assert!(std::sync::Arc::ptr_eq(&pushed[0].body, &b.shards[shard]));
+        } else {
+            assert!(pushed.is_empty(), "shard {shard} did not change and must push nothing: {pushed:?}");
+        }
+    }
+}

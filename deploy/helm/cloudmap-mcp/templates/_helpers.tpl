@@ -117,4 +117,21 @@ float64, so 4194304 would otherwise print as 4.194304e+06). */}}
 {{- if and .Values.tls.clientCA.enabled (not .Values.tls.enabled) }}
 {{- fail "tls.clientCA.enabled needs tls.enabled" }}
 {{- end }}
+{{- $shards := int (default 1 .Values.config.shards) }}
+{{- if or (gt (add (int .Values.config.grpcPort) $shards -1) 65535) (gt (add (int .Values.service.grpcPort) $shards -1) 65535) }}
+{{- fail (printf "config.shards=%d ports from the gRPC port go past 65535" $shards) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gRPC ports, one per shard (config.shards): a list of {name, port, servicePort}. Shard 0 keeps
+the name "grpc"; shard i is "grpc-<i>" on the gRPC port + i.
+*/}}
+{{- define "cloudmap-mcp.grpcPorts" -}}
+{{- $ports := list }}
+{{- range $i := until (int (default 1 .Values.config.shards)) }}
+{{- $name := ternary "grpc" (printf "grpc-%d" $i) (eq $i 0) }}
+{{- $ports = append $ports (dict "name" $name "port" (add (int $.Values.config.grpcPort) $i) "servicePort" (add (int $.Values.service.grpcPort) $i)) }}
+{{- end }}
+{{- toJson $ports }}
 {{- end }}
