@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 )
@@ -143,40 +142,17 @@ func runDeregistrationCloudMap(t *testing.T, rel istioRelease, bin string) {
 		}
 		loop := startRPCLoop(cc)
 		defer loop.halt()
-		target := backends[gone.ip].addr
-		var samples []time.Duration
-		for round := 0; round < 5; round++ {
-			if round > 0 {
-				m.registerTask(t, serviceID, gone, port)
-			}
-			added := time.Now()
-			if err := eventually(60*time.Second, func() error {
-				if !loop.lastOn(target).After(added) {
-					return fmt.Errorf("the registered instance gets no RPC")
+		first := true
+		dereg := measureDeregistration(t, loop, backends[gone.ip].addr, 3*time.Second,
+			func() {
+				if !first {
+					m.registerTask(t, serviceID, gone, port)
 				}
-				return nil
-			}); err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-			time.Sleep(200 * time.Millisecond)
-			m.call(t, "DeregisterInstance", map[string]any{"ServiceId": serviceID, "InstanceId": "task-" + gone.version})
-			removed := time.Now()
-			if err := eventually(60*time.Second, func() error {
-				if time.Since(loop.lastOn(target)) < 3*time.Second {
-					return fmt.Errorf("the deregistered instance still gets RPCs")
-				}
-				return nil
-			}); err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-			samples = append(samples, loop.lastOn(target).Sub(removed))
-		}
-		sorted := append([]time.Duration(nil), samples...)
-		sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-		t.Logf("DEREG istiod %s (Cloud Map poller, moto, --revision-poll-interval %s): DeregisterInstance -> last RPC on it: p50 %v, max %v, samples %v; RPCs failed: %d",
-			rel.Version, motoRevisionPoll, sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), samples, len(loop.failures))
-		if len(loop.failures) > 0 {
-			t.Errorf("%d RPCs failed while an instance was deregistered and registered again, e.g. %s", len(loop.failures), loop.failures[0])
-		}
+				first = false
+			},
+			func() {
+				m.call(t, "DeregisterInstance", map[string]any{"ServiceId": serviceID, "InstanceId": "task-" + gone.version})
+			})
+		dereg.report(t, fmt.Sprintf("istiod %s (Cloud Map poller, moto, --revision-poll-interval %s): DeregisterInstance", rel.Version, motoRevisionPoll), loop)
 	})
 }

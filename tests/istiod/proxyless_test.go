@@ -243,6 +243,54 @@ func (l *rpcLoop) counts() map[string]int {
 	return out
 }
 
+// deregistration is the time from each removal to the last RPC the removed instance answered.
+type deregistration []time.Duration
+
+// measureDeregistration runs 5 rounds of add (until the instance at target gets RPCs), then remove (until it
+// has had none for quiet), with loop sending RPCs throughout.
+func measureDeregistration(t *testing.T, loop *rpcLoop, target string, quiet time.Duration, add, remove func()) deregistration {
+	var samples deregistration
+	for round := 0; round < 5; round++ {
+		add()
+		added := time.Now()
+		if err := eventually(60*time.Second, func() error {
+			if !loop.lastOn(target).After(added) {
+				return fmt.Errorf("the registered instance gets no RPC")
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		remove()
+		removed := time.Now()
+		if err := eventually(60*time.Second, func() error {
+			if time.Since(loop.lastOn(target)) < quiet {
+				return fmt.Errorf("the removed instance still gets RPCs")
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		samples = append(samples, loop.lastOn(target).Sub(removed))
+	}
+	return samples
+}
+
+// report prints the DEREG line (BENCHMARKS.md quotes it) and fails the test for any failed RPC.
+func (d deregistration) report(t *testing.T, what string, loop *rpcLoop) {
+	sorted := append(deregistration(nil), d...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	loop.mu.Lock()
+	failures := append([]string(nil), loop.failures...)
+	loop.mu.Unlock()
+	t.Logf("DEREG %s -> last RPC on the removed instance: p50 %v, max %v, samples %v; RPCs failed: %d",
+		what, sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), []time.Duration(d), len(failures))
+	if len(failures) > 0 {
+		t.Errorf("%d RPCs failed while an instance was removed and added again, e.g. %s", len(failures), failures[0])
+	}
+}
+
 // TestIstiodProxyless sends real RPCs through istiod with the proxyless gRPC data plane.
 func TestIstiodProxyless(t *testing.T) {
 	forEachIstiod(t, runProxyless)
@@ -431,38 +479,9 @@ func runProxyless(t *testing.T, rel istioRelease, bin string) {
 		cc := proxylessClient(t, d.grpcAddr, fmt.Sprintf("xds:///orders.shop:%d", port))
 		loop := startRPCLoop(cc)
 		defer loop.halt()
-		target := backends[extra.ip].addr
-		var samples []time.Duration
-		for round := 0; round < 5; round++ {
-			write([]task{newTask, extra}, []task{ledgerNew})
-			added := time.Now()
-			if err := eventually(30*time.Second, func() error {
-				if !loop.lastOn(target).After(added) {
-					return fmt.Errorf("the re-registered instance gets no RPC")
-				}
-				return nil
-			}); err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-			time.Sleep(200 * time.Millisecond)
-			write([]task{newTask}, []task{ledgerNew})
-			removed := time.Now()
-			if err := eventually(30*time.Second, func() error {
-				if time.Since(loop.lastOn(target)) < 2*time.Second {
-					return fmt.Errorf("the removed instance still gets RPCs")
-				}
-				return nil
-			}); err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-			samples = append(samples, loop.lastOn(target).Sub(removed))
-		}
-		sorted := append([]time.Duration(nil), samples...)
-		sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-		t.Logf("DEREG istiod %s (registry file): edit -> last RPC on the removed instance: p50 %v, max %v, samples %v; RPCs failed: %d",
-			rel.Version, sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), samples, len(loop.failures))
-		if len(loop.failures) > 0 {
-			t.Errorf("%d RPCs failed while an instance was removed and re-added, e.g. %s", len(loop.failures), loop.failures[0])
-		}
+		dereg := measureDeregistration(t, loop, backends[extra.ip].addr, 2*time.Second,
+			func() { write([]task{newTask, extra}, []task{ledgerNew}) },
+			func() { write([]task{newTask}, []task{ledgerNew}) })
+		dereg.report(t, fmt.Sprintf("istiod %s (registry file): edit", rel.Version), loop)
 	})
 }

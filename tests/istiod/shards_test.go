@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/protobuf/types/known/structpb"
 	mcp "istio.io/api/mcp/v1alpha1"
 )
 
@@ -42,16 +39,7 @@ func consecutivePorts(t *testing.T, n int) int {
 // servedVersions asks a server for its ServiceEntries the way istiod does and returns name -> metadata.version.
 func servedVersions(t *testing.T, grpcAddr, typeURL string) map[string]string {
 	t.Helper()
-	stream := rawStream(t, grpcAddr, 30*time.Second)
-	node := &core.Node{Id: "sidecar~10.1.1.1~istiod-0.istio-system~istio-system.svc.cluster.local",
-		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"GENERATOR": structpb.NewStringValue("api")}}}
-	if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typeURL}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := firstResponse(t, grpcAddr, typeURL)
 	out := map[string]string{}
 	for _, a := range r.Resources {
 		res := &mcp.Resource{}

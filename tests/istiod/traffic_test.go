@@ -89,8 +89,9 @@ const labelAllowlist = `rules:
 
 const ndsType = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 
-// serviceEntryBytes is the size of cloudmap-mcp's ServiceEntry response, as istiod receives it.
-func serviceEntryBytes(t *testing.T, grpcAddr, typeURL string) int {
+// firstResponse opens a stream to a server and returns its answer to one request for typeURL, sent as istiod's
+// config client sends it.
+func firstResponse(t *testing.T, grpcAddr, typeURL string) *discovery.DiscoveryResponse {
 	t.Helper()
 	stream := rawStream(t, grpcAddr, 30*time.Second)
 	node := &core.Node{Id: "sidecar~10.1.1.1~istiod-0.istio-system~istio-system.svc.cluster.local",
@@ -102,6 +103,13 @@ func serviceEntryBytes(t *testing.T, grpcAddr, typeURL string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// serviceEntryBytes is the size of cloudmap-mcp's ServiceEntry response, as istiod receives it.
+func serviceEntryBytes(t *testing.T, grpcAddr, typeURL string) int {
+	t.Helper()
+	r := firstResponse(t, grpcAddr, typeURL)
 	if len(r.Resources) != 2 {
 		t.Fatalf("%d ServiceEntries, want 2", len(r.Resources))
 	}
