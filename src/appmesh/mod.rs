@@ -2,6 +2,7 @@
 //!
 //! [`load`] reads the four forms App Mesh configuration survives in (Kubernetes CRs,
 //! CloudFormation, `terraform show -json`, CLI JSON) into one [`model::AppMesh`].
+pub mod istio;
 pub mod load;
 mod load_cfn;
 mod load_cli;
@@ -10,10 +11,14 @@ mod load_tf;
 pub mod model;
 pub mod node;
 pub mod reader;
+mod routes;
 mod spec;
+pub mod translate;
 
 pub use load::{load, DEFAULT_MAX_BYTES};
 pub use reader::LoadError;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod translate_tests;

@@ -185,7 +185,13 @@ impl<'de> Deserialize<'de> for Node {
 
 /// Parses every document of a YAML (or JSON) text. Empty documents are left out.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, String> {
+    // Node and event counts are bounded by the file size cap (--appmesh-file is at most
+    // DEFAULT_MAX_BYTES); the parser's alias and nesting guards stay.
     let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: 64 << 20,
+            max_nodes: 32 << 20,
+        },
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
         underscored_numbers_as_strings: true,
