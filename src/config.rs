@@ -406,4 +406,7 @@ pub struct RenderArgs {
     /// Output format: multi-document YAML, or a JSON List.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = render::Format::Yaml)]
     pub output: render::Format,
+    /// App Mesh configuration to translate into Istio VirtualServices, DestinationRules and Gateways (docs/appmesh.md): a file or a directory of Kubernetes CRs, CloudFormation templates, `terraform show -json` output or CLI JSON (repeatable; comma-separated in the env var). YAML output only.
+    #[arg(long = "appmesh-file", env = "CLOUDMAP_MCP_APPMESH_FILES", value_delimiter = ',')]
+    pub appmesh_files: Vec<PathBuf>,
 }
