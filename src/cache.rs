@@ -185,12 +185,17 @@ pub fn encode_entry(se: &ServiceEntry) -> (Bytes, String) {
         body: Some(prost_types::Any { type_url: SERVICE_ENTRY_BODY_TYPE_URL.into(), value: body }),
     };
     let any = prost_types::Any { type_url: MCP_RESOURCE_TYPE_URL.into(), value: resource.encode_to_vec() };
+    (frame_resource(&any), version)
+}
+
+/// One resource as a complete, framed `DiscoveryResponse.resources` field (tag + length + Any).
+pub fn frame_resource(any: &prost_types::Any) -> Bytes {
     let len = any.encoded_len();
     let mut buf = BytesMut::with_capacity(len + 8);
     prost::encoding::encode_key(RESOURCES_FIELD, prost::encoding::WireType::LengthDelimited, &mut buf);
     prost::encoding::encode_varint(len as u64, &mut buf);
     any.encode(&mut buf).expect("buffer has capacity");
-    (buf.freeze(), version)
+    buf.freeze()
 }
 
 /// Translation options, replaced when the mapping file changes.

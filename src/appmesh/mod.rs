@@ -2,6 +2,7 @@
 //!
 //! [`load`] reads the four forms App Mesh configuration survives in (Kubernetes CRs,
 //! CloudFormation, `terraform show -json`, CLI JSON) into one [`model::AppMesh`].
+pub mod encode;
 pub mod istio;
 pub mod load;
 mod load_cfn;

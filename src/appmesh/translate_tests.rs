@@ -112,3 +112,56 @@ fn ten_thousand_routes_translate_in_order() {
     assert_eq!(http[0]["match"][0]["uri"]["prefix"], "/1001");
     assert_eq!(http[9]["match"][0]["uri"]["prefix"], "/0");
 }
+
+#[test]
+fn objects_encode_as_mcp_resources_with_their_bodies() {
+    use crate::proto::istio::mcp::v1alpha1 as mcp;
+    use crate::proto::istio::networking::v1alpha3 as net;
+    use prost::Message;
+    let m = super::load(&[testdata(FORMS[0])], super::DEFAULT_MAX_BYTES).unwrap();
+    let t = translate(&m, &entries(), "istio-system");
+    for o in &t.objects {
+        let (framed, version) = super::encode::encode(o);
+        // Strip the `resources` field's tag and length.
+        let mut buf = &framed[..];
+        let _ = prost::encoding::decode_key(&mut buf).unwrap();
+        let _ = prost::encoding::decode_varint(&mut buf).unwrap();
+        let any = prost_types::Any::decode(buf).unwrap();
+        assert_eq!(any.type_url, "type.googleapis.com/istio.mcp.v1alpha1.Resource");
+        let r = mcp::Resource::decode(&any.value[..]).unwrap();
+        let meta = r.metadata.unwrap();
+        assert_eq!(meta.name, o.resource_name());
+        assert_eq!(meta.version, version);
+        assert_eq!(meta.annotations, o.annotations);
+        let body = r.body.unwrap();
+        assert_eq!(body.type_url, super::encode::body_type_url(o.kind));
+        if o.name == "appmesh-colorapp-howto-k8s-cloudmap-svc-cluster-local" {
+            let vs = net::VirtualService::decode(&body.value[..]).unwrap();
+            assert_eq!(vs.hosts, ["colorapp.howto-k8s-cloudmap.svc.cluster.local"]);
+            let split = &vs.http[1];
+            assert_eq!(split.route.iter().map(|r| r.weight).collect::<Vec<_>>(), [1, 1]);
+            assert_eq!(split.route[0].destination.as_ref().unwrap().subset, "colorapp-blue");
+            assert_eq!(split.timeout, Some(prost_types::Duration { seconds: 15, nanos: 0 }));
+            let retries = split.retries.as_ref().unwrap();
+            assert_eq!((retries.attempts, retries.retry_on.as_str()), (3, "5xx,gateway-error,connect-failure"));
+            assert_eq!(retries.per_try_timeout, Some(prost_types::Duration { seconds: 2, nanos: 0 }));
+            let header = &vs.http[0].r#match[0].headers["color"];
+            assert_eq!(header.match_type, Some(net::string_match::MatchType::Exact("red".into())));
+        }
+        if o.kind == super::istio::Kind::DestinationRule {
+            let dr = net::DestinationRule::decode(&body.value[..]).unwrap();
+            assert_eq!(dr.subsets.len(), 2);
+            assert_eq!(dr.subsets[0].labels["color"], "blue");
+            let od = dr.subsets[0].traffic_policy.as_ref().unwrap().outlier_detection.as_ref().unwrap();
+            assert_eq!(od.consecutive_5xx_errors, Some(5));
+            assert_eq!(od.base_ejection_time, Some(prost_types::Duration { seconds: 30, nanos: 0 }));
+            let tls = dr.traffic_policy.as_ref().unwrap().port_level_settings[0].tls.as_ref().unwrap();
+            assert_eq!(tls.mode, net::client_tls_settings::TlSmode::Simple as i32);
+        }
+        if o.kind == super::istio::Kind::Gateway {
+            let gw = net::Gateway::decode(&body.value[..]).unwrap();
+            assert_eq!(gw.servers[0].port.as_ref().unwrap().number, 8088);
+            assert_eq!(gw.selector["istio"], "ingressgateway");
+        }
+    }
+}
