@@ -35,6 +35,8 @@ pub enum AppError {
     Tls(#[from] crate::tls::TlsError),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
+    #[error(transparent)]
+    AppMesh(#[from] crate::appmesh::LoadError),
 }
 
 /// The addresses actually bound (useful with port 0).
@@ -201,7 +203,12 @@ pub async fn serve(
     // Pacing sits before the build: a change held back is neither built nor pushed until its window ends.
     let model_rx = crate::pacing::paced(source.snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
     let (res_tx, res_rx) = watch::channel(None);
-    tokio::spawn(cache::run(model_rx, options, ResourceCache::new((*opts).clone()), res_tx, metrics.clone()));
+    let mut cache = ResourceCache::new((*opts).clone());
+    if !args.translate.appmesh_files.is_empty() {
+        let rx = crate::appmesh::watch::start(settings::appmesh(&args.translate)).await?;
+        cache = cache.with_appmesh(rx);
+    }
+    tokio::spawn(cache::run(model_rx, options, cache, res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(log_activity(metrics.clone(), args.activity_log_interval, stop_rx.clone()));

@@ -22,10 +22,13 @@ use crate::translate::{
 };
 use crate::util::Escaped;
 
+pub mod appmesh;
 mod build;
 #[cfg(test)]
 mod tests;
 
+pub use appmesh::{AppMeshRx, AppMeshServed};
+use crate::appmesh::istio::Outcome as AmOutcome;
 pub use build::ResourceCache;
 
 /// Field number of `DiscoveryResponse.resources`.
@@ -46,7 +49,7 @@ pub struct EncodedType {
 }
 
 impl EncodedType {
-    fn new(resources: Vec<Bytes>, names: Vec<(Arc<str>, Arc<str>)>) -> Self {
+    pub(crate) fn new(resources: Vec<Bytes>, names: Vec<(Arc<str>, Arc<str>)>) -> Self {
         // One pass over one buffer: fed to a streaming hasher piece by piece, the 40,000 short
         // strings of 10,000 entries cost ten times as much (the same digest either way).
         let mut all = Vec::with_capacity(names.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
@@ -94,6 +97,8 @@ pub struct ResourceSnapshot {
     pub notes: Arc<Vec<Note>>,
     pub model_services: usize,
     pub model_instances: usize,
+    /// Istio routing translated from App Mesh (`--appmesh-file`); empty without one.
+    pub appmesh: Arc<AppMeshServed>,
 }
 
 /// The ServiceEntry kinds istiod asks for, by Istio version.
@@ -104,10 +109,13 @@ pub const SERVICE_ENTRY_TYPE_URLS: &[&str] = &[
 ];
 
 impl ResourceSnapshot {
-    /// The resources for a requested type URL: ServiceEntries, or the empty set for any other kind.
+    /// The resources for a requested type URL: ServiceEntries, the VirtualServices,
+    /// DestinationRules and Gateways translated from App Mesh, or the empty set for any other kind.
     pub fn for_type(&self, type_url: &str) -> &Arc<EncodedType> {
         if SERVICE_ENTRY_TYPE_URLS.contains(&type_url) {
             &self.service_entries
+        } else if let Some(t) = crate::appmesh::encode::kind_of(type_url).and_then(|k| self.appmesh.types.get(&k)) {
+            t
         } else {
             &self.empty
         }
@@ -227,10 +235,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let handle = tokio::runtime::Handle::current();
+    let mut appmesh_rx = cache.appmesh_rx();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let builder = move || {
         loop {
             cache.set_options(options.borrow_and_update().clone());
+            if let Some(rx) = appmesh_rx.as_mut() {
+                cache.set_appmesh(rx.borrow_and_update().clone());
+            }
             let model = model_rx.borrow_and_update().clone();
             if let Some(model) = model {
                 // A bug in translation must not stop every future update: the last good snapshot
@@ -251,6 +263,9 @@ pub async fn run(
                     r = model_rx.changed() => r.is_ok(),
                     // Options that can no longer change: keep building models.
                     r = options.changed(), if options.has_changed().is_ok() => r.is_ok() || model_rx.changed().await.is_ok(),
+                    r = async { appmesh_rx.as_mut().expect("guarded").changed().await }, if appmesh_rx.as_ref().is_some_and(|rx| rx.has_changed().is_ok()) => {
+                        r.is_ok() || model_rx.changed().await.is_ok()
+                    }
                 }
             });
             if !changed {
@@ -278,6 +293,9 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
     metrics.resources.set(se.names.len() as i64);
     metrics.resource_bytes.set(se.resources_len as i64);
     metrics.rejected_services.set(snap.rejected.len() as i64);
+    for o in [AmOutcome::Translated, AmOutcome::Approximated, AmOutcome::Dropped] {
+        metrics.appmesh_objects.get_or_create(&vec![("outcome", o.as_str().to_string())]).set(snap.appmesh.count(o) as i64);
+    }
     metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.kind == NoteKind::SkippedInstance).count() as i64);
     metrics.ignored_overrides.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Override).count() as i64);
     metrics.vips.set(snap.vips.len() as i64);

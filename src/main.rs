@@ -59,13 +59,14 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
         }
     };
     let mut t = translate::translate(&snapshot, &opts);
-    if args.appmesh_files.is_empty() {
+    if args.translate.appmesh_files.is_empty() {
         print!("{}", translate::render::render(&t.entries, args.output));
     } else {
         if args.output != translate::render::Format::Yaml {
             anyhow::bail!("--appmesh-file: render prints YAML only (drop -o json)");
         }
-        let mesh = appmesh::load(&args.appmesh_files, appmesh::DEFAULT_MAX_BYTES)?;
+        let am = app::settings::appmesh(&args.translate);
+        let mesh = appmesh::load(&am.paths, am.max_bytes)?;
         let routing = appmesh::translate::translate(&mesh, &t.entries, &opts.istio_namespace);
         appmesh::translate::apply_port_protocols(&mut t.entries, &routing.port_protocols);
         print!("{}", translate::render::render(&t.entries, args.output));

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub resources: Gauge,
     pub resource_bytes: Gauge,
     pub rejected_services: Gauge,
+    /// App Mesh objects by migration outcome (translated, approximated, dropped).
+    pub appmesh_objects: Family<Labels, Gauge>,
     pub skipped_instances: Gauge,
     pub ignored_overrides: Gauge,
     pub vips: Gauge,
@@ -109,6 +111,7 @@ impl Metrics {
             resources: Gauge::default(),
             resource_bytes: Gauge::default(),
             rejected_services: Gauge::default(),
+            appmesh_objects: Family::default(),
             skipped_instances: Gauge::default(),
             ignored_overrides: Gauge::default(),
             vips: Gauge::default(),
@@ -167,6 +170,11 @@ impl Metrics {
             "rejected_services",
             "Cloud Map services currently left out because their ServiceEntry would be invalid",
             Box::new(m.rejected_services.clone()),
+        );
+        reg!(
+            "appmesh_objects",
+            "App Mesh objects of --appmesh-file by migration outcome (outcome=translated|approximated|dropped; /debug/appmesh gives the reasons)",
+            Box::new(m.appmesh_objects.clone()),
         );
         reg!(
             "skipped_instances",

@@ -7,6 +7,7 @@
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
+//! | `/debug/appmesh` | JSON: the App Mesh migration report (per object: translated, approximated or dropped, with reasons) and the Istio objects served per kind |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
 //! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (`{"sources": [...]}` with several): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
 //!
@@ -72,6 +73,7 @@ pub fn debug_router(state: DebugState, extra: Option<ExtraView>) -> Router {
     let mut router = Router::new()
         .route("/debug/serviceentries", get(serviceentries))
         .route("/debug/rejected", get(rejected))
+        .route("/debug/appmesh", get(appmesh))
         .route("/debug/clients", get(clients));
     if let Some(x) = extra {
         let cache = state.cache.clone();
@@ -205,6 +207,25 @@ async fn rejected(State(s): State<DebugState>) -> Response {
                 json_bytes(&serde_json::json!({ "rejected": *snap.rejected, "notes": *snap.notes }))
             },
         )
+        .await;
+    respond(body, "application/json")
+}
+
+async fn appmesh(State(s): State<DebugState>) -> Response {
+    let Some(snap) = s.snapshots.borrow().clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"not ready\"}\n").into_response();
+    };
+    let body = s
+        .cache
+        .get(View::AppMesh, Freshness::Snapshot(snap.serial), move || {
+            let served: std::collections::BTreeMap<&str, Vec<String>> = snap
+                .appmesh
+                .types
+                .iter()
+                .map(|(k, t)| (k.as_str(), t.names.iter().map(|(n, _)| n.to_string()).collect()))
+                .collect();
+            json_bytes(&serde_json::json!({ "report": snap.appmesh.report, "served": served }))
+        })
         .await;
     respond(body, "application/json")
 }

@@ -32,6 +32,7 @@ pub enum View {
     Rejected,
     Clients,
     CloudMap,
+    AppMesh,
 }
 
 impl View {
@@ -43,6 +44,7 @@ impl View {
             View::Rejected => "rejected",
             View::Clients => "clients",
             View::CloudMap => "cloudmap",
+            View::AppMesh => "appmesh",
         }
     }
 }

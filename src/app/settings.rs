@@ -39,6 +39,15 @@ pub fn translate_options(a: &TranslateArgs) -> Result<translate::Options, String
     })
 }
 
+/// The App Mesh files' watcher.
+pub fn appmesh(a: &TranslateArgs) -> crate::appmesh::watch::Settings {
+    crate::appmesh::watch::Settings {
+        paths: a.appmesh_files.clone(),
+        poll_interval: a.appmesh_poll_interval,
+        max_bytes: crate::appmesh::DEFAULT_MAX_BYTES,
+    }
+}
+
 /// The xDS server's limits.
 pub fn ads_config(a: &ServeArgs) -> AdsConfig {
     AdsConfig {

@@ -15,6 +15,7 @@ pub mod reader;
 mod routes;
 mod spec;
 pub mod translate;
+pub mod watch;
 
 pub use load::{load, DEFAULT_MAX_BYTES};
 pub use reader::LoadError;

@@ -183,14 +183,17 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
+/// The most nodes one App Mesh file may hold (after alias expansion).
+pub const MAX_NODES: usize = 2_000_000;
+
 /// Parses every document of a YAML (or JSON) text. Empty documents are left out.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, String> {
-    // Node and event counts are bounded by the file size cap (--appmesh-file is at most
-    // DEFAULT_MAX_BYTES); the parser's alias and nesting guards stay.
+    // Room for a file at the size cap (10,000 routes as CLI JSON take about 300,000 nodes in
+    // 2 MB), not for aliases that expand a small file past it: the parser refuses more nodes.
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
-            max_events: 64 << 20,
-            max_nodes: 32 << 20,
+            max_events: MAX_NODES * 2,
+            max_nodes: MAX_NODES,
         },
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
@@ -229,6 +232,16 @@ mod tests {
     fn reads_json() {
         let docs = parse_documents("{\"a\": {\"Fn::GetAtt\": [\"N\", \"VirtualNodeName\"]}, \"n\": 3}").unwrap();
         assert_eq!(docs[0].get("a").unwrap().get("Fn::GetAtt").unwrap().as_seq().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_by_the_node_budget() {
+        let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            y.push_str(&format!("b{i}: &b{i} [{}]\n", vec![if i == 1 { "*a".to_string() } else { format!("*b{}", i - 1) }; 10].join(", ")));
+        }
+        let e = parse_documents(&y).unwrap_err();
+        assert!(e.contains("budget") || e.contains("alias"), "{e}");
     }
 
     #[test]
