@@ -17,12 +17,17 @@ fn testdata(p: &str) -> PathBuf {
 }
 
 fn render(appmesh: &[&Path]) -> Output {
-    let mut args = vec!["render".to_string(), "--registry-file".into(), testdata("colorapp.registry.yaml").display().to_string()];
+    let mut args =
+        vec!["render".to_string(), "--registry-file".into(), testdata("colorapp.registry.yaml").display().to_string()];
     for p in appmesh {
         args.push("--appmesh-file".into());
         args.push(p.display().to_string());
     }
-    Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp")).args(&args).env_remove("CLOUDMAP_MCP_APPMESH_FILES").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"))
+        .args(&args)
+        .env_remove("CLOUDMAP_MCP_APPMESH_FILES")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -52,7 +57,9 @@ fn render_prints_the_colorapp_routing_with_the_report_for_every_form() {
 fn render_fails_on_bad_appmesh_input_with_the_position() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.yaml");
-    let text = std::fs::read_to_string(testdata("colorapp/k8s.yaml")).unwrap().replace("maxRetries: 3", "maxRetries: 3\n          maxRetires: 3");
+    let text = std::fs::read_to_string(testdata("colorapp/k8s.yaml"))
+        .unwrap()
+        .replace("maxRetries: 3", "maxRetries: 3\n          maxRetires: 3");
     std::fs::write(&p, text).unwrap();
     let out = render(&[&p]);
     assert!(!out.status.success());
@@ -63,7 +70,11 @@ fn render_fails_on_bad_appmesh_input_with_the_position() {
     std::fs::write(&big, vec![b'#'; 10 << 20]).unwrap();
     let out = render(&[&big]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("over the 8388608-byte cap"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("over the 8388608-byte cap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// (resource name, annotations, body type URL, body bytes) of one resource.
@@ -104,13 +115,22 @@ async fn serve_answers_virtual_services_destination_rules_and_gateways_under_v1_
         let vss = bodies(vs);
         assert_eq!(
             vss.iter().map(|b| b.0.as_str()).collect::<Vec<_>>(),
-            ["istio-system/appmesh-colorapp-howto-k8s-cloudmap-svc-cluster-local", "istio-system/appmesh-ingress-gw-gateway-route-color"]
+            [
+                "istio-system/appmesh-colorapp-howto-k8s-cloudmap-svc-cluster-local",
+                "istio-system/appmesh-ingress-gw-gateway-route-color"
+            ]
         );
         assert_eq!(vss[0].2, "type.googleapis.com/istio.networking.v1alpha3.VirtualService");
-        assert_eq!(vss[0].1["cloudmap-mcp/appmesh-source"], "VirtualService colorapp.howto-k8s-cloudmap.svc.cluster.local, VirtualRouter colorapp-router");
+        assert_eq!(
+            vss[0].1["cloudmap-mcp/appmesh-source"],
+            "VirtualService colorapp.howto-k8s-cloudmap.svc.cluster.local, VirtualRouter colorapp-router"
+        );
         let spec = net::VirtualService::decode(vss[0].3.as_slice()).unwrap();
         let split = &spec.http[1];
-        assert_eq!(split.route.iter().map(|r| (r.destination.as_ref().unwrap().subset.as_str(), r.weight)).collect::<Vec<_>>(), [("colorapp-blue", 1), ("colorapp-red", 1)]);
+        assert_eq!(
+            split.route.iter().map(|r| (r.destination.as_ref().unwrap().subset.as_str(), r.weight)).collect::<Vec<_>>(),
+            [("colorapp-blue", 1), ("colorapp-red", 1)]
+        );
         let dr = bodies(&got[&format!("networking.istio.io/{v}/DestinationRule")]);
         assert_eq!(dr.len(), 1);
         assert_eq!(dr[0].2, "type.googleapis.com/istio.networking.v1alpha3.DestinationRule");
@@ -161,7 +181,14 @@ async fn a_bad_appmesh_edit_keeps_the_last_good_translation_and_a_good_one_is_pu
     assert!(ads.recv(quiet).await.is_none());
 
     // A good edit (blue gets 3 of 4) reaches the stream.
-    write_atomic(&path, &good.replacen("virtualNodeRef: {name: colorapp-blue}\n              weight: 1", "virtualNodeRef: {name: colorapp-blue}\n              weight: 3", 1));
+    write_atomic(
+        &path,
+        &good.replacen(
+            "virtualNodeRef: {name: colorapp-blue}\n              weight: 1",
+            "virtualNodeRef: {name: colorapp-blue}\n              weight: 3",
+            1,
+        ),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = ads.recv(Duration::from_secs(5)).await.expect("a push after the good edit");

@@ -72,7 +72,9 @@ fn string_match(v: &Value) -> Option<net::StringMatch> {
 }
 
 fn match_map(v: &Value) -> std::collections::BTreeMap<String, net::StringMatch> {
-    v.as_object().map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), string_match(v)?))).collect()).unwrap_or_default()
+    v.as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), string_match(v)?))).collect())
+        .unwrap_or_default()
 }
 
 fn destination(v: &Value) -> Option<net::Destination> {
@@ -100,8 +102,13 @@ fn virtual_service(v: &Value) -> net::VirtualService {
                 port: n(&m["port"]),
                 name: String::new(),
             }),
-            route: each(&h["route"], |r| net::HttpRouteDestination { destination: destination(&r["destination"]), weight: n(&r["weight"]) as i32 }),
-            rewrite: h["rewrite"].as_object().map(|_| net::HttpRewrite { uri: s(&h["rewrite"]["uri"]), authority: s(&h["rewrite"]["authority"]) }),
+            route: each(&h["route"], |r| net::HttpRouteDestination {
+                destination: destination(&r["destination"]),
+                weight: n(&r["weight"]) as i32,
+            }),
+            rewrite: h["rewrite"]
+                .as_object()
+                .map(|_| net::HttpRewrite { uri: s(&h["rewrite"]["uri"]), authority: s(&h["rewrite"]["authority"]) }),
             timeout: duration(&h["timeout"]),
             retries: h["retries"].as_object().map(|_| net::HttpRetry {
                 attempts: n(&h["retries"]["attempts"]) as i32,
@@ -111,7 +118,10 @@ fn virtual_service(v: &Value) -> net::VirtualService {
         }),
         tcp: each(&v["tcp"], |t| net::TcpRoute {
             r#match: each(&t["match"], |m| net::L4MatchAttributes { port: n(&m["port"]) }),
-            route: each(&t["route"], |r| net::RouteDestination { destination: destination(&r["destination"]), weight: n(&r["weight"]) as i32 }),
+            route: each(&t["route"], |r| net::RouteDestination {
+                destination: destination(&r["destination"]),
+                weight: n(&r["weight"]) as i32,
+            }),
         }),
         export_to: Vec::new(),
     }
@@ -119,7 +129,8 @@ fn virtual_service(v: &Value) -> net::VirtualService {
 
 fn client_tls(v: &Value) -> Option<net::ClientTlsSettings> {
     v.as_object()?;
-    let mode = net::client_tls_settings::TlSmode::from_str_name(v["mode"].as_str().unwrap_or("DISABLE")).unwrap_or_default();
+    let mode =
+        net::client_tls_settings::TlSmode::from_str_name(v["mode"].as_str().unwrap_or("DISABLE")).unwrap_or_default();
     Some(net::ClientTlsSettings {
         mode: mode as i32,
         client_certificate: s(&v["clientCertificate"]),
@@ -164,7 +175,11 @@ fn destination_rule(v: &Value) -> net::DestinationRule {
     net::DestinationRule {
         host: s(&v["host"]),
         traffic_policy: traffic_policy(&v["trafficPolicy"]),
-        subsets: each(&v["subsets"], |x| net::Subset { name: s(&x["name"]), labels: labels(&x["labels"]), traffic_policy: traffic_policy(&x["trafficPolicy"]) }),
+        subsets: each(&v["subsets"], |x| net::Subset {
+            name: s(&x["name"]),
+            labels: labels(&x["labels"]),
+            traffic_policy: traffic_policy(&x["trafficPolicy"]),
+        }),
         export_to: Vec::new(),
     }
 }
@@ -173,10 +188,15 @@ fn gateway(v: &Value) -> net::Gateway {
     net::Gateway {
         selector: labels(&v["selector"]),
         servers: each(&v["servers"], |x| net::Server {
-            port: Some(net::Port { number: n(&x["port"]["number"]), protocol: s(&x["port"]["protocol"]), name: s(&x["port"]["name"]) }),
+            port: Some(net::Port {
+                number: n(&x["port"]["number"]),
+                protocol: s(&x["port"]["protocol"]),
+                name: s(&x["port"]["name"]),
+            }),
             hosts: strs(&x["hosts"]),
             tls: x["tls"].as_object().map(|_| net::ServerTlsSettings {
-                mode: net::server_tls_settings::TlSmode::from_str_name(x["tls"]["mode"].as_str().unwrap_or("SIMPLE")).unwrap_or_default() as i32,
+                mode: net::server_tls_settings::TlSmode::from_str_name(x["tls"]["mode"].as_str().unwrap_or("SIMPLE"))
+                    .unwrap_or_default() as i32,
                 server_certificate: s(&x["tls"]["serverCertificate"]),
                 private_key: s(&x["tls"]["privateKey"]),
                 credential_name: s(&x["tls"]["credentialName"]),
@@ -212,7 +232,10 @@ pub fn encode(o: &Object) -> (Bytes, String) {
             name: o.resource_name(),
             create_time: None,
             version: version.clone(),
-            labels: std::collections::BTreeMap::from([(crate::translate::MANAGED_BY_LABEL.0.into(), crate::translate::MANAGED_BY_LABEL.1.into())]),
+            labels: std::collections::BTreeMap::from([(
+                crate::translate::MANAGED_BY_LABEL.0.into(),
+                crate::translate::MANAGED_BY_LABEL.1.into(),
+            )]),
             annotations: o.annotations.clone(),
         }),
         body: Some(prost_types::Any { type_url: body_type_url(o.kind).into(), value: body }),

@@ -152,7 +152,13 @@ mod tests {
     #[test]
     fn yaml_reads_back_as_the_same_json() {
         let spec = serde_json::json!({"hosts": ["a.b", "*.c"], "http": [{"match": [{"uri": {"prefix": "/"}}], "route": [{"destination": {"host": "x", "port": {"number": 8080}}, "weight": 1}], "timeout": "15s", "retries": {"retryOn": "5xx,gateway-error"}}], "empty": {}, "n": "10", "t": "true"});
-        let o = Object { kind: Kind::VirtualService, name: "n".into(), namespace: "istio-system".into(), annotations: BTreeMap::from([(SOURCE_ANNOTATION.into(), "VirtualService a: b".into())]), spec: spec.clone() };
+        let o = Object {
+            kind: Kind::VirtualService,
+            name: "n".into(),
+            namespace: "istio-system".into(),
+            annotations: BTreeMap::from([(SOURCE_ANNOTATION.into(), "VirtualService a: b".into())]),
+            spec: spec.clone(),
+        };
         let text = yaml(&[o], &[]);
         let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
         assert_eq!(docs[0]["spec"], spec, "{text}");

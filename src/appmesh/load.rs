@@ -172,14 +172,27 @@ pub fn push_route(b: &mut Builder, router: String, route: Route) {
 }
 
 /// The `<kind>Name` field that names an object of each API kind (a route's before its router's).
-pub const KINDS: [&str; 6] =
-    ["gatewayRouteName", "routeName", "virtualNodeName", "virtualServiceName", "virtualGatewayName", "virtualRouterName"];
+pub const KINDS: [&str; 6] = [
+    "gatewayRouteName",
+    "routeName",
+    "virtualNodeName",
+    "virtualServiceName",
+    "virtualGatewayName",
+    "virtualRouterName",
+];
 
 /// One object in the API's shape (`meshName`, `<kind>Name`, `spec`, and for routes the parent's
 /// name), spelled as `cx`'s form: CLI JSON, a CloudFormation resource's `Properties`, a Terraform
 /// resource's `values`. `kind` is one of [`KINDS`]; `default_name` stands in for a missing name
 /// (CloudFormation's logical id); `skip_keys` are the form's own fields.
-pub fn api_object(b: &mut Builder, cx: &Ctx, n: &Node, kind: &str, default_name: Option<&str>, skip_keys: &[&str]) -> Result<String, LoadError> {
+pub fn api_object(
+    b: &mut Builder,
+    cx: &Ctx,
+    n: &Node,
+    kind: &str,
+    default_name: Option<&str>,
+    skip_keys: &[&str],
+) -> Result<String, LoadError> {
     let mut o = Obj::new(cx, n, "App Mesh object")?;
     o.skip_keys(skip_keys);
     let at = origin(cx.path, n);

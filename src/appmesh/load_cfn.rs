@@ -101,7 +101,11 @@ impl<'a> Template<'a> {
             }
             stack.push(id.to_string());
         }
-        let attr = if matches!(attr, "Arn" | "Uid") { kind_of(ty).map_or("Name".to_string(), |(k, _)| pascal_name(k)) } else { attr.to_string() };
+        let attr = if matches!(attr, "Arn" | "Uid") {
+            kind_of(ty).map_or("Name".to_string(), |(k, _)| pascal_name(k))
+        } else {
+            attr.to_string()
+        };
         let r = match props.and_then(|p| p.get(&attr)) {
             Some(v) => self.eval(v, d),
             // A generated name: CloudFormation names the object after its logical id here.
@@ -150,7 +154,8 @@ fn pascal_name(api: &str) -> String {
 
 pub fn load(b: &mut Builder, path: &Path, doc: &Node) -> Result<(), LoadError> {
     let cx0 = Ctx { path, dialect: Dialect::Cfn, intrinsics: None, k8s_namespace: String::new() };
-    let resources = doc.get("Resources").and_then(Node::as_map).ok_or_else(|| cx0.err(doc.pos, "Resources must be a mapping"))?;
+    let resources =
+        doc.get("Resources").and_then(Node::as_map).ok_or_else(|| cx0.err(doc.pos, "Resources must be a mapping"))?;
     let params = doc.get("Parameters").and_then(Node::as_map).unwrap_or_default();
     let t = Template {
         params: params.iter().map(|(k, v)| (k.as_str(), Some(v))).collect(),

@@ -6,7 +6,8 @@ use super::load::{api_object, Builder, KINDS};
 use super::node::Node;
 use super::reader::{Ctx, Dialect, LoadError};
 
-const WRAPPERS: [&str; 7] = ["virtualNode", "virtualRouter", "route", "virtualService", "virtualGateway", "gatewayRoute", "mesh"];
+const WRAPPERS: [&str; 7] =
+    ["virtualNode", "virtualRouter", "route", "virtualService", "virtualGateway", "gatewayRoute", "mesh"];
 
 pub fn load(b: &mut Builder, path: &Path, doc: &Node) -> Result<(), LoadError> {
     let cx = Ctx { path, dialect: Dialect::Cli, intrinsics: None, k8s_namespace: String::new() };

@@ -7,7 +7,8 @@ use super::node::Node;
 use super::reader::{Ctx, Dialect, LoadError};
 
 /// Terraform's own attributes of every `aws_appmesh_*` resource.
-const TF_KEYS: [&str; 8] = ["id", "arn", "created_date", "last_updated_date", "mesh_owner", "resource_owner", "tags", "tags_all"];
+const TF_KEYS: [&str; 8] =
+    ["id", "arn", "created_date", "last_updated_date", "mesh_owner", "resource_owner", "tags", "tags_all"];
 
 pub fn load(b: &mut Builder, path: &Path, doc: &Node) -> Result<(), LoadError> {
     let cx = Ctx { path, dialect: Dialect::Tf, intrinsics: None, k8s_namespace: String::new() };

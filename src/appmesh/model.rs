@@ -54,7 +54,10 @@ pub enum StringMatch {
     Suffix(String),
     Regex(String),
     /// `range {start, end}`: no Istio equivalent.
-    Range { start: i64, end: i64 },
+    Range {
+        start: i64,
+        end: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +91,9 @@ impl RouteMatch {
     /// App Mesh's ordering key without priorities: the longer match first.
     pub fn length(&self) -> usize {
         let s = |m: &Option<StringMatch>| match m {
-            Some(StringMatch::Exact(s) | StringMatch::Prefix(s) | StringMatch::Suffix(s) | StringMatch::Regex(s)) => s.len(),
+            Some(StringMatch::Exact(s) | StringMatch::Prefix(s) | StringMatch::Suffix(s) | StringMatch::Regex(s)) => {
+                s.len()
+            }
             _ => 0,
         };
         self.prefix.as_ref().map_or(0, String::len)

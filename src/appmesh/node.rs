@@ -238,7 +238,10 @@ mod tests {
     fn an_alias_bomb_is_refused_by_the_node_budget() {
         let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..8 {
-            y.push_str(&format!("b{i}: &b{i} [{}]\n", vec![if i == 1 { "*a".to_string() } else { format!("*b{}", i - 1) }; 10].join(", ")));
+            y.push_str(&format!(
+                "b{i}: &b{i} [{}]\n",
+                vec![if i == 1 { "*a".to_string() } else { format!("*b{}", i - 1) }; 10].join(", ")
+            ));
         }
         let e = parse_documents(&y).unwrap_err();
         assert!(e.contains("budget") || e.contains("alias"), "{e}");

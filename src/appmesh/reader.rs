@@ -112,7 +112,8 @@ impl<'a, 'c> Obj<'a, 'c> {
             (Value::Seq(s), Dialect::Tf) if s.len() == 1 => &s[0],
             _ => node,
         };
-        let entries = node.as_map().ok_or_else(|| cx.err(node.pos, format!("{what} must be a mapping, not {}", node.kind())))?;
+        let entries =
+            node.as_map().ok_or_else(|| cx.err(node.pos, format!("{what} must be a mapping, not {}", node.kind())))?;
         Ok(Obj { cx, node, entries, used: vec![false; entries.len()] })
     }
 
@@ -159,7 +160,10 @@ impl<'a, 'c> Obj<'a, 'c> {
     pub fn num(&mut self, api: &str) -> Result<Option<u64>, LoadError> {
         let Some(n) = self.raw(api) else { return Ok(None) };
         let t = self.text(n)?;
-        t.trim().parse::<u64>().map(Some).map_err(|_| self.cx.err(n.pos, format!("expected a non-negative integer, found {t:?}")))
+        t.trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| self.cx.err(n.pos, format!("expected a non-negative integer, found {t:?}")))
     }
 
     pub fn u32(&mut self, api: &str) -> Result<Option<u32>, LoadError> {

@@ -14,7 +14,9 @@ fn string_match(m: &StringMatch) -> Result<Value, String> {
         StringMatch::Prefix(s) => json!({"prefix": s}),
         StringMatch::Regex(s) => json!({"regex": s}),
         StringMatch::Suffix(s) => json!({"regex": format!(".*{}", regex_escape(s))}),
-        StringMatch::Range { start, end } => return Err(format!("header range match [{start}, {end}) has no Istio equivalent")),
+        StringMatch::Range { start, end } => {
+            return Err(format!("header range match [{start}, {end}) has no Istio equivalent"))
+        }
     })
 }
 
@@ -62,7 +64,11 @@ fn http_match(m: &RouteMatch) -> Result<Value, String> {
         v.insert("scheme".into(), json!({"exact": x}));
     }
     if !m.query.is_empty() {
-        let q: Map<String, Value> = m.query.iter().map(|(k, e)| (k.clone(), e.as_ref().map_or(json!({"regex": ".*"}), |e| json!({"exact": e})))).collect();
+        let q: Map<String, Value> = m
+            .query
+            .iter()
+            .map(|(k, e)| (k.clone(), e.as_ref().map_or(json!({"regex": ".*"}), |e| json!({"exact": e}))))
+            .collect();
         v.insert("queryParams".into(), Value::Object(q));
     }
     if let Some(p) = m.port {
@@ -94,8 +100,12 @@ fn retry_on(r: &RetryPolicy) -> String {
 fn ordered(routes: &[Route]) -> Vec<&Route> {
     let mut v: Vec<&Route> = routes.iter().collect();
     v.sort_by(|a, b| {
-        (a.priority.is_none(), a.priority, std::cmp::Reverse(a.matcher.length()), &a.name)
-            .cmp(&(b.priority.is_none(), b.priority, std::cmp::Reverse(b.matcher.length()), &b.name))
+        (a.priority.is_none(), a.priority, std::cmp::Reverse(a.matcher.length()), &a.name).cmp(&(
+            b.priority.is_none(),
+            b.priority,
+            std::cmp::Reverse(b.matcher.length()),
+            &b.name,
+        ))
     });
     v
 }
@@ -123,7 +133,9 @@ fn route(cx: &mut Ctx, r: &Route, report_as: &str) -> Result<(bool, Value), Stri
     for t in &r.targets {
         match destination(cx, &t.virtual_node, t.port) {
             Ok(d) => dests.push((d, t.weight)),
-            Err(e) if r.targets.len() > 1 => cx.report.add("Route", report_as, Outcome::Approximated, Some(format!("target dropped: {e}"))),
+            Err(e) if r.targets.len() > 1 => {
+                cx.report.add("Route", report_as, Outcome::Approximated, Some(format!("target dropped: {e}")))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -145,7 +157,12 @@ fn route(cx: &mut Ctx, r: &Route, report_as: &str) -> Result<(bool, Value), Stri
                 cx.idle_timeout(h, idle);
             }
         }
-        cx.report.add("Route", report_as, Outcome::Approximated, Some("idle timeout → DestinationRule connectionPool idleTimeout (connection idle, not stream idle)".into()));
+        cx.report.add(
+            "Route",
+            report_as,
+            Outcome::Approximated,
+            Some("idle timeout → DestinationRule connectionPool idleTimeout (connection idle, not stream idle)".into()),
+        );
     }
     if r.protocol == Protocol::Tcp {
         let mut v = json!({"route": route});
@@ -160,7 +177,12 @@ fn route(cx: &mut Ctx, r: &Route, report_as: &str) -> Result<(bool, Value), Stri
         v["match"] = json!([m]);
     }
     let timeout = r.timeout.per_request_ms.unwrap_or_else(|| {
-        cx.report.add("Route", report_as, Outcome::Translated, Some("App Mesh's default 15s per-request timeout made explicit".into()));
+        cx.report.add(
+            "Route",
+            report_as,
+            Outcome::Translated,
+            Some("App Mesh's default 15s per-request timeout made explicit".into()),
+        );
         DEFAULT_TIMEOUT_MS
     });
     v["timeout"] = json!(duration(timeout));
@@ -173,7 +195,12 @@ fn route(cx: &mut Ctx, r: &Route, report_as: &str) -> Result<(bool, Value), Stri
             x
         }
         None => {
-            cx.report.add("Route", report_as, Outcome::Translated, Some("App Mesh's default retry policy (2 retries, 503 retriable) made explicit".into()));
+            cx.report.add(
+                "Route",
+                report_as,
+                Outcome::Translated,
+                Some("App Mesh's default retry policy (2 retries, 503 retriable) made explicit".into()),
+            );
             json!({"attempts": 2, "retryOn": "connect-failure,refused-stream,gateway-error,503"})
         }
     };
@@ -216,7 +243,12 @@ pub fn virtual_service(cx: &mut Ctx, s: &VirtualService) -> Option<Object> {
         }
         Some(Provider::VirtualRouter(r)) => match cx.mesh.virtual_routers.iter().find(|x| &x.name == r) {
             None => {
-                cx.report.add("VirtualService", &s.name, Outcome::Dropped, Some(format!("virtual router {r:?} is not defined")));
+                cx.report.add(
+                    "VirtualService",
+                    &s.name,
+                    Outcome::Dropped,
+                    Some(format!("virtual router {r:?} is not defined")),
+                );
                 return None;
             }
             Some(router) => {
@@ -245,8 +277,12 @@ pub fn virtual_service(cx: &mut Ctx, s: &VirtualService) -> Option<Object> {
     if !tcp.is_empty() {
         spec["tcp"] = Value::Array(tcp);
     }
-    cx.report.add("VirtualService", &s.name, Outcome::Translated, Some(format!(
-        "host {} must exist as a Kubernetes Service or a ServiceEntry for Istio to route it", s.name)));
+    cx.report.add(
+        "VirtualService",
+        &s.name,
+        Outcome::Translated,
+        Some(format!("host {} must exist as a Kubernetes Service or a ServiceEntry for Istio to route it", s.name)),
+    );
     Some(cx.object(Kind::VirtualService, format!("appmesh-{}", dns_name(&s.name, 200)), source, spec))
 }
 
@@ -265,7 +301,12 @@ pub fn gateway(cx: &mut Ctx, g: &VirtualGateway) -> Option<Object> {
                 s["port"]["protocol"] = json!("HTTPS");
             }
             Some((_, Certificate::Acm { .. })) => {
-                cx.report.add("VirtualGateway", &g.name, Outcome::Dropped, Some(format!("listener {}: ACM certificates have no in-cluster equivalent", p.port)));
+                cx.report.add(
+                    "VirtualGateway",
+                    &g.name,
+                    Outcome::Dropped,
+                    Some(format!("listener {}: ACM certificates have no in-cluster equivalent", p.port)),
+                );
                 continue;
             }
             None => {}
@@ -276,9 +317,21 @@ pub fn gateway(cx: &mut Ctx, g: &VirtualGateway) -> Option<Object> {
         cx.report.add("VirtualGateway", &g.name, Outcome::Dropped, Some("no listener could be translated".into()));
         return None;
     }
-    cx.report.add("VirtualGateway", &g.name, Outcome::Approximated, Some("selector istio=ingressgateway: point it at the gateway deployment that replaces the App Mesh Envoy".into()));
+    cx.report.add(
+        "VirtualGateway",
+        &g.name,
+        Outcome::Approximated,
+        Some(
+            "selector istio=ingressgateway: point it at the gateway deployment that replaces the App Mesh Envoy".into(),
+        ),
+    );
     let spec = json!({"selector": {"istio": "ingressgateway"}, "servers": servers});
-    Some(cx.object(Kind::Gateway, format!("appmesh-{}", dns_name(&g.name, 200)), format!("VirtualGateway {}", g.name), spec))
+    Some(cx.object(
+        Kind::Gateway,
+        format!("appmesh-{}", dns_name(&g.name, 200)),
+        format!("VirtualGateway {}", g.name),
+        spec,
+    ))
 }
 
 /// A gateway route: the gateway's match, then the target virtual service's router applied after it
@@ -311,7 +364,12 @@ pub fn gateway_route(cx: &mut Ctx, g: &GatewayRoute) -> Option<Object> {
             for (k, v) in rm {
                 if k == "uri" {
                     if v != json!({"prefix": "/"}) {
-                        cx.report.add("GatewayRoute", &id, Outcome::Approximated, Some(format!("router path match {v} not combined with the gateway route's path")));
+                        cx.report.add(
+                            "GatewayRoute",
+                            &id,
+                            Outcome::Approximated,
+                            Some(format!("router path match {v} not combined with the gateway route's path")),
+                        );
                     }
                 } else {
                     m[k] = v;
@@ -333,11 +391,23 @@ pub fn gateway_route(cx: &mut Ctx, g: &GatewayRoute) -> Option<Object> {
     }
     let hosts = match &g.matcher.hostname {
         Some(StringMatch::Exact(h)) => json!([h]),
-        Some(StringMatch::Suffix(s)) => json!([format!("*{}", if s.starts_with('.') { s.clone() } else { format!(".{s}") })]),
+        Some(StringMatch::Suffix(s)) => {
+            json!([format!("*{}", if s.starts_with('.') { s.clone() } else { format!(".{s}") })])
+        }
         _ => json!(["*"]),
     };
     let gw = format!("{}/appmesh-{}", cx.namespace, dns_name(&g.gateway, 200));
     let spec = json!({"hosts": hosts, "gateways": [gw], "http": http});
-    cx.report.add("GatewayRoute", &id, Outcome::Translated, Some(format!("the routes of {} are repeated after the gateway match, as App Mesh chained them", vs.name)));
-    Some(cx.object(Kind::VirtualService, format!("appmesh-{}-{}", dns_name(&g.gateway, 100), dns_name(&g.name, 100)), format!("GatewayRoute {id}, VirtualService {}", vs.name), spec))
+    cx.report.add(
+        "GatewayRoute",
+        &id,
+        Outcome::Translated,
+        Some(format!("the routes of {} are repeated after the gateway match, as App Mesh chained them", vs.name)),
+    );
+    Some(cx.object(
+        Kind::VirtualService,
+        format!("appmesh-{}-{}", dns_name(&g.gateway, 100), dns_name(&g.name, 100)),
+        format!("GatewayRoute {id}, VirtualService {}", vs.name),
+        spec,
+    ))
 }

@@ -148,13 +148,17 @@ pub fn route(spec: &mut Obj, name: String, origin: Origin) -> R<Route> {
     for (api, protocol) in ROUTE_KINDS {
         if let Some(r) = spec.obj(api)? {
             if found.is_some() {
-                return Err(spec.cx.err(r.pos(), "a route holds exactly one of httpRoute, http2Route, grpcRoute, tcpRoute"));
+                return Err(spec
+                    .cx
+                    .err(r.pos(), "a route holds exactly one of httpRoute, http2Route, grpcRoute, tcpRoute"));
             }
             found = Some((r, protocol));
         }
     }
     let Some((mut r, protocol)) = found else {
-        return Err(spec.cx.err(spec.pos(), format!("route {name:?} has no httpRoute, http2Route, grpcRoute or tcpRoute")));
+        return Err(spec
+            .cx
+            .err(spec.pos(), format!("route {name:?} has no httpRoute, http2Route, grpcRoute or tcpRoute")));
     };
     let matcher = match r.obj("match")? {
         Some(mut m) => {
@@ -307,7 +311,9 @@ fn node_listener(n: &Node, o: &Obj) -> R<NodeListener> {
     };
     let mut connection_pool = None;
     if let Some(mut cp) = l.obj("connectionPool")? {
-        for (api, protocol) in [("http", Protocol::Http), ("http2", Protocol::Http2), ("grpc", Protocol::Grpc), ("tcp", Protocol::Tcp)] {
+        for (api, protocol) in
+            [("http", Protocol::Http), ("http2", Protocol::Http2), ("grpc", Protocol::Grpc), ("tcp", Protocol::Tcp)]
+        {
             if let Some(mut p) = cp.obj(api)? {
                 let mut limits = BTreeMap::new();
                 for f in ["maxConnections", "maxPendingRequests", "maxRequests"] {
@@ -399,7 +405,8 @@ pub fn virtual_gateway(spec: &mut Obj, mesh: String, name: String, origin: Origi
         let tls = match l.obj("tls")? {
             Some(mut t) => {
                 let mode = t.str("mode")?.unwrap_or_else(|| "STRICT".into());
-                let cert = certificate(&mut t)?.ok_or_else(|| t.cx.err(t.pos(), "listener tls without a certificate"))?;
+                let cert =
+                    certificate(&mut t)?.ok_or_else(|| t.cx.err(t.pos(), "listener tls without a certificate"))?;
                 t.skip(&["validation"]);
                 t.finish()?;
                 Some((mode, cert))
@@ -418,13 +425,17 @@ pub fn virtual_gateway(spec: &mut Obj, mesh: String, name: String, origin: Origi
 pub fn gateway_route(spec: &mut Obj, mesh: String, gateway: String, name: String, origin: Origin) -> R<GatewayRoute> {
     let priority = spec.u32("priority")?;
     let mut found = None;
-    for (api, protocol) in [("httpRoute", Protocol::Http), ("http2Route", Protocol::Http2), ("grpcRoute", Protocol::Grpc)] {
+    for (api, protocol) in
+        [("httpRoute", Protocol::Http), ("http2Route", Protocol::Http2), ("grpcRoute", Protocol::Grpc)]
+    {
         if let Some(r) = spec.obj(api)? {
             found = Some((r, protocol));
         }
     }
     let Some((mut r, protocol)) = found else {
-        return Err(spec.cx.err(spec.pos(), format!("gateway route {name:?} has no httpRoute, http2Route or grpcRoute")));
+        return Err(spec
+            .cx
+            .err(spec.pos(), format!("gateway route {name:?} has no httpRoute, http2Route or grpcRoute")));
     };
     let matcher = match r.obj("match")? {
         Some(mut m) => {
@@ -435,8 +446,10 @@ pub fn gateway_route(spec: &mut Obj, mesh: String, gateway: String, name: String
         None => RouteMatch::default(),
     };
     let mut action = r.obj("action")?.ok_or_else(|| r.cx.err(r.pos(), "gateway route without an action"))?;
-    let mut target = action.obj("target")?.ok_or_else(|| action.cx.err(action.pos(), "gateway route without a target"))?;
-    let mut vs = target.obj("virtualService")?.ok_or_else(|| target.cx.err(target.pos(), "target without a virtualService"))?;
+    let mut target =
+        action.obj("target")?.ok_or_else(|| action.cx.err(action.pos(), "gateway route without a target"))?;
+    let mut vs =
+        target.obj("virtualService")?.ok_or_else(|| target.cx.err(target.pos(), "target without a virtualService"))?;
     let target_service = reference(&mut vs, "virtualServiceName", "VirtualService")?
         .ok_or_else(|| vs.cx.err(vs.pos(), "target without a virtual service name"))?;
     vs.finish()?;
@@ -461,5 +474,16 @@ pub fn gateway_route(spec: &mut Obj, mesh: String, gateway: String, name: String
     }
     action.finish()?;
     r.finish()?;
-    Ok(GatewayRoute { mesh, gateway, name, origin, priority, protocol, matcher, target: target_service, target_port, rewrite })
+    Ok(GatewayRoute {
+        mesh,
+        gateway,
+        name,
+        origin,
+        priority,
+        protocol,
+        matcher,
+        target: target_service,
+        target_port,
+        rewrite,
+    })
 }

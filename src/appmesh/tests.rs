@@ -29,7 +29,8 @@ fn without_origins(mut m: AppMesh) -> AppMesh {
     m
 }
 
-pub(crate) const FORMS: [&str; 4] = ["colorapp/k8s.yaml", "colorapp/cfn.yaml", "colorapp/terraform.json", "colorapp/cli.json"];
+pub(crate) const FORMS: [&str; 4] =
+    ["colorapp/k8s.yaml", "colorapp/cfn.yaml", "colorapp/terraform.json", "colorapp/cli.json"];
 
 #[test]
 fn colorapp_in_all_four_forms_is_one_model() {
@@ -63,24 +64,36 @@ fn err(name: &str, text: &str) -> String {
 
 #[test]
 fn unknown_fields_are_errors_with_their_position_in_every_form() {
-    let k8s = std::fs::read_to_string(testdata("colorapp/k8s.yaml")).unwrap().replace("      weight: 1\n", "      weight: 1\n              wieght: 2\n");
+    let k8s = std::fs::read_to_string(testdata("colorapp/k8s.yaml"))
+        .unwrap()
+        .replace("      weight: 1\n", "      weight: 1\n              wieght: 2\n");
     let e = err("k8s.yaml", &k8s);
     assert!(e.contains("unknown field \"wieght\"") && e.contains("k8s.yaml: line 107"), "{e}");
-    let cfn = std::fs::read_to_string(testdata("colorapp/cfn.yaml")).unwrap().replace("MaxRetries: 3", "MaxRetries: 3\n            MaxRetry: 3");
+    let cfn = std::fs::read_to_string(testdata("colorapp/cfn.yaml"))
+        .unwrap()
+        .replace("MaxRetries: 3", "MaxRetries: 3\n            MaxRetry: 3");
     let e = err("cfn.yaml", &cfn);
     assert!(e.contains("unknown field \"MaxRetry\"") && e.contains("line 1"), "{e}");
-    let tf = std::fs::read_to_string(testdata("colorapp/terraform.json")).unwrap().replace("\"max_retries\": 3", "\"max_retries\": 3, \"max_retry\": 1");
+    let tf = std::fs::read_to_string(testdata("colorapp/terraform.json"))
+        .unwrap()
+        .replace("\"max_retries\": 3", "\"max_retries\": 3, \"max_retry\": 1");
     assert!(err("tf.json", &tf).contains("unknown field \"max_retry\""));
-    let cli = std::fs::read_to_string(testdata("colorapp/cli.json")).unwrap().replace("\"maxRetries\": 3", "\"maxRetries\": 3, \"maxretries\": 3");
+    let cli = std::fs::read_to_string(testdata("colorapp/cli.json"))
+        .unwrap()
+        .replace("\"maxRetries\": 3", "\"maxRetries\": 3, \"maxretries\": 3");
     assert!(err("cli.json", &cli).contains("unknown field \"maxretries\""));
     // Terraform's null attributes of its own schema are not unknown fields.
-    let tf = std::fs::read_to_string(testdata("colorapp/terraform.json")).unwrap().replace("\"max_retries\": 3", "\"max_retries\": 3, \"future_attribute\": null");
+    let tf = std::fs::read_to_string(testdata("colorapp/terraform.json"))
+        .unwrap()
+        .replace("\"max_retries\": 3", "\"max_retries\": 3, \"future_attribute\": null");
     assert!(load_str("tf.json", &tf).is_ok());
 }
 
 #[test]
 fn other_kubernetes_kinds_are_skipped_unread() {
-    let m = load_str("k.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {anything: [1, 2]}\n").unwrap();
+    let m =
+        load_str("k.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {anything: [1, 2]}\n")
+            .unwrap();
     assert!(m.is_empty());
     let e = err("k.yaml", "apiVersion: appmesh.k8s.aws/v1beta1\nkind: VirtualNode\nmetadata: {name: x}\nspec: {}\n");
     assert!(e.contains("only appmesh.k8s.aws/v1beta2"), "{e}");

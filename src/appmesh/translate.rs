@@ -53,7 +53,10 @@ impl Reporter {
     }
 
     fn finish(self) -> Vec<ReportEntry> {
-        self.0.into_iter().map(|((kind, name), (outcome, reasons))| ReportEntry { kind, name, outcome, reasons }).collect()
+        self.0
+            .into_iter()
+            .map(|((kind, name), (outcome, reasons))| ReportEntry { kind, name, outcome, reasons })
+            .collect()
     }
 }
 
@@ -111,7 +114,13 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn object(&self, kind: Kind, name: String, source: String, spec: Value) -> Object {
-        Object { kind, name, namespace: self.namespace.to_string(), annotations: BTreeMap::from([(SOURCE_ANNOTATION.to_string(), source)]), spec }
+        Object {
+            kind,
+            name,
+            namespace: self.namespace.to_string(),
+            annotations: BTreeMap::from([(SOURCE_ANNOTATION.to_string(), source)]),
+            spec,
+        }
     }
 
     /// Records an idle timeout of a route on the hosts it routes to.
@@ -140,11 +149,21 @@ pub fn translate(mesh: &AppMesh, entries: &[ServiceEntry], namespace: &str) -> T
     }
     for r in &mesh.virtual_routers {
         if !mesh.virtual_services.iter().any(|s| s.provider == Some(Provider::VirtualRouter(r.name.clone()))) {
-            cx.report.add("VirtualRouter", &r.name, Outcome::Dropped, Some("no virtual service uses this router".into()));
+            cx.report.add(
+                "VirtualRouter",
+                &r.name,
+                Outcome::Dropped,
+                Some("no virtual service uses this router".into()),
+            );
         }
     }
     for (router, route) in &mesh.orphan_routes {
-        cx.report.add("Route", &format!("{router}/{}", route.name), Outcome::Dropped, Some(format!("virtual router {router:?} is not defined")));
+        cx.report.add(
+            "Route",
+            &format!("{router}/{}", route.name),
+            Outcome::Dropped,
+            Some(format!("virtual router {router:?} is not defined")),
+        );
     }
     for g in &mesh.virtual_gateways {
         objects.extend(routes::gateway(&mut cx, g));
@@ -167,21 +186,46 @@ fn node(
     let name = n.name.as_str();
     for l in &n.listeners {
         if l.health_check {
-            cx.report.add("VirtualNode", name, Outcome::Approximated, Some("active health check dropped: Istio has none; Cloud Map health status and outlier detection remain".into()));
+            cx.report.add(
+                "VirtualNode",
+                name,
+                Outcome::Approximated,
+                Some(
+                    "active health check dropped: Istio has none; Cloud Map health status and outlier detection remain"
+                        .into(),
+                ),
+            );
         }
         if l.tls {
-            cx.report.add("VirtualNode", name, Outcome::Approximated, Some("listener TLS dropped: no server-side equivalent for workloads outside the mesh".into()));
+            cx.report.add(
+                "VirtualNode",
+                name,
+                Outcome::Approximated,
+                Some("listener TLS dropped: no server-side equivalent for workloads outside the mesh".into()),
+            );
         }
         if l.connection_pool.is_some() {
-            cx.report.add("VirtualNode", name, Outcome::Approximated, Some("inbound connection pool dropped: Istio's connectionPool limits each client, not the node".into()));
+            cx.report.add(
+                "VirtualNode",
+                name,
+                Outcome::Approximated,
+                Some("inbound connection pool dropped: Istio's connectionPool limits each client, not the node".into()),
+            );
         }
         if l.timeout != Timeouts::default() {
-            cx.report.add("VirtualNode", name, Outcome::Approximated, Some("listener timeout dropped: no server-side equivalent; route timeouts apply".into()));
+            cx.report.add(
+                "VirtualNode",
+                name,
+                Outcome::Approximated,
+                Some("listener timeout dropped: no server-side equivalent; route timeouts apply".into()),
+            );
         }
     }
     let d = match &n.discovery {
         None => Err("no service discovery: nothing to route to".to_string()),
-        Some(Discovery::Dns { hostname, .. }) => Ok(Destination { host: hostname.to_ascii_lowercase(), subset: None, port }),
+        Some(Discovery::Dns { hostname, .. }) => {
+            Ok(Destination { host: hostname.to_ascii_lowercase(), subset: None, port })
+        }
         Some(Discovery::CloudMap { namespace, service, attributes }) => {
             let key = ServiceRef { namespace: namespace.clone(), service: service.clone() };
             match by_source.get(&key) {
@@ -226,8 +270,17 @@ fn cloud_map_node(
         let pm = l.port_mapping;
         let e = ports.entry(host.clone()).or_default();
         match e.get(&pm.port) {
-            Some(p) if *p != pm.protocol => cx.report.add("VirtualNode", &n.name, Outcome::Approximated, Some(format!(
-                "listener {} {}: another virtual node on {host} gives this port {}; kept that", pm.port, pm.protocol.istio(), p.istio()))),
+            Some(p) if *p != pm.protocol => cx.report.add(
+                "VirtualNode",
+                &n.name,
+                Outcome::Approximated,
+                Some(format!(
+                    "listener {} {}: another virtual node on {host} gives this port {}; kept that",
+                    pm.port,
+                    pm.protocol.istio(),
+                    p.istio()
+                )),
+            ),
             _ => {
                 e.insert(pm.port, pm.protocol);
             }
@@ -247,10 +300,15 @@ fn cloud_map_node(
         subset = hashed(&subset, &n.name, 63);
     }
     if !se.spec.endpoints.iter().any(|ep| attributes.iter().all(|(k, v)| ep.labels.get(k) == Some(v))) {
-        cx.report.add("VirtualNode", &n.name, Outcome::Approximated, Some(format!(
-            "subset {subset} of {host} selects no endpoint in the current snapshot (no instance has {})",
-            attributes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-        )));
+        cx.report.add(
+            "VirtualNode",
+            &n.name,
+            Outcome::Approximated,
+            Some(format!(
+                "subset {subset} of {host} selects no endpoint in the current snapshot (no instance has {})",
+                attributes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            )),
+        );
     }
     cx.rules.entry(host.clone()).or_default().subsets.insert(subset.clone(), (attributes.clone(), None));
     Ok(Destination { host, subset: Some(subset), port })
@@ -262,7 +320,14 @@ fn client_tls(cx: &mut Ctx, n: &VirtualNode) {
         let Some(tls) = b.tls.as_ref().or(n.backend_defaults_tls.as_ref()) else { continue };
         let what = format!("backend {} client TLS", b.virtual_service);
         let mut v = Map::new();
-        v.insert("mode".into(), json!(if matches!(tls.certificate, Some(Certificate::File { .. } | Certificate::Sds { .. })) { "MUTUAL" } else { "SIMPLE" }));
+        v.insert(
+            "mode".into(),
+            json!(if matches!(tls.certificate, Some(Certificate::File { .. } | Certificate::Sds { .. })) {
+                "MUTUAL"
+            } else {
+                "SIMPLE"
+            }),
+        );
         match &tls.trust {
             Some(Trust::File { chain }) => {
                 v.insert("caCertificates".into(), json!(chain));
@@ -271,7 +336,12 @@ fn client_tls(cx: &mut Ctx, n: &VirtualNode) {
                 v.insert("credentialName".into(), json!(secret));
             }
             Some(Trust::Acm { .. }) => {
-                cx.report.add("VirtualNode", &n.name, Outcome::Dropped, Some(format!("{what}: ACM private CA trust has no in-cluster equivalent")));
+                cx.report.add(
+                    "VirtualNode",
+                    &n.name,
+                    Outcome::Dropped,
+                    Some(format!("{what}: ACM private CA trust has no in-cluster equivalent")),
+                );
                 continue;
             }
             None => {}
@@ -285,7 +355,12 @@ fn client_tls(cx: &mut Ctx, n: &VirtualNode) {
                 v.insert("credentialName".into(), json!(secret));
             }
             Some(Certificate::Acm { .. }) => {
-                cx.report.add("VirtualNode", &n.name, Outcome::Dropped, Some(format!("{what}: ACM certificates have no in-cluster equivalent")));
+                cx.report.add(
+                    "VirtualNode",
+                    &n.name,
+                    Outcome::Dropped,
+                    Some(format!("{what}: ACM certificates have no in-cluster equivalent")),
+                );
                 continue;
             }
             None => {}
@@ -295,11 +370,20 @@ fn client_tls(cx: &mut Ctx, n: &VirtualNode) {
         }
         let hosts = service_hosts(cx, &b.virtual_service);
         if hosts.is_empty() {
-            cx.report.add("VirtualNode", &n.name, Outcome::Approximated, Some(format!("{what}: virtual service {} routes to no host", b.virtual_service)));
+            cx.report.add(
+                "VirtualNode",
+                &n.name,
+                Outcome::Approximated,
+                Some(format!("{what}: virtual service {} routes to no host", b.virtual_service)),
+            );
             continue;
         }
-        cx.report.add("VirtualNode", &n.name, Outcome::Approximated, Some(format!(
-            "{what} applies to every client of {} in Istio, not only to {}", hosts.join(", "), n.name)));
+        cx.report.add(
+            "VirtualNode",
+            &n.name,
+            Outcome::Approximated,
+            Some(format!("{what} applies to every client of {} in Istio, not only to {}", hosts.join(", "), n.name)),
+        );
         for h in hosts {
             let rule = cx.rules.entry(h).or_default();
             rule.sources.push(format!("VirtualNode {} backend", n.name));
@@ -328,7 +412,8 @@ fn service_hosts(cx: &Ctx, vs: &str) -> Vec<String> {
             .collect(),
         None => Vec::new(),
     };
-    let mut hosts: Vec<String> = nodes.iter().filter_map(|n| cx.nodes.get(n).and_then(|d| d.as_ref().ok()).map(|d| d.host.clone())).collect();
+    let mut hosts: Vec<String> =
+        nodes.iter().filter_map(|n| cx.nodes.get(n).and_then(|d| d.as_ref().ok()).map(|d| d.host.clone())).collect();
     hosts.sort();
     hosts.dedup();
     hosts
@@ -342,7 +427,10 @@ fn destination_rules(cx: &Ctx) -> Vec<Object> {
             policy.insert("outlierDetection".into(), o.clone());
         }
         if let Some(ms) = r.idle_ms {
-            policy.insert("connectionPool".into(), json!({"http": {"idleTimeout": duration(ms)}, "tcp": {"idleTimeout": duration(ms)}}));
+            policy.insert(
+                "connectionPool".into(),
+                json!({"http": {"idleTimeout": duration(ms)}, "tcp": {"idleTimeout": duration(ms)}}),
+            );
         }
         if let Some(t) = &r.tls {
             policy.insert("tls".into(), t.clone());
@@ -376,7 +464,12 @@ fn destination_rules(cx: &Ctx) -> Vec<Object> {
         let mut sources = r.sources.clone();
         sources.sort();
         sources.dedup();
-        out.push(cx.object(Kind::DestinationRule, format!("appmesh-{}", dns_name(host, 200)), sources.join(", "), Value::Object(spec)));
+        out.push(cx.object(
+            Kind::DestinationRule,
+            format!("appmesh-{}", dns_name(host, 200)),
+            sources.join(", "),
+            Value::Object(spec),
+        ));
     }
     out
 }

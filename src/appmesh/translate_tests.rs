@@ -61,10 +61,17 @@ fn colorapp_routes_weights_subsets_retries_and_timeouts() {
 
 #[test]
 fn a_subset_that_selects_no_endpoint_is_reported() {
-    let text = std::fs::read_to_string(testdata(FORMS[0])).unwrap().replace("{key: color, value: red}", "{key: color, value: green}");
+    let text = std::fs::read_to_string(testdata(FORMS[0]))
+        .unwrap()
+        .replace("{key: color, value: red}", "{key: color, value: green}");
     let t = translate(&load_str("k.yaml", &text).unwrap(), &entries(), "istio-system");
     let red = t.report.iter().find(|r| r.name == "colorapp-red").unwrap();
-    assert!(red.reasons.iter().any(|r| r.contains("selects no endpoint in the current snapshot (no instance has color=green)")), "{red:?}");
+    assert!(
+        red.reasons
+            .iter()
+            .any(|r| r.contains("selects no endpoint in the current snapshot (no instance has color=green)")),
+        "{red:?}"
+    );
 }
 
 #[test]
@@ -96,9 +103,11 @@ fn missing_nodes_and_routers_zero_weights_and_range_matches_are_reported_not_fat
 
 #[test]
 fn ten_thousand_routes_translate_in_order() {
-    let mut text = String::from(r#"[{"meshName": "m", "virtualNodeName": "n", "spec": {"serviceDiscovery": {"dns": {"hostname": "n.example"}}}},
+    let mut text = String::from(
+        r#"[{"meshName": "m", "virtualNodeName": "n", "spec": {"serviceDiscovery": {"dns": {"hostname": "n.example"}}}},
       {"meshName": "m", "virtualServiceName": "s.example", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}}},
-      {"meshName": "m", "virtualRouterName": "r", "spec": {}}"#);
+      {"meshName": "m", "virtualRouterName": "r", "spec": {}}"#,
+    );
     for i in 0..10_000 {
         text.push_str(&format!(r#",{{"meshName": "m", "virtualRouterName": "r", "routeName": "r{i}", "spec": {{"priority": {}, "httpRoute": {{"match": {{"prefix": "/{i}"}}, "action": {{"weightedTargets": [{{"virtualNode": "n", "weight": 1}}]}}}}}}}}"#, i % 1001));
     }

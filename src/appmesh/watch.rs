@@ -48,9 +48,10 @@ fn log_loaded(m: &AppMesh, reload: bool) {
 /// Loads the files and starts watching them; the receiver carries every good model.
 pub async fn start(settings: Settings) -> Result<watch::Receiver<Arc<AppMesh>>, LoadError> {
     let s = settings.clone();
-    let (initial, mut last) = tokio::task::spawn_blocking(move || (super::load(&s.paths, s.max_bytes), stamp(&s.paths)))
-        .await
-        .expect("App Mesh load does not panic");
+    let (initial, mut last) =
+        tokio::task::spawn_blocking(move || (super::load(&s.paths, s.max_bytes), stamp(&s.paths)))
+            .await
+            .expect("App Mesh load does not panic");
     let initial = initial?;
     log_loaded(&initial, false);
     let (tx, rx) = watch::channel(Arc::new(initial));
