@@ -125,7 +125,9 @@ impl ResourceSnapshot {
     /// (at 10,000 services they take several times the encoded size): translated again from the
     /// model, which gives the same entries because translation is deterministic.
     pub fn translation(&self) -> Translation {
-        translate::translate_with(&self.model, &self.options, &self.vips_from)
+        let mut t = translate::translate_with(&self.model, &self.options, &self.vips_from);
+        crate::appmesh::translate::apply_port_protocols(&mut t.entries, &self.appmesh.port_protocols);
+        t
     }
 }
 

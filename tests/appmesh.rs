@@ -143,6 +143,9 @@ async fn serve_answers_virtual_services_destination_rules_and_gateways_under_v1_
         assert_eq!(se[0].2.ports[0].protocol, "HTTP");
         assert_eq!(se[0].2.ports[0].name, "http-8080");
     }
+    // The debug view shows the ServiceEntries as served.
+    let (_, yaml) = http_get(server.admin, "/debug/serviceentries");
+    assert!(yaml.contains("name: http-8080") && yaml.contains("protocol: HTTP"), "{yaml}");
     let (status, body) = http_get(server.admin, "/debug/appmesh");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -26,6 +26,8 @@ pub struct AppMeshServed {
     pub report: Vec<ReportEntry>,
     /// The translated objects, for `/debug/appmesh`.
     pub objects: Vec<crate::appmesh::istio::Object>,
+    /// Port protocols the virtual nodes give the served hosts (applied to the ServiceEntries).
+    pub port_protocols: BTreeMap<String, BTreeMap<u32, crate::appmesh::model::Protocol>>,
 }
 
 impl AppMeshServed {
@@ -70,5 +72,5 @@ pub(super) fn apply(mesh: &AppMesh, snap: &mut ResourceSnapshot) {
         }
         snap.service_entries = Arc::new(EncodedType::new(resources, names));
     }
-    snap.appmesh = Arc::new(AppMeshServed { types, report: t.report, objects });
+    snap.appmesh = Arc::new(AppMeshServed { types, report: t.report, objects, port_protocols: t.port_protocols });
 }
