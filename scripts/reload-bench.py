@@ -35,6 +35,20 @@ def mem(pid):
     return out["VmRSS"], out["VmHWM"]
 
 
+def wait_ready(proc, port, timeout=300):
+    """Waits until the admin port's /readyz answers 200 (exits if the server dies or never does)."""
+    t0 = time.time()
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                return
+        except Exception:
+            pass
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            sys.exit("server did not become ready")
+        time.sleep(0.1)
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -77,15 +91,7 @@ def main():
 
     threading.Thread(target=reader, daemon=True).start()
     t0 = time.time()
-    while True:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                break
-        except Exception:
-            pass
-        if proc.poll() is not None or time.time() - t0 > 300:
-            sys.exit("server did not become ready")
-        time.sleep(0.1)
+    wait_ready(proc, port)
     ready_s = time.time() - t0
     time.sleep(2)
     rss_ready, hwm_ready = mem(proc.pid)

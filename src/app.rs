@@ -11,6 +11,7 @@ use crate::admin::views::{View, ViewCache, ViewMetrics};
 use crate::admin::{self, DebugState, ExtraView, HealthState};
 use crate::cache::{self, ResourceCache};
 use crate::config::{ServeArgs, SourceArgs, TranslateArgs};
+use crate::guard::{self, EditGuards};
 use crate::metrics::{Activity, Metrics};
 use crate::net::{self, http2::Preface};
 use crate::source::{self, cloudmap, file, SnapshotRx};
@@ -52,6 +53,8 @@ pub struct BoundAddrs {
 pub struct StartedSource {
     pub snapshots: SnapshotRx,
     pub cloudmap: Option<cloudmap::CloudMapSource>,
+    /// With the registry file: why the file on disk is not served (for readiness).
+    pub file_problem: Option<file::Problem>,
 }
 
 /// Starts the configured source (the registry file or Cloud Map, never both) and returns its
@@ -77,13 +80,15 @@ pub async fn start_source(
                 None => cloudmap::start(settings::cloudmap_settings(&args.cloudmap, health)?, registry, metrics).await?,
                 Some(sources) => cloudmap::start_many(sources, registry, metrics).await?,
             };
-            Ok(StartedSource { snapshots: src.snapshots.clone(), cloudmap: Some(src) })
+            Ok(StartedSource { snapshots: src.snapshots.clone(), cloudmap: Some(src), file_problem: None })
         }
         (Some(path), false) => {
             let (tx, rx) = source::channel();
             let limits = settings::registry_limits(args);
-            file::watch(path.clone(), args.registry_poll_interval, limits, tx, metrics).await?;
-            Ok(StartedSource { snapshots: rx, cloudmap: None })
+            let kind = file::registry();
+            let problem = kind.problem.clone();
+            file::watch_file(path.clone(), args.registry_poll_interval, limits, tx, kind, metrics).await?;
+            Ok(StartedSource { snapshots: rx, cloudmap: None, file_problem: Some(problem) })
         }
     }
 }
@@ -127,19 +132,29 @@ fn mapping_file() -> file::Watched<Mapping, AppError> {
                 if reload { "mapping file reloaded" } else { "mapping file loaded" }
             )
         },
+        problem: file::Problem::default(),
     }
 }
 
 /// The translation options from the flags and the mapping file; with a mapping file, a task
-/// keeps them up to date with its good versions.
-pub async fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Result<cache::OptionsRx, AppError> {
+/// keeps them up to date with its good versions, and why the file on disk is not the version in
+/// use (for readiness).
+pub async fn start_options(
+    args: &TranslateArgs,
+    metrics: Arc<Metrics>,
+) -> Result<(cache::OptionsRx, Option<file::Problem>), AppError> {
     let base = settings::translate_options(args).map_err(AppError::Config)?;
+    for warning in base.vips.cidrs.iter().filter_map(|c| c.warning()) {
+        tracing::warn!("{warning}");
+    }
     let Some(path) = args.mapping_file.clone() else {
-        return Ok(cache::fixed_options(base));
+        return Ok((cache::fixed_options(base), None));
     };
     let (map_tx, mut map_rx) = watch::channel(None);
     let limits = file::Limits { max_bytes: MAPPING_MAX_BYTES, ..Default::default() };
-    file::watch_file(path, args.mapping_poll_interval, limits, map_tx, mapping_file(), metrics.clone()).await?;
+    let kind = mapping_file();
+    let problem = kind.problem.clone();
+    file::watch_file(path, args.mapping_poll_interval, limits, map_tx, kind, metrics.clone()).await?;
     let initial = map_rx.borrow_and_update().clone().expect("the watcher publishes the first load");
     metrics.mapping_rules.set(initial.rules().len() as i64);
     let (opts_tx, opts_rx) = watch::channel(Arc::new(translate::Options { mapping: initial, ..base.clone() }));
@@ -160,7 +175,7 @@ pub async fn start_options(args: &TranslateArgs, metrics: Arc<Metrics>) -> Resul
             });
         }
     });
-    Ok(opts_rx)
+    Ok((opts_rx, Some(problem)))
 }
 
 /// Runs the server until `shutdown` completes, then drains. `bound` receives the listen addresses.
@@ -196,13 +211,39 @@ pub async fn serve(
         return Err(AppError::Config("--debug-addr serves the debug views, which --debug-views=false turns off: give one".into()));
     }
     let view_metrics = ViewMetrics::register(&mut registry);
-    let options = start_options(&args.translate, metrics.clone()).await?;
+    let guards = EditGuards::register(&mut registry);
+    let guard_settings = settings::edit_guard(&args);
+    let (options, mapping_problem) = start_options(&args.translate, metrics.clone()).await?;
     let opts = options.borrow().clone();
     let source = start_source(&args.source, opts.health_filter, metrics.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
+    // A registry file edit that removes most services is held (Cloud Map has its own guard).
+    let snapshots = match &args.source.registry_file {
+        Some(_) => {
+            type Model = Option<Arc<crate::model::Snapshot>>;
+            let loss: guard::Evaluate<Model> = Arc::new(|a: &Model, p: &Model| match (a, p) {
+                (Some(a), Some(p)) => guard::model_loss(a, p),
+                _ => guard::Loss::default(),
+            });
+            guards.guard("registry file", source.snapshots.clone(), loss, guard_settings)
+        }
+        None => source.snapshots.clone(),
+    };
     // Pacing sits before the build: a change held back is neither built nor pushed until its window ends.
-    let model_rx = crate::pacing::paced(source.snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
+    let model_rx = crate::pacing::paced(snapshots, args.min_push_interval, metrics.delayed_pushes.clone());
     let (res_tx, res_rx) = watch::channel(None);
+    // So is a mapping edit that would stop serving most services, judged on the served model.
+    let options = match &args.translate.mapping_file {
+        Some(_) => {
+            let served = res_rx.clone();
+            let loss: guard::Evaluate<Arc<translate::Options>> = Arc::new(move |a: &Arc<translate::Options>, p: &Arc<translate::Options>| {
+                let snap: Option<Arc<cache::ResourceSnapshot>> = served.borrow().clone();
+                snap.map(|s| guard::options_loss(&s.model, a, p)).unwrap_or_default()
+            });
+            guards.guard("mapping file", options, loss, guard_settings)
+        }
+        None => options,
+    };
     let mut cache = ResourceCache::new((*opts).clone());
     if !args.translate.appmesh_files.is_empty() {
         let rx = crate::appmesh::watch::start(settings::appmesh(&args.translate)).await?;
@@ -312,20 +353,45 @@ pub async fn serve(
             }
         }
     };
-    // With several sources, readiness names any that has not synced.
-    let detail: Option<admin::ReadinessDetail> = source.cloudmap.as_ref().filter(|c| c.multi).map(|c| {
+    // With several sources, readiness names any that has not synced; with files, any file whose
+    // version on disk is not the one served, and why; and any held edit.
+    let mut details: Vec<admin::ReadinessDetail> = Vec::new();
+    if let Some(c) = source.cloudmap.as_ref().filter(|c| c.multi) {
         let pollers = c.pollers.clone();
-        Arc::new(move || cloudmap::multi::not_synced(&pollers)) as admin::ReadinessDetail
-    });
+        details.push(Arc::new(move || cloudmap::multi::not_synced(&pollers)));
+    }
+    for problem in [source.file_problem.clone(), mapping_problem].into_iter().flatten() {
+        details.push(Arc::new(move || problem.get()));
+    }
+    let held = guards.clone();
+    details.push(Arc::new(move || held.readiness()));
+    let detail: Option<admin::ReadinessDetail> = Some(Arc::new(move || {
+        let parts: Vec<String> = details.iter().filter_map(|d| d()).collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }));
     let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail });
     let debug_app = args.debug_views.then(|| {
-        let extra = source.cloudmap.map(|c| {
-            let snapshots = res_rx.clone();
-            ExtraView {
-                path: cloudmap::debug::PATH,
-                view: View::CloudMap,
-                render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
-            }
+        let mut extra: Vec<ExtraView> = source
+            .cloudmap
+            .map(|c| {
+                let snapshots = res_rx.clone();
+                ExtraView {
+                    path: cloudmap::debug::PATH,
+                    view: View::CloudMap,
+                    render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
+                }
+            })
+            .into_iter()
+            .collect();
+        let held = guards.clone();
+        extra.push(ExtraView {
+            path: "/debug/held-edits",
+            view: View::HeldEdits,
+            render: Arc::new(move || {
+                let mut body = serde_json::to_vec(&serde_json::json!({ "held": held.held() })).expect("serializes");
+                body.push(b'\n');
+                body.into()
+            }),
         });
         let cache = Arc::new(ViewCache::new(view_metrics));
         admin::debug_router(DebugState { snapshots: res_rx.clone(), clients, cache }, extra)

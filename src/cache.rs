@@ -24,6 +24,7 @@ use crate::util::Escaped;
 
 pub mod appmesh;
 mod build;
+pub mod decode;
 #[cfg(test)]
 mod tests;
 
@@ -85,10 +86,6 @@ pub struct ResourceSnapshot {
     pub options: Arc<translate::Options>,
     /// The VIPs it serves (by host).
     pub vips: Arc<translate::Allocation>,
-    /// The allocation `vips` was made from (the previous snapshot's): what [`Self::translation`]
-    /// allocates from, so that it gives exactly the VIPs served. Allocating from `vips` itself
-    /// differs when a range is full and a departed host's address is held back for one build.
-    pub vips_from: Arc<translate::Allocation>,
     /// Entries whose VIP is not their host's hash address.
     pub vip_collisions: usize,
     /// Services that produced no ServiceEntry, and why (sorted).
@@ -125,7 +122,7 @@ impl ResourceSnapshot {
     /// (at 10,000 services they take several times the encoded size): translated again from the
     /// model, which gives the same entries because translation is deterministic.
     pub fn translation(&self) -> Translation {
-        let mut t = translate::translate_with(&self.model, &self.options, &self.vips_from);
+        let mut t = translate::translate(&self.model, &self.options);
         crate::appmesh::translate::apply_port_protocols(&mut t.entries, &self.appmesh.port_protocols);
         t
     }
@@ -300,6 +297,7 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
     }
     metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.kind == NoteKind::SkippedInstance).count() as i64);
     metrics.ignored_overrides.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Override).count() as i64);
+    metrics.dropped_hosts.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Host).count() as i64);
     metrics.vips.set(snap.vips.len() as i64);
     metrics.vip_collisions.set(snap.vip_collisions as i64);
     metrics.ready.set(1);

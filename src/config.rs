@@ -75,7 +75,12 @@ fn explicitly_set(matches: &ArgMatches, args: clap::Command, skip: &[&str]) -> V
 fn check_unused_source_settings(m: &ArgMatches) -> Result<(), String> {
     let given = matches!(m.value_source("registry_file"), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
     if given {
-        let ignored = explicitly_set(m, CloudMapArgs::augment_args(clap::Command::new("x")), &["cloudmap"]);
+        // The removal guard's ratio and confirmations hold registry and mapping file edits too.
+        let ignored = explicitly_set(
+            m,
+            CloudMapArgs::augment_args(clap::Command::new("x")),
+            &["cloudmap", "max_removal_ratio", "removal_confirmations"],
+        );
         if !ignored.is_empty() {
             return Err(format!(
                 "--registry-file is given, so these Cloud Map settings would be ignored: {}. \
@@ -218,10 +223,10 @@ pub struct CloudMapArgs {
     /// Attempts per call when Cloud Map throttles (ThrottlingException, RequestLimitExceeded), with exponential backoff and jitter.
     #[arg(long, env = "CLOUDMAP_MCP_AWS_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     pub aws_max_attempts: u32,
-    /// A resync that would remove more than this share of the served services (e.g. 0.5 or 50%) is held back.
+    /// A resync, or a registry or mapping file edit, that would remove more than this share of the served services (e.g. 0.5 or 50%) is held back.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_REMOVAL_RATIO", default_value = "50%", value_parser = parse_ratio)]
     pub max_removal_ratio: f64,
-    /// A held-back mass removal is applied once this many consecutive resyncs propose it.
+    /// A held-back mass removal is applied once this many consecutive resyncs (held file edits: checks, --held-edit-check-interval apart) propose it.
     #[arg(long, env = "CLOUDMAP_MCP_REMOVAL_CONFIRMATIONS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub removal_confirmations: u32,
 }
@@ -293,13 +298,19 @@ pub struct TranslateArgs {
     /// How often the App Mesh files are checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_APPMESH_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub appmesh_poll_interval: Duration,
-    /// Give every ServiceEntry without an address a VIP from --vip-cidr, so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
+    /// Give every ServiceEntry a VIP from --vip-cidr (except a single hand-registered IP), so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
     #[arg(long, env = "CLOUDMAP_MCP_ALLOCATE_VIPS", default_value = "true", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub allocate_vips: bool,
-    /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48.
+    /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48, loopback, link-local, multicast, unspecified or IPv4-mapped addresses; a warning outside 240.0.0.0/4 and fc00::/7.
     #[arg(long = "vip-cidr", env = "CLOUDMAP_MCP_VIP_CIDRS", value_delimiter = ',', default_value = translate::vip::DEFAULT_CIDR, value_parser = parse_cidr)]
     pub vip_cidrs: Vec<translate::vip::Cidr>,
+    /// The Kubernetes cluster domain: no extra host (mapping alias, `cloudmap-mcp/hosts`) in it, in cluster.local, or ending in .svc is served.
+    #[arg(long, env = "CLOUDMAP_MCP_CLUSTER_DOMAIN", default_value = translate::hosts::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
+    /// Most extra hosts (mapping aliases or `cloudmap-mcp/hosts`) one ServiceEntry serves; the others are left out with a note.
+    #[arg(long, env = "CLOUDMAP_MCP_MAX_EXTRA_HOSTS", default_value_t = translate::hosts::DEFAULT_MAX_EXTRA_HOSTS)]
+    pub max_extra_hosts: usize,
 }
 
 fn parse_cidr(s: &str) -> Result<translate::vip::Cidr, String> {
@@ -385,6 +396,9 @@ pub struct ServeArgs {
     /// On SIGTERM, how long to wait for streams to close before exiting.
     #[arg(long, env = "CLOUDMAP_MCP_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,
+    /// A held mapping or registry file edit (one that would stop serving more than --max-removal-ratio of the services) is checked again this often; --removal-confirmations consecutive checks apply it.
+    #[arg(long, env = "CLOUDMAP_MCP_HELD_EDIT_CHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub held_edit_check_interval: Duration,
     /// PEM certificate chain: serve gRPC over TLS (istiod 1.26+ `tlsSettings: {mode: SIMPLE}`). Reloaded when it changes.
     #[arg(long, env = "CLOUDMAP_MCP_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,

@@ -8,6 +8,7 @@ pub mod appmesh;
 pub mod cache;
 pub mod config;
 pub mod fuzzing;
+pub mod guard;
 pub mod metrics;
 pub mod model;
 pub mod net;

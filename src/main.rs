@@ -39,6 +39,9 @@ async fn shutdown_signal() {
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
     let mut opts = app::settings::translate_options(&args.translate).map_err(anyhow::Error::msg).context("invalid options")?;
+    for warning in opts.vips.cidrs.iter().filter_map(|c| c.warning()) {
+        eprintln!("warning: {warning}");
+    }
     if let Some(path) = &args.translate.mapping_file {
         opts.mapping = std::sync::Arc::new(app::load_mapping(path)?);
     }

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub appmesh_objects: Family<Labels, Gauge>,
     pub skipped_instances: Gauge,
     pub ignored_overrides: Gauge,
+    pub dropped_hosts: Gauge,
     pub vips: Gauge,
     pub vip_collisions: Gauge,
     pub mapping_rules: Gauge,
@@ -114,6 +115,7 @@ impl Metrics {
             appmesh_objects: Family::default(),
             skipped_instances: Gauge::default(),
             ignored_overrides: Gauge::default(),
+            dropped_hosts: Gauge::default(),
             vips: Gauge::default(),
             vip_collisions: Gauge::default(),
             mapping_rules: Gauge::default(),
@@ -185,6 +187,11 @@ impl Metrics {
             "ignored_overrides",
             "cloudmap-mcp/* service attributes currently ignored for an invalid value (reasons in /debug/rejected)",
             Box::new(m.ignored_overrides.clone()),
+        );
+        reg!(
+            "dropped_hosts",
+            "Notes on extra hosts currently not served: another service's host, in the cluster's domains, outside the allowed domains, beyond --max-extra-hosts (kind `host` in /debug/rejected)",
+            Box::new(m.dropped_hosts.clone()),
         );
         reg!("vips", "ServiceEntries currently served with an allocated VIP", Box::new(m.vips.clone()));
         reg!(

@@ -170,6 +170,74 @@ pub fn limit_malloc_arenas() -> Option<i32> {
     None
 }
 
+/// Deepest nesting of YAML flow collections accepted in the registry and mapping files. The YAML
+/// parsers' cost grows with the square of this depth (a 100 KB file of nested `[` took minutes),
+/// and the deserializers refuse anything deeper than 128 levels anyway, so deeper files are
+/// refused before parsing.
+pub const MAX_FLOW_NESTING: usize = 256;
+
+/// Where flow collections (`[`, `{`) first nest deeper than `limit`, as (line, column), ignoring
+/// quoted scalars and comments. Brackets inside plain scalars are counted too, which can only make
+/// a broken file fail sooner: no valid registry or mapping file comes near the limit.
+pub fn flow_nesting_beyond(text: &str, limit: usize) -> Option<(usize, usize)> {
+    #[derive(PartialEq)]
+    enum In {
+        Plain,
+        Single,
+        Double,
+        Comment,
+    }
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let mut state = In::Plain;
+    let mut escaped = false;
+    let mut prev = '\n';
+    for ch in text.chars() {
+        column += 1;
+        if ch == '\n' {
+            line += 1;
+            column = 0;
+            if state == In::Comment {
+                state = In::Plain;
+            }
+            prev = ch;
+            continue;
+        }
+        let token_start = prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':');
+        match state {
+            In::Comment => {}
+            In::Double => {
+                if escaped {
+                    escaped = false;
+                } else if ch == '\\' {
+                    escaped = true;
+                } else if ch == '"' {
+                    state = In::Plain;
+                }
+            }
+            In::Single => {
+                if ch == '\'' {
+                    state = In::Plain;
+                }
+            }
+            In::Plain => match ch {
+                '#' if token_start => state = In::Comment,
+                '"' if token_start => state = In::Double,
+                '\'' if token_start => state = In::Single,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return Some((line, column));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = ch;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! The admin server attacked like an outsider would, against the real binary: concurrent debug
-//! views at a large registry (memory bounded, istiod unaffected), the debug-view switches.
+//! views at a large registry (memory bounded, istiod unaffected), a reader that stops reading, the
+//! debug-view switches.
 //!
 //! `CLOUDMAP_MCP_ADMIN_SERVICES` (default 2,000 services × 10 instances) and
 //! `CLOUDMAP_MCP_ADMIN_REQUESTS` (default 20) scale the attack, e.g. to the 10,000.
@@ -79,7 +80,7 @@ fn wait_ready(server: &ServerProcess) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_debug_views_at_a_large_registry_are_rendered_once() {
+async fn concurrent_debug_views_at_a_large_registry_stay_bounded() {
     let services = env_usize("CLOUDMAP_MCP_ADMIN_SERVICES", 2_000);
     let requests = env_usize("CLOUDMAP_MCP_ADMIN_REQUESTS", 20);
     let dir = tempfile::tempdir().unwrap();
@@ -157,13 +158,14 @@ async fn concurrent_debug_views_at_a_large_registry_are_rendered_once() {
         sizes["/debug/serviceentries"].first().unwrap() > &(services * 500),
         "the YAML holds every entry"
     );
-    // Each view is rendered once and shared: the growth is a few times the bodies (the render's
-    // working memory), not one render per request. Bounded by the bodies rather than by the idle
-    // RSS, which depends on what the allocator kept from the first build (not what this tests).
+    // The ServiceEntry views are streamed: a request holds a piece of its body (32 KiB) plus what
+    // hyper queues for its connection (about 400 KiB), whatever the registry's size, and no whole
+    // document is ever built. So the growth is bounded per request (1 MiB each, with room), not
+    // by the bodies (12 MB here; rendered whole and shared, the server grew by 45 MB).
     let bodies_kib: usize = sizes.values().filter_map(|s| s.first()).sum::<usize>() / 1024;
     assert!(
-        peak <= idle + 6 * bodies_kib as u64,
-        "peak rss {peak} KiB > idle {idle} KiB + 6 x the bodies ({bodies_kib} KiB)"
+        peak <= idle + 1024 * requests as u64,
+        "peak rss {peak} KiB > idle {idle} KiB + 1 MiB x {requests} requests (bodies: {bodies_kib} KiB)"
     );
     assert!(
         during < Duration::from_secs(1),
@@ -173,21 +175,96 @@ async fn concurrent_debug_views_at_a_large_registry_are_rendered_once() {
         after < Duration::from_secs(1),
         "a new client waited {after:?} after the attack"
     );
-    // Rendered once per view and snapshot, everything else shared.
-    for view in ["serviceentries_yaml", "serviceentries_json", "rejected"] {
+    // The ServiceEntry views are streamed per request; the rejected view is rendered once per
+    // snapshot and shared.
+    let asked = |i: usize| (0..requests).filter(|r| r % 4 == i).count();
+    for (view, times) in [
+        ("serviceentries_yaml", asked(0) + asked(2)),
+        ("serviceentries_json", asked(1)),
+        ("rejected", 1),
+    ] {
         let renders = metric(
             &server,
             "cloudmap_mcp_debug_view_renders_total",
             &format!("view=\"{view}\""),
         );
-        assert_eq!(renders, 1.0, "{view} rendered once");
+        assert_eq!(renders, times as f64, "{view} rendered {times} times");
     }
     let shared = metric(&server, "cloudmap_mcp_debug_view_shared_total", "");
     assert_eq!(
         shared as usize,
-        requests - 3,
-        "the other requests shared a render"
+        asked(3) - 1,
+        "the other requests for /debug/rejected shared its render"
     );
+}
+
+/// A client that asks for `/debug/serviceentries` and then stops reading holds back only its own
+/// answer: other readers get theirs, an istiod-like client gets a registry edit, a new reader sees
+/// the edit; when the slow reader reads on, it gets the whole body of the snapshot its request
+/// started on (not a mix of two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_that_stops_reading_blocks_nobody() {
+    use std::io::{Read, Write};
+    let services = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.yaml");
+    let registry = big_registry(services);
+    std::fs::write(&path, &registry).unwrap();
+    let server = ServerProcess::start(&["--registry-file", path.to_str().unwrap()]);
+    wait_ready(&server);
+    let mut ads = AdsStream::connect(&server.url()).await;
+    ads.send(SE_V1, "", "").await;
+    let first = ads.recv(Duration::from_secs(60)).await.expect("ServiceEntry response");
+    ads.ack(&first).await;
+    let json = "/debug/serviceentries?format=json";
+    let (code, before) = http_get_within(server.admin, json, Duration::from_secs(120));
+    assert_eq!(code, 200);
+
+    // The slow reader: a 4 KiB receive window, 1 KiB read, then nothing. The body (8 MB of JSON)
+    // is more than the kernel's buffers and hyper's queue together hold, so its stream waits.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.admin.into()).unwrap();
+    let mut slow: std::net::TcpStream = sock.into();
+    slow.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(slow, "GET {json} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut head = vec![0u8; 1024];
+    slow.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.0 200"), "{}", String::from_utf8_lossy(&head[..100]));
+
+    // Meanwhile: other readers, the same view and another one.
+    let (code, again) = http_get_within(server.admin, json, Duration::from_secs(120));
+    assert_eq!((code, again.len()), (200, before.len()), "another reader gets the whole view");
+    assert_eq!(http_get(server.admin, "/debug/rejected").0, 200);
+    // The ADS path: an edit reaches the istiod-like client.
+    let (old_ip, new_ip) = ("AWS_INSTANCE_IPV4: 10.0.0.1,", "AWS_INSTANCE_IPV4: 10.250.0.1,");
+    assert_eq!(registry.matches(old_ip).count(), 1);
+    support::write_atomic(&path, &registry.replacen(old_ip, new_ip, 1));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = ads
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the edit reaches the ADS client while a debug reader is stalled");
+        ads.ack(&r).await;
+        let edited = support::service_entries(&r)
+            .iter()
+            .any(|(_, _, se)| se.endpoints.iter().any(|e| e.address == "10.250.0.1"));
+        if edited {
+            break;
+        }
+    }
+    let (_, after) = http_get_within(server.admin, json, Duration::from_secs(120));
+    assert!(after.contains("\"10.250.0.1\""), "a new reader sees the edit");
+
+    // The slow reader reads on: the snapshot its request started on, whole.
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    let text = String::from_utf8(head).unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    assert!(body == before, "the slow reader got {} bytes, not the {} of the snapshot it asked", body.len(), before.len());
+    assert_ne!(before, after);
 }
 
 /// A small registry for the switches below.

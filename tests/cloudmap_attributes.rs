@@ -2,6 +2,7 @@
 //! service, refreshed, served from the last good answer when the call fails, and access denied
 //! (an IAM policy without servicediscovery:GetServiceAttributes) served without attributes.
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,14 +46,7 @@ async fn ecs_service(seed: &Seed, ns: &str, name: &str) -> String {
 }
 
 pub async fn set_attributes(seed: &Seed, service_id: &str, attrs: &[(&str, &str)]) {
-    let mut req = seed
-        .client
-        .update_service_attributes()
-        .service_id(service_id);
-    for (k, v) in attrs {
-        req = req.attributes(*k, *v);
-    }
-    req.send().await.expect("UpdateServiceAttributes");
+    seed.set_service_attributes(service_id, attrs).await;
 }
 
 /// The service `name` in the debug view.
@@ -302,4 +296,38 @@ async fn service_attributes_shape_the_served_entry_and_changes_reach_clients() {
         .await;
     assert_eq!(cart_ports(&e).unwrap()[0].0, 8080);
     server.shutdown().await;
+}
+
+/// The info line about changed attributes shows keys and value lengths, never the values (issue
+/// 22: whoever may call UpdateServiceAttributes wrote 150 KB log lines); the values are at debug,
+/// each cut to 64 characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attributes_info_line_shows_keys_and_lengths_not_values() {
+    init();
+    let Some(moto) = Moto::start("attributes_log_line").await else {
+        return;
+    };
+    let seed = Seed::new(&moto.endpoint()).await;
+    let ns = seed.http_namespace("shop").await;
+    let cart = ecs_service(&seed, &ns, "cart").await;
+    let value = format!("{}-secret-tail", "v".repeat(1000));
+    let keys: Vec<String> = (0..30).map(|i| format!("team-{i:02}")).collect();
+    let attrs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), value.as_str())).collect();
+    set_attributes(&seed, &cart, &attrs).await;
+
+    let endpoint = moto.endpoint();
+    let mut flags = FAST.to_vec();
+    flags.extend_from_slice(&["--cloudmap", "--aws-region", "us-east-1", "--aws-endpoint-url", &endpoint]);
+    let server = support::ServerProcess::start(&flags);
+    assert!(server.wait_log("Cloud Map service attributes changed", WAIT), "{}", server.logs());
+    let logs = server.logs();
+    let info = logs.lines().find(|l| l.contains("Cloud Map service attributes changed")).unwrap();
+    assert!(info.len() < 2_000, "{} bytes: {info}", info.len());
+    assert!(info.contains("team-00 (1012 bytes)") && info.contains("team-29 (1012 bytes)"), "{info}");
+    assert!(!info.contains("vvvvvvvv") && !info.contains("secret-tail"), "{info}");
+    // At debug (the test server logs cloudmap_mcp at debug): each value cut to 64 characters.
+    let debug = logs.lines().find(|l| l.contains("Cloud Map service attribute values")).unwrap();
+    assert!(debug.len() < 4_000, "{} bytes: {debug}", debug.len());
+    assert!(!debug.contains("secret-tail") && debug.contains("(1012 bytes)"), "{debug}");
+    assert!(logs.lines().all(|l| l.len() < 8_000), "no line carries the values");
 }

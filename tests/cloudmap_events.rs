@@ -461,3 +461,69 @@ fn rand_ms(max: u64) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos() as u64;
     nanos % max.max(1)
 }
+
+/// Throughput of the events consumer on a burst (issue 22: one batch of 10 at a time gave 13.5
+/// messages/s against moto). `CLOUDMAP_MCP_MEASURE_SERVICES` (50) services, then
+/// `CLOUDMAP_MCP_MEASURE_MESSAGES` (1000) RegisterInstance events naming them in turn, sent to the
+/// queue as fast as moto takes them (10 a call); prints messages/s from the first send until every
+/// message was processed, and the queue depth the server exports while it drains:
+/// `cargo test --test cloudmap_events -- --ignored --nocapture measure_event_burst`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_event_burst_throughput() {
+    init();
+    let Some(moto) = Moto::start("measure_event_burst").await else { return };
+    let n = env_num("CLOUDMAP_MCP_MEASURE_SERVICES", 50) as usize;
+    let messages = env_num("CLOUDMAP_MCP_MEASURE_MESSAGES", 1000) as usize;
+    let seed = Seed::new(&moto.endpoint()).await;
+    let ns = seed.http_namespace("burst").await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = seed.service(&ns, &format!("svc{i:03}")).await;
+        seed.register(&id, "a", &[("AWS_INSTANCE_IPV4", "10.9.0.1")]).await;
+        ids.push(id);
+    }
+    let events = Events::new(&moto.endpoint(), "burst-events").await;
+    let server = start(&moto.endpoint(), &slowest(&events.queue_url, &moto.endpoint())).await;
+    let mut ads = Ads::connect(server.grpc).await;
+    ads.wait_for("every service", WAIT, |e| e.len() == n).await;
+    let processed = |m: &str| {
+        metric(m, "cloudmap_mcp_events_messages_total", &[("outcome", "acted")])
+            + metric(m, "cloudmap_mcp_events_messages_total", &[("outcome", "skipped")])
+    };
+    let base = processed(&server.metrics().await);
+    let t0 = Instant::now();
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(10) {
+        let entries = chunk.iter().map(|&i| {
+            let body = json!({
+                "version": "0", "id": format!("burst-{i}"), "detail-type": "AWS API Call via CloudTrail",
+                "source": "aws.servicediscovery", "account": "123456789012", "region": "us-east-1",
+                "detail": cloudtrail_detail("RegisterInstance", json!({"serviceId": ids[i % n], "instanceId": "a"}), Value::Null),
+            });
+            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body.to_string()).build().unwrap()
+        });
+        events.sqs.send_message_batch().queue_url(&events.queue_url).set_entries(Some(entries.collect())).send().await.unwrap();
+    }
+    let mut depths = Vec::new();
+    loop {
+        let m = server.metrics().await;
+        let done = processed(&m) - base;
+        if m.contains("cloudmap_mcp_events_queue_depth") {
+            depths.push((t0.elapsed().as_secs(), metric(&m, "cloudmap_mcp_events_queue_depth", &[])));
+            depths.dedup_by_key(|d| d.1 as i64);
+        }
+        if done >= messages as f64 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(900), "{done} of {messages} processed after 900 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let m = server.metrics().await;
+    let reads = metric(&m, "cloudmap_mcp_aws_calls_total", &[("operation", "DiscoverInstances")]);
+    println!(
+        "EVENT BURST: {messages} messages naming {n} services processed in {secs:.1} s: {:.1} messages/s; DiscoverInstances calls in all {reads}; queue depth (s, messages) {depths:?}",
+        messages as f64 / secs
+    );
+    server.shutdown().await;
+}

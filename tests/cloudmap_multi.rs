@@ -253,6 +253,48 @@ async fn first_sync_hold_waits_for_each_source_up_to_its_timeout() {
     assert_eq!((status, body.as_str()), (200, "ready: 2 ServiceEntries\n"));
 }
 
+/// A TCP listener that counts the connections it gets (and closes them): an endpoint that must
+/// not be called.
+fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_sts_endpoint_takes_precedence_over_aws_endpoint_url() {
+    init();
+    let Some(moto) = Moto::start("sts_endpoint_precedence").await else { return };
+    let ep = moto.endpoint();
+    one_service(&client(&ep, "us-east-1", Some(ROLE)).await, "acct2.local", "pay", "10.0.3.1").await;
+    // AWS_ENDPOINT_URL names an endpoint that must not be called; the source names moto for both.
+    let (elsewhere, calls) = counting_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let sources = write_sources(
+        &dir,
+        &format!(
+            "sources:\n  - name: acct2\n    region: us-east-1\n    endpointUrl: {ep}\n    stsEndpointUrl: {ep}\n    roleArn: {ROLE}\n    externalId: mesh-test\n"
+        ),
+    );
+    let mut args = common::FAST.to_vec();
+    args.extend_from_slice(&["--sources-file", &sources]);
+    let server = ServerProcess::start_env(&args, &[("AWS_ENDPOINT_URL", &elsewhere)]);
+    let mut ads = Ads::connect(server.grpc).await;
+    let e = ads.wait_for("the role's service, through moto's STS", WAIT, |e| e.len() == 1).await;
+    assert_eq!(host_ips(&e, "pay.acct2.local").unwrap(), ["10.0.3.1"], "{}", server.logs());
+    let line = server.logs().lines().find(|l| l.contains("sts:AssumeRole")).unwrap_or_default().to_string();
+    assert!(line.contains(&ep), "the log names the endpoint called: {line}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0, "AWS_ENDPOINT_URL was called");
+}
+
 #[test]
 fn sources_file_errors_and_conflicts_are_clear() {
     let dir = tempfile::tempdir().unwrap();

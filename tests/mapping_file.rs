@@ -153,3 +153,22 @@ fn bad_mapping_files_and_flags_stop_startup_with_a_clear_error() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("  - 241."));
 }
+
+/// A mapping given at startup whose host template fits no real name: nothing can be held (there is
+/// no earlier mapping), so the server serves what it can (nothing) and `/readyz`, still 200 so that
+/// istiod can start, says that none of the services is served and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_why_nothing_is_served_when_a_startup_mapping_rejects_every_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry.yaml");
+    let map = dir.path().join("mapping.yaml");
+    std::fs::write(&reg, registry()).unwrap();
+    // 60 + 1 + 60 + the service name: a DNS label of more than 63 characters for every service.
+    let long = "x".repeat(60);
+    std::fs::write(&map, format!("rules:\n  - name: too-long\n    host: \"{long}{{service}}.{long}\"\n")).unwrap();
+    let server = ServerProcess::start(&["--registry-file", reg.to_str().unwrap(), "--mapping-file", map.to_str().unwrap()]);
+    let (code, body) = http_get(server.admin, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ready: 0 ServiceEntries; none of the 3 services is served (3 rejected, e.g. "), "{body}");
+    assert!(body.contains("see /debug/rejected"), "{body}");
+}

@@ -8,8 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{service_entries, write_atomic, AdsStream, ServerProcess, ISTIOD_130_KINDS};
 
@@ -57,27 +56,8 @@ fn memory(pid: u32) -> (u64, u64) {
 
 /// Runs `serve` until it exits (it must, within 60 s); returns its exit code and stderr.
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("the server did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.code(), err)
+    let (code, _, err) = support::serve_to_exit(args, Duration::from_secs(60));
+    (code, err)
 }
 
 #[test]

@@ -3,17 +3,19 @@
 //! | path | what |
 //! |---|---|
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet) |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); a registry or mapping file not applied is named with the reason (still 200: its last good version is served), and so is a snapshot where the source has services but none is served (all rejected) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
-//! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments |
+//! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments; streamed ([`stream`]) |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
 //! | `/debug/appmesh` | JSON: the App Mesh migration report (per object: translated, approximated or dropped, with reasons) and the Istio objects served per kind |
 //! | `/debug/clients` | JSON: each stream's node id, peer, and per type the last sent/acked version and nonce |
+//! | `/debug/held-edits` | JSON: mapping or registry file edits held by the edit guard (see `guard`) |
 //! | `/debug/cloudmap` | JSON, with `--cloudmap`/`--sources-file` only (`{"sources": [...]}` with several): per namespace and service, ids, revision, last refresh, instance count, skipped instances, last error (rendered by `source::cloudmap::debug`) |
 //!
 //! [`health_router`] serves the first three, [`debug_router`] the debug views; the composition root
-//! puts them on one listener or two, or leaves the debug views out. Every debug view is rendered
-//! through one [`views::ViewCache`] (single flight, once per snapshot).
+//! puts them on one listener or two, or leaves the debug views out. `/debug/serviceentries` is
+//! streamed per request ([`stream`]); every other debug view is rendered through one
+//! [`views::ViewCache`] (single flight, once per snapshot). All render on one thread.
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -29,6 +31,7 @@ use crate::translate::render;
 use crate::xds::Clients;
 
 pub mod serve;
+pub mod stream;
 pub mod views;
 
 use views::{Freshness, View, ViewCache};
@@ -69,13 +72,13 @@ pub fn health_router(state: HealthState) -> Router {
         .with_state(state)
 }
 
-pub fn debug_router(state: DebugState, extra: Option<ExtraView>) -> Router {
+pub fn debug_router(state: DebugState, extra: Vec<ExtraView>) -> Router {
     let mut router = Router::new()
         .route("/debug/serviceentries", get(serviceentries))
         .route("/debug/rejected", get(rejected))
         .route("/debug/appmesh", get(appmesh))
         .route("/debug/clients", get(clients));
-    if let Some(x) = extra {
+    for x in extra {
         let cache = state.cache.clone();
         router = router.route(
             x.path,
@@ -95,8 +98,19 @@ pub fn debug_router(state: DebugState, extra: Option<ExtraView>) -> Router {
 }
 
 async fn readyz(State(s): State<HealthState>) -> Response {
-    let detail = s.detail.as_ref().and_then(|d| d());
-    let served = s.snapshots.borrow().as_ref().map(|snap| snap.service_entries.names.len());
+    let mut detail = s.detail.as_ref().and_then(|d| d());
+    let (served, none_served) = match s.snapshots.borrow().as_ref() {
+        Some(snap) => (Some(snap.service_entries.names.len()), none_served(snap)),
+        None => (None, None),
+    };
+    // Still ready (the server answers istiod, and istiod cannot start without an answer), but say
+    // why nothing is served: a mapping whose hosts fit no name, for example.
+    if let Some(why) = none_served {
+        detail = Some(match detail {
+            Some(d) => format!("{why}; {d}"),
+            None => why,
+        });
+    }
     match (served, detail) {
         (Some(n), None) => (StatusCode::OK, format!("ready: {n} ServiceEntries\n")).into_response(),
         (Some(n), Some(d)) => (StatusCode::OK, format!("ready: {n} ServiceEntries; {d}\n")).into_response(),
@@ -105,6 +119,24 @@ async fn readyz(State(s): State<HealthState>) -> Response {
         }
         (None, Some(d)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {d}\n")).into_response(),
     }
+}
+
+/// When the source has services but none of them is served: how many were rejected, and the first
+/// reason (all of them are in `/debug/rejected`).
+fn none_served(snap: &crate::cache::ResourceSnapshot) -> Option<String> {
+    if snap.model_services == 0 || !snap.service_entries.names.is_empty() {
+        return None;
+    }
+    let first = snap
+        .rejected
+        .first()
+        .map(|r| format!(", e.g. {}: {}", crate::util::Escaped(&r.source.to_string()), crate::util::Escaped(&r.reason)))
+        .unwrap_or_default();
+    Some(format!(
+        "none of the {} services is served ({} rejected{first}; see /debug/rejected)",
+        snap.model_services,
+        snap.rejected.len()
+    ))
 }
 
 async fn metrics(State(s): State<HealthState>) -> Response {
@@ -174,20 +206,11 @@ async fn serviceentries(State(s): State<DebugState>, Query(q): Query<FormatQuery
         )
             .into_response();
     };
-    // Translated again (the snapshot keeps only the encoded entries): at 10,000 services that is
-    // hundreds of milliseconds of CPU and tens of megabytes, hence once per snapshot.
-    let body = s
-        .cache
-        .get(view, Freshness::Snapshot(snap.serial), move || {
-            let t = snap.translation();
-            let mut body = render::render(&t.entries, format);
-            if format == render::Format::Yaml {
-                body.push_str(&render::report_comments(&t));
-            }
-            Bytes::from(body)
-        })
-        .await;
-    respond(body, content_type)
+    // Streamed: the served entries read back one by one (tens of megabytes at 10,000 services,
+    // never held whole).
+    s.cache.count_render(view);
+    let body = stream::body(s.cache.clone(), stream::EntryPieces::new(snap, format));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn rejected(State(s): State<DebugState>) -> Response {

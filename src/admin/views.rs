@@ -1,8 +1,13 @@
-//! Debug views rendered once and shared.
+//! Debug views rendered once and shared, or streamed.
 //!
-//! At 10,000 services `/debug/serviceentries` is tens of megabytes of YAML and about a second of
-//! CPU: rendered per request, 20 concurrent requests took the server from 472 MB to 3.99 GB. Here
-//! every view goes through one [`ViewCache`]:
+//! At 10,000 services `/debug/serviceentries` is tens of megabytes of YAML: rendered whole per
+//! request, 20 concurrent requests took the server from 472 MB to 3.99 GB; rendered once and
+//! shared, 20 slow readers still doubled the resident memory (183 → 366 MB), which stayed. That
+//! view is now streamed ([`super::stream`]): each request reads the served entries back one by
+//! one from the snapshot it started on and writes them as it goes, a piece at a time on the
+//! render thread below, so a request holds one piece and the server holds no whole document.
+//!
+//! The other views are small and go through one [`ViewCache`]:
 //!
 //! - **single flight**: one lock, held for the whole render, so at most one view renders at a
 //!   time; requests arriving meanwhile wait in line (FIFO) and take the result when it is theirs;
@@ -15,6 +20,7 @@
 //!
 //! The render itself runs on a dedicated thread and is not cancelled when the requester goes away:
 //! the next one in line gets it.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +38,7 @@ pub enum View {
     Rejected,
     Clients,
     CloudMap,
+    HeldEdits,
     AppMesh,
 }
 
@@ -44,6 +51,7 @@ impl View {
             View::Rejected => "rejected",
             View::Clients => "clients",
             View::CloudMap => "cloudmap",
+            View::HeldEdits => "held_edits",
             View::AppMesh => "appmesh",
         }
     }
@@ -106,7 +114,7 @@ impl ViewMetrics {
         let m = ViewMetrics::default();
         r.register(
             "cloudmap_mcp_debug_view_renders",
-            "Debug views rendered (at most one at a time; per-snapshot views once per snapshot)",
+            "Debug views rendered (ServiceEntry views: one streamed render per request; others at most one at a time, per-snapshot views once per snapshot)",
             m.renders.clone(),
         );
         r.register(
@@ -142,6 +150,22 @@ pub struct ViewCache {
     slots: Arc<Mutex<Vec<Rendered>>>,
     metrics: ViewMetrics,
     thread: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Streamed views in progress.
+    streams: AtomicUsize,
+}
+
+/// Held by a streamed view for as long as it is read; see [`ViewCache::stream_started`].
+pub struct StreamGuard(Arc<ViewCache>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last reader left: give the pieces' memory back (freed on other threads than the
+            // one that made them, it stays in the allocator's arenas otherwise). On the render
+            // thread: a trim holds each arena's lock while it walks it.
+            drop(self.0.run(crate::util::return_freed_memory));
+        }
+    }
 }
 
 impl ViewCache {
@@ -150,13 +174,22 @@ impl ViewCache {
             slots: Arc::new(Mutex::new(Vec::new())),
             metrics,
             thread: std::sync::Mutex::new(render_thread()),
+            streams: AtomicUsize::new(0),
         }
     }
 
+    /// A streamed view starts; when the last one in progress ends (its guard dropped: read to the
+    /// end, or the reader gone), the memory freed meanwhile is returned to the kernel.
+    pub fn stream_started(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
     /// Runs `render` on the render thread; a panic is an error.
-    fn run<F>(&self, render: F) -> tokio::sync::oneshot::Receiver<std::thread::Result<Bytes>>
+    fn run<T, F>(&self, render: F) -> tokio::sync::oneshot::Receiver<std::thread::Result<T>>
     where
-        F: FnOnce() -> Bytes + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -169,6 +202,21 @@ impl ViewCache {
             let _ = thread.send(job);
         }
         rx
+    }
+
+    /// Runs `work` on the render thread, after the work queued before it (without the cache's
+    /// lock: for views streamed piece by piece, see [`super::stream`]).
+    pub async fn on_render_thread<T, F>(&self, work: F) -> Result<T, RenderError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        outcome(self.run(work).await, "a streamed debug view")
+    }
+
+    /// Counts a render of `view` that does not go through [`Self::get`] (a streamed view).
+    pub fn count_render(&self, view: View) {
+        self.metrics.renders.get_or_create(&vec![("view", view.label())]).inc();
     }
 
     /// The body of `view`: shared if a render valid for this request exists, else rendered by
@@ -197,15 +245,21 @@ impl ViewCache {
         let started = Instant::now();
         let rendered = self.run(render);
         let task = tokio::spawn(async move {
-            let body = match rendered.await {
-                Ok(Ok(body)) => body,
-                Ok(Err(_)) => return Err(RenderError::Failed(format!("rendering {} panicked", view.label()))),
-                Err(_) => return Err(RenderError::Failed("the render thread is gone".into())),
-            };
+            let body = outcome(rendered.await, view.label())?;
             slots.push(Rendered { view, freshness, started, body: body.clone() });
             Ok(body)
         });
         task.await.map_err(|e| RenderError::Failed(e.to_string()))?
+    }
+}
+
+/// The result of work sent to the render thread: a panic (`what` names the work) or a lost thread
+/// is an error.
+fn outcome<T>(r: Result<std::thread::Result<T>, tokio::sync::oneshot::error::RecvError>, what: &str) -> Result<T, RenderError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(RenderError::Failed(format!("rendering {what} panicked"))),
+        Err(_) => Err(RenderError::Failed("the render thread is gone".into())),
     }
 }
 
@@ -364,6 +418,19 @@ mod tests {
             Bytes::from("kept")
         );
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn streams_in_progress_are_counted_until_their_guards_drop() {
+        let c = cache();
+        let (a, b) = (c.stream_started(), c.stream_started());
+        assert_eq!(c.streams.load(Ordering::SeqCst), 2);
+        drop(a);
+        assert_eq!(c.streams.load(Ordering::SeqCst), 1);
+        drop(b);
+        assert_eq!(c.streams.load(Ordering::SeqCst), 0);
+        // The trim queued by the last one runs on the render thread, before later work.
+        assert_eq!(c.on_render_thread(|| 7).await.unwrap(), 7);
     }
 
     #[tokio::test]

@@ -36,7 +36,18 @@ pub fn translate_options(a: &TranslateArgs) -> Result<translate::Options, String
         // The mapping file is read by the caller (`load_mapping`) and watched by `start_options`.
         mapping: Default::default(),
         vips: translate::VipSettings::new(a.allocate_vips, a.vip_cidrs.clone())?,
+        hosts: translate::HostPolicy::new(&a.cluster_domain, a.max_extra_hosts)?,
     })
+}
+
+/// The edit guard of the mapping and registry files: the Cloud Map removal guard's ratio and
+/// confirmations.
+pub fn edit_guard(a: &ServeArgs) -> crate::guard::GuardSettings {
+    crate::guard::GuardSettings {
+        max_removal_ratio: a.source.cloudmap.max_removal_ratio,
+        confirmations: a.source.cloudmap.removal_confirmations,
+        interval: a.held_edit_check_interval,
+    }
 }
 
 /// The App Mesh files' watcher.

@@ -3,9 +3,10 @@
 //!
 //! Two paths give the same result (the tests hold every build to a fresh translation):
 //! - **patch**: the same services as last time, in the same namespaces, and every changed one
-//!   still served under the same name and host with the same notes. Nothing that crosses services
-//!   (host collisions, order, VIPs, rejections) can have moved, so the last output is copied with
-//!   the changed entries' bytes put in. This is the common case, an ECS task starting or stopping,
+//!   still served under the same name, host, creation time and VIP wish with the same notes.
+//!   Nothing that crosses services (host collisions, order, VIPs, rejections) can have moved (the
+//!   VIPs are a function of the hosts that want one and their creation times), so the last output
+//!   is copied with the changed entries' bytes put in. This is the common case, an ECS task starting or stopping,
 //!   and its cost is one pointer comparison per service plus the changed entries' encoding.
 //! - **full**: anything else (a service came or went, a host or name changed, new options). Each
 //!   service's outcome is still reused when it did not change; the cross-service passes run over
@@ -38,6 +39,8 @@ struct Built {
     namespace_len: usize,
     object_name: String,
     host: String,
+    /// The entry's other hosts, as translated (before the cross-service pass).
+    extras: Vec<String>,
     create_time: Timestamp,
     source: ServiceRef,
     /// The framed `resources` field (empty until encoded: an entry that wants a VIP is encoded
@@ -48,6 +51,8 @@ struct Built {
     wants_vip: bool,
     /// The VIPs `framed` was encoded with; `None`: not encoded yet.
     encoded_vip: Option<Vec<IpAddr>>,
+    /// The extra hosts left out of `framed` (lost to other services in the build that encoded it).
+    encoded_dropped: Vec<String>,
 }
 
 impl Built {
@@ -56,8 +61,10 @@ impl Built {
     }
 
     /// This entry encoded from `se`, a translation of the same service under the same name and
-    /// host, with the VIPs its host holds in `vips` if it wants one.
-    fn encoded_from(&self, mut se: ServiceEntry, vips: &translate::Allocation) -> Built {
+    /// host, with the VIPs its host holds in `vips` if it wants one, and without the extra hosts
+    /// `dropped` (lost to other services).
+    fn encoded_from(&self, mut se: ServiceEntry, vips: &translate::Allocation, dropped: &[String]) -> Built {
+        se.spec.hosts.retain(|h| !dropped.contains(h));
         let held = if self.wants_vip {
             se.spec.addresses = translate::vip_addresses(vips, &self.host);
             vips.get(self.host.as_str()).cloned().unwrap_or_default()
@@ -70,12 +77,14 @@ impl Built {
             namespace_len: self.namespace_len,
             object_name: self.object_name.clone(),
             host: self.host.clone(),
+            extras: self.extras.clone(),
             create_time: self.create_time,
             source: self.source.clone(),
             framed,
             version: version.into(),
             wants_vip: self.wants_vip,
             encoded_vip: Some(held),
+            encoded_dropped: dropped.to_vec(),
         }
     }
 }
@@ -85,6 +94,8 @@ impl Built {
 struct Kept<'m> {
     outcome: Arc<Outcome>,
     memo_index: usize,
+    /// Extra hosts it loses to other services ([`translate::hosts::drop_contested_hosts`]).
+    dropped: Vec<String>,
     ns: &'m model::Namespace,
     svc: &'m model::Service,
 }
@@ -108,6 +119,9 @@ impl CollisionCandidate for Kept<'_> {
     fn host(&self) -> &str {
         &self.built().host
     }
+    fn extra_hosts(&self) -> &[String] {
+        &self.built().extras
+    }
 }
 
 /// Builds [`ResourceSnapshot`]s incrementally: a service whose namespace and data are unchanged
@@ -116,8 +130,14 @@ impl CollisionCandidate for Kept<'_> {
 /// exactly what a fresh [`translate::translate`] + [`encode_entry`] of the whole model gives.
 pub struct ResourceCache {
     pub(super) opts: Arc<translate::Options>,
-    /// The VIPs of the last build: kept by their hosts in the next one.
+    /// The VIPs of the last build.
     pub(super) vips: Arc<translate::Allocation>,
+    /// What they were allocated from: the hosts that wanted one with their services' creation
+    /// times, sorted. The same input gives the same allocation, which is then kept (not rebuilt).
+    vip_input: Vec<(String, Timestamp)>,
+    /// The last allocation's collision count and the hosts it left without an address.
+    vip_collisions: usize,
+    vip_exhausted: Vec<String>,
     /// The model of the last build (shared with its snapshot and the source, not copied).
     pub(super) prev_model: Option<Arc<model::Snapshot>>,
     /// What each service of `prev_model` produced, in its order.
@@ -143,10 +163,6 @@ struct Served {
     rejected: Arc<Vec<Rejection>>,
     notes: Arc<Vec<Note>>,
     vip_collisions: usize,
-    /// What the VIP pass gives when the same hosts come again ([`translate::vip::unchanged`] on
-    /// the allocation this build made): the allocation kept as it is, with this many collisions.
-    /// `None`: it would allocate again (a range is full), so only a full build is exact.
-    vips_again: Option<usize>,
 }
 
 const NOT_SERVED: u32 = u32::MAX;
@@ -156,6 +172,9 @@ impl ResourceCache {
         ResourceCache {
             opts: Arc::new(opts),
             vips: Arc::new(translate::Allocation::new()),
+            vip_input: Vec::new(),
+            vip_collisions: 0,
+            vip_exhausted: Vec::new(),
             prev_model: None,
             memo: Vec::new(),
             served: None,
@@ -188,14 +207,17 @@ impl ResourceCache {
         &self.opts
     }
 
-    /// New options (a mapping file edit): the next build translates every service again. VIPs
-    /// are kept: hosts that stay keep their addresses.
+    /// New options (a mapping file edit): the next build translates every service again and
+    /// allocates the VIPs again (the ranges may have changed).
     pub fn set_options(&mut self, opts: Arc<translate::Options>) {
         if *opts != *self.opts {
             self.opts = opts;
             self.memo.clear();
             self.prev_model = None;
             self.served = None;
+            self.vip_input.clear();
+            self.vip_exhausted.clear();
+            self.vips = Arc::new(translate::Allocation::new());
         }
     }
 
@@ -210,7 +232,6 @@ impl ResourceCache {
 
     /// The full path (see the module doc).
     fn full_build(&mut self, model: &Arc<model::Snapshot>) -> (ResourceSnapshot, usize) {
-        let vips_from = self.vips.clone();
         // The previous model's services, in the order `memo` follows. Models come in canonical
         // order (sorted by namespace and service name), so one forward walk pairs each service
         // with its previous version. A service's outcome depends only on its namespace, itself and
@@ -266,6 +287,8 @@ impl ResourceCache {
                                 wants_vip: se.wants_vip,
                                 encoded_vip,
                                 host: se.spec.hosts[0].clone(),
+                                extras: se.spec.hosts[1..].to_vec(),
+                                encoded_dropped: Vec::new(),
                                 object_name: se.name,
                                 create_time: se.create_time,
                                 source: se.source,
@@ -278,7 +301,13 @@ impl ResourceCache {
                 };
                 notes.extend(outcome.notes.iter().cloned());
                 match &outcome.entry {
-                    Ok(_) => candidates.push(Kept { outcome: outcome.clone(), memo_index: memo.len(), ns, svc }),
+                    Ok(_) => candidates.push(Kept {
+                        outcome: outcome.clone(),
+                        memo_index: memo.len(),
+                        dropped: Vec::new(),
+                        ns,
+                        svc,
+                    }),
                     Err(reason) => {
                         rejected.push(Rejection { source: translate::source_of(ns, svc), reason: reason.clone() })
                     }
@@ -290,39 +319,50 @@ impl ResourceCache {
         drop(old_memo);
         drop(prev_model);
         let mut kept = translate::resolve_collisions(candidates, &mut rejected);
+        let dropped = translate::hosts::drop_contested_hosts(&kept, &mut notes);
+        for (k, d) in kept.iter_mut().zip(dropped) {
+            k.dropped = d;
+        }
         translate::sort_by_resource_name(&mut kept, |k| (k.built().namespace(), k.built().object_name.as_str()));
 
         // VIPs across all kept entries; an entry is (re)encoded only when its VIP is new to it.
-        // When no host came or went, the previous allocation is kept as it is (shared, not
-        // rebuilt): this pass then allocates nothing per entry. At 10,000 services it ran on
-        // every build, and its tens of thousands of small allocations, each taking a malloc arena
-        // lock that the runtime's threads (the poller's calls) hold too, made a build after a
-        // single change wait 100 ms and more for those locks on 2 busy cores.
-        let mut vip_hosts: Vec<&str> = kept.iter().filter(|k| k.built().wants_vip).map(|k| k.built().host.as_str()).collect();
+        // The allocation is a function of the hosts that want one and their creation times: when
+        // those are what the last allocation was made from, it is kept as it is (shared, not
+        // rebuilt) and this pass allocates nothing per entry. At 10,000 services it ran on every
+        // build, and its tens of thousands of small allocations, each taking a malloc arena lock
+        // that the runtime's threads (the poller's calls) hold too, made a build after a single
+        // change wait 100 ms and more for those locks on 2 busy cores.
+        let mut vip_hosts: Vec<(&str, Timestamp)> =
+            kept.iter().filter(|k| k.built().wants_vip).map(|k| (k.built().host.as_str(), k.built().create_time)).collect();
         vip_hosts.sort_unstable();
         vip_hosts.dedup();
-        let cidrs = &self.opts.vips.cidrs;
-        let (vips, vip_collisions, exhausted, vips_again) = match translate::vip::unchanged(&vip_hosts, cidrs, &self.vips) {
-            // The same inputs next time give the same answer.
-            Some(collisions) => (self.vips.clone(), collisions, Vec::new(), Some(collisions)),
-            None => {
-                let a = translate::vip::allocate(vip_hosts.iter().copied(), cidrs, &self.vips);
-                let again = translate::vip::unchanged(&vip_hosts, cidrs, &a.addresses);
-                (Arc::new(a.addresses), a.collisions, a.exhausted, again)
-            }
-        };
-        for k in kept.iter_mut().filter(|k| k.built().wants_vip) {
-            let held: &[IpAddr] = vips.get(k.built().host.as_str()).map(Vec::as_slice).unwrap_or_default();
-            if k.built().encoded_vip.as_deref() == Some(held) {
+        let same_input = self.vip_input.len() == vip_hosts.len()
+            && self.vip_input.iter().zip(&vip_hosts).all(|((h, t), (h2, t2))| h == h2 && t == t2);
+        if !same_input {
+            let a = translate::vip::allocate(vip_hosts.iter().map(|(h, t)| (*t, *h)), &self.opts.vips.cidrs);
+            self.vip_input = vip_hosts.iter().map(|(h, t)| (h.to_string(), *t)).collect();
+            self.vips = Arc::new(a.addresses);
+            self.vip_collisions = a.collisions;
+            self.vip_exhausted = a.exhausted;
+        }
+        drop(vip_hosts);
+        let vips = self.vips.clone();
+        // Also (re)encoded: an entry whose extra hosts lost to other services differ from those
+        // left out of its bytes.
+        for k in kept.iter_mut() {
+            let b = k.built();
+            let held: &[IpAddr] =
+                if b.wants_vip { vips.get(b.host.as_str()).map(Vec::as_slice).unwrap_or_default() } else { &[] };
+            if b.encoded_vip.as_deref() == Some(held) && b.encoded_dropped == k.dropped {
                 continue;
             }
             let se = translate::translate_service(k.ns, k.svc, &self.opts).0.expect("translated before");
             encoded += 1;
-            let built = k.built().encoded_from(se, &vips);
+            let built = k.built().encoded_from(se, &vips, &k.dropped);
             k.outcome = Arc::new(Outcome { entry: Ok(built), notes: k.outcome.notes.clone() });
             memo[k.memo_index] = k.outcome.clone();
         }
-        notes.extend(translate::vip_notes(&exhausted, &kept));
+        notes.extend(translate::vip_notes(&self.vip_exhausted, &kept));
         rejected.sort();
         notes.sort();
         let mut resources = Vec::with_capacity(kept.len());
@@ -335,17 +375,15 @@ impl ResourceCache {
             position[k.memo_index] = i as u32;
         }
         drop(kept);
-        self.vips = vips;
         self.memo = memo;
         let served = Served {
             position,
             service_entries: Arc::new(EncodedType::new(resources, names)),
             rejected: Arc::new(rejected),
             notes: Arc::new(notes),
-            vip_collisions,
-            vips_again,
+            vip_collisions: self.vip_collisions,
         };
-        (self.commit(model, served, vips_from), encoded)
+        (self.commit(model, served), encoded)
     }
 
     /// The patch path (see the module doc); `None` when only a full build is exact. Changes
@@ -353,8 +391,6 @@ impl ResourceCache {
     fn patch(&mut self, model: &Arc<model::Snapshot>) -> Option<(ResourceSnapshot, usize)> {
         let prev = self.prev_model.as_ref()?;
         let served = self.served.as_ref()?;
-        // `None`: the VIP pass would allocate again.
-        served.vips_again?;
         if prev.namespaces.len() != model.namespaces.len() || served.position.len() != self.memo.len() {
             return None;
         }
@@ -404,20 +440,18 @@ impl ResourceCache {
             rejected: served.rejected.clone(),
             notes: served.notes.clone(),
             vip_collisions: served.vip_collisions,
-            vips_again: served.vips_again,
         };
         for (i, outcome) in changed {
             self.memo[i] = outcome;
         }
-        // The VIP pass would have kept `self.vips` as it is: allocated from itself.
-        let vips_from = self.vips.clone();
-        Some((self.commit(model, served, vips_from), encoded))
+        // The VIP pass would have the same input, so `self.vips` as it is.
+        Some((self.commit(model, served), encoded))
     }
 
     /// The new outcome of a changed service if it can take `old`'s place without moving any
     /// cross-service decision: both served entries under the same name, host, creation time and
-    /// VIP wish, with the same notes. Encoded with the VIPs its host holds (kept as they are: no
-    /// host came or went).
+    /// VIP wish, with the same notes. Encoded with the VIPs its host holds (kept as they are: the
+    /// hosts that want one and their creation times are the same).
     fn outcome_in_place(&self, ns: &model::Namespace, svc: &model::Service, old: &Outcome) -> Option<Outcome> {
         let was = old.entry.as_ref().ok()?;
         let (result, notes) = translate::translate_service(ns, svc, &self.opts);
@@ -426,18 +460,20 @@ impl ResourceCache {
             && *was.resource_name == se.resource_name()
             && was.object_name == se.name
             && was.host == se.spec.hosts[0]
+            && was.extras[..] == se.spec.hosts[1..]
             && was.create_time == se.create_time
             && was.source == se.source
             && was.wants_vip == se.wants_vip;
         if !same {
             return None;
         }
-        let entry = was.encoded_from(se, &self.vips);
+        // Its extra hosts are the same, so it loses the same ones as in the last build.
+        let entry = was.encoded_from(se, &self.vips, &was.encoded_dropped);
         Some(Outcome { entry: Ok(entry), notes })
     }
 
     /// Makes `served` the last build's output for `model` and returns its snapshot.
-    fn commit(&mut self, model: &Arc<model::Snapshot>, served: Served, vips_from: Arc<translate::Allocation>) -> ResourceSnapshot {
+    fn commit(&mut self, model: &Arc<model::Snapshot>, served: Served) -> ResourceSnapshot {
         self.prev_model = Some(model.clone());
         self.serial += 1;
         let snap = ResourceSnapshot {
@@ -448,7 +484,6 @@ impl ResourceCache {
             model: model.clone(),
             options: self.opts.clone(),
             vips: self.vips.clone(),
-            vips_from,
             vip_collisions: served.vip_collisions,
             rejected: served.rejected.clone(),
             notes: served.notes.clone(),

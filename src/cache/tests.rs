@@ -37,13 +37,9 @@ fn namespace(name: &str, services: Vec<Service>) -> Namespace {
 
 type Names = Vec<(Arc<str>, Arc<str>)>;
 
-/// What a from-scratch translation and encoding of `model` serves, given the VIPs served before.
-fn fresh(
-    model: &model::Snapshot,
-    opts: &Options,
-    vips: &translate::Allocation,
-) -> (Vec<Bytes>, Names, Translation) {
-    let t = translate::translate_with(model, opts, vips);
+/// What a from-scratch translation and encoding of `model` serves.
+fn fresh(model: &model::Snapshot, opts: &Options) -> (Vec<Bytes>, Names, Translation) {
+    let t = translate::translate(model, opts);
     let (resources, versions): (Vec<Bytes>, Vec<String>) = t.entries.iter().map(encode_entry).unzip();
     let names = t.entries.iter().map(|e| e.resource_name().into()).zip(versions.into_iter().map(Into::into)).collect();
     (resources, names, t)
@@ -52,19 +48,18 @@ fn fresh(
 /// Builds `model` incrementally and checks it against a fresh translation; returns how many
 /// entries the build encoded.
 fn check(cache: &mut ResourceCache, model: &model::Snapshot) -> usize {
-    let before = cache.vips.clone();
     let (snap, encoded) = cache.build(&Arc::new(model.clone()));
-    let (resources, names, t) = fresh(model, cache.options(), &before);
+    let (resources, names, t) = fresh(model, cache.options());
     assert_eq!(*snap.vips, t.vips);
     assert_eq!(snap.service_entries.names, names);
     assert_eq!(snap.service_entries.resources, resources, "incremental bytes equal a fresh encoding");
     assert_eq!(*snap.rejected, t.rejected);
     assert_eq!(*snap.notes, t.notes);
     assert_eq!(snap.translation(), t);
-    // A new cache (another replica) that served the same VIPs before builds the same bytes.
+    // A new cache (another replica, a restart) builds the same bytes, whatever came before.
     let mut other = ResourceCache::new(cache.options().clone());
-    other.vips = before;
     let again = other.build(&Arc::new(model.clone())).0;
+    assert_eq!(snap.service_entries.resources, again.service_entries.resources);
     assert_eq!(snap.service_entries.version, again.service_entries.version, "version is content-only");
     encoded
 }
@@ -141,7 +136,7 @@ fn incremental_builds_equal_fresh_ones_through_a_history_of_changes() {
 }
 
 #[test]
-fn vips_stay_with_their_hosts_and_cost_no_re_encoding() {
+fn vips_follow_the_age_order_and_only_moved_ones_are_encoded_again() {
     // Six usable addresses: collisions are common, and every rule of the allocator shows.
     let vips = translate::VipSettings::new(true, vec!["241.9.0.0/29".parse().unwrap()]).unwrap();
     let opts = Options { vips, ..Options::default() };
@@ -157,7 +152,7 @@ fn vips_stay_with_their_hosts_and_cost_no_re_encoding() {
     let first = cache.vips.clone();
     assert_eq!(first.len(), 3);
 
-    // Two more services: only they are encoded; the others keep their VIPs.
+    // Two younger services: only they are encoded; the older ones keep their VIPs.
     m.namespaces[0].services.push(Arc::new(service("d", 4, &two)));
     m.namespaces[0].services.push(Arc::new(service("e", 5, &two)));
     m.normalize();
@@ -166,25 +161,26 @@ fn vips_stay_with_their_hosts_and_cost_no_re_encoding() {
         assert_eq!(cache.vips[h], first[h], "{h} kept its VIP");
     }
 
-    // b goes: nothing is encoded again, and b's address is not handed to a newcomer in the
-    // build right after (clients may still hold it).
-    let b_addr = cache.vips["b.team"].clone();
+    // b goes: a keeps its VIP; a younger host may move (to b's address or back to its hash
+    // address), and exactly the entries that moved are encoded again.
+    let before = cache.vips.clone();
     m.namespaces[0].services.retain(|s| s.name != "b");
-    assert_eq!(check(&mut cache, &m), 0);
-    m.namespaces[0].services.push(Arc::new(service("f", 6, &two)));
-    m.normalize();
-    assert_eq!(check(&mut cache, &m), 1);
-    assert_ne!(cache.vips["f.team"], b_addr);
+    let moved = |before: &translate::Allocation, after: &translate::Allocation| {
+        after.iter().filter(|(h, a)| before.get(h.as_str()) != Some(a)).count()
+    };
+    let encoded = check(&mut cache, &m);
+    assert_eq!(cache.vips["a.team"], before["a.team"]);
+    assert_eq!(encoded, moved(&before, &cache.vips));
     assert_eq!(check(&mut cache, &m), 0);
 
-    // New options (a mapping edit turning VIPs off for `a`): everything is translated again,
-    // the others keep their VIPs.
+    // New options (a mapping edit turning VIPs off for the youngest): everything is translated
+    // again, the older ones keep their VIPs.
     let before = cache.vips.clone();
-    let mapping = translate::mapping::parse("rules:\n  - match: {service: a}\n    vip: false\n").unwrap();
+    let mapping = translate::mapping::parse("rules:\n  - match: {service: e}\n    vip: never\n").unwrap();
     cache.set_options(Arc::new(Options { mapping: Arc::new(mapping), ..opts.clone() }));
     check(&mut cache, &m);
-    assert!(!cache.vips.contains_key("a.team"));
-    for h in ["c.team", "d.team", "e.team", "f.team"] {
+    assert!(!cache.vips.contains_key("e.team"));
+    for h in ["a.team", "c.team", "d.team"] {
         assert_eq!(cache.vips[h], before[h], "{h} kept its VIP across the options change");
     }
     // Same options again: nothing to do.
@@ -306,12 +302,15 @@ struct Step {
     service: usize,
     /// `None`: the service goes away. Else its instances: (address, port) choices.
     instances: Option<Vec<(u8, u8)>>,
+    /// Its `cloudmap-mcp/hosts` attribute (an index into `EXTRAS`): extra hosts that collide with
+    /// other services' own and extra hosts.
+    extras: u8,
 }
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     use proptest::prelude::*;
-    (0..2usize, 0..5usize, proptest::option::weighted(0.85, proptest::collection::vec((0..6u8, 0..4u8), 0..4)))
-        .prop_map(|(namespace, service, instances)| Step { namespace, service, instances })
+    (0..2usize, 0..5usize, proptest::option::weighted(0.85, proptest::collection::vec((0..6u8, 0..4u8), 0..4)), 0..6u8)
+        .prop_map(|(namespace, service, instances, extras)| Step { namespace, service, instances, extras })
 }
 
 fn apply(m: &mut model::Snapshot, s: &Step) {
@@ -333,15 +332,33 @@ fn apply(m: &mut model::Snapshot, s: &Step) {
         .map(|(i, &(a, p))| {
             let mut inst = instance(&format!("i-{i}"), ADDRESSES[a as usize]);
             inst.attributes.insert("AWS_INSTANCE_PORT".into(), PORTS[p as usize].into());
+            if name == "cache" {
+                // A service made of ECS tasks: a VIP even with one instance.
+                inst.attributes.insert("ECS_SERVICE_NAME".into(), "cache".into());
+            }
             inst
         })
         .collect();
+    const EXTRAS: [&str; 6] = ["", "shared.team", "web.team,shared.team", "x.team,api.team", "shared.other,x.team", "web.other"];
+    let attributes: BTreeMap<String, String> = match EXTRAS[s.extras as usize] {
+        "" => BTreeMap::new(),
+        hosts => BTreeMap::from([
+            ("cloudmap-mcp/hosts".to_string(), hosts.to_string()),
+            ("cloudmap-mcp/protocol".to_string(), "HTTP".to_string()),
+        ]),
+    };
     match at {
         // An edit of the same service (same creation time): what a poll brings.
-        Some(i) => Service::edit_instances(&mut ns.services[i], |v| *v = instances),
+        Some(i) => {
+            Service::edit_instances(&mut ns.services[i], |v| *v = instances);
+            if ns.services[i].attributes != attributes {
+                Arc::make_mut(&mut ns.services[i]).attributes = attributes;
+            }
+        }
         None => {
             let mut svc = service(name, 10 + s.service as i64, &[]);
             svc.instances = instances.into();
+            svc.attributes = attributes;
             ns.services.push(Arc::new(svc));
             m.normalize();
         }
@@ -353,7 +370,8 @@ proptest::proptest! {
 
     /// Whatever path each build takes, it serves exactly what a fresh translation does (bytes,
     /// versions, VIPs, rejections, notes), through random histories of edits, additions and removals,
-    /// with host collisions, unservable services and a VIP range small enough to fill up.
+    /// with host collisions (own and extra hosts), unservable services and a VIP range small enough
+    /// to fill up.
     #[test]
     fn every_build_of_a_random_history_equals_a_fresh_one(steps in proptest::collection::vec(step(), 1..25)) {
         let vips = translate::VipSettings::new(true, vec!["241.9.0.0/30".parse().unwrap()]).unwrap();
@@ -365,30 +383,94 @@ proptest::proptest! {
             check(&mut cache, &m);
         }
     }
+
+    /// The same final snapshot reached through two different histories (two replicas, or one
+    /// before and after a restart) gives the same VIPs and the same bytes as a fresh cache.
+    #[test]
+    fn the_same_snapshot_gives_the_same_vips_and_bytes_whatever_the_history(
+        one in proptest::collection::vec(step(), 0..15),
+        two in proptest::collection::vec(step(), 0..15),
+        last in proptest::collection::vec(step(), 1..15),
+    ) {
+        let vips = translate::VipSettings::new(true, vec!["241.9.0.0/29".parse().unwrap()]).unwrap();
+        let opts = Options { vips, ..Options::default() };
+        let empty = || model::Snapshot { namespaces: vec![namespace("team", vec![]), namespace("other", vec![])] };
+        let mut fin = empty();
+        for s in &last {
+            apply(&mut fin, s);
+        }
+        let fin = Arc::new(fin);
+        let mut served = Vec::new();
+        for history in [&one, &two, &Vec::new()] {
+            let mut cache = ResourceCache::new(opts.clone());
+            let mut m = empty();
+            for s in history.iter() {
+                apply(&mut m, s);
+                cache.build(&Arc::new(m.clone()));
+            }
+            let (snap, _) = cache.build(&fin);
+            served.push((snap.vips.clone(), snap.service_entries.resources.clone(), snap.service_entries.version.clone()));
+        }
+        proptest::prop_assert_eq!(&served[0], &served[2]);
+        proptest::prop_assert_eq!(&served[1], &served[2]);
+    }
 }
 
 #[test]
-fn the_debug_translation_shows_the_vips_served_while_an_address_is_held_back() {
-    // Two usable addresses. `a` and `b` hold them; `a` goes and `c` comes in the same build: `a`'s
-    // address is held back for that build, so `c` is served without a VIP, and the debug views
-    // (translated again from the snapshot) must say so too.
+fn an_address_a_departed_host_held_is_handed_out_in_the_same_build() {
+    // Two usable addresses. `a` and `b` hold them; `a` goes and `c` comes in the same build: `c`
+    // gets the free address at once (no hold-back: the allocation depends on the snapshot alone),
+    // and the debug views (translated again from the snapshot) show the same.
     let vips = translate::VipSettings::new(true, vec!["241.9.0.0/30".parse().unwrap()]).unwrap();
     let mut cache = ResourceCache::new(Options { vips, ..Options::default() });
     let two = ["10.0.0.1", "10.0.0.2"];
     let mut m = model::Snapshot { namespaces: vec![namespace("team", vec![service("a", 1, &two), service("b", 2, &two)])] };
     check(&mut cache, &m);
+    let a_addr = cache.vips["a.team"].clone();
+    let b_addr = cache.vips["b.team"].clone();
     m.namespaces[0].services.retain(|s| s.name != "a");
     m.namespaces[0].services.push(Arc::new(service("c", 3, &two)));
     m.normalize();
     let (snap, _) = cache.build(&Arc::new(m.clone()));
-    assert!(!snap.vips.contains_key("c.team"), "a's address is held back for one build: {:?}", snap.vips);
+    let mut now: Vec<_> = [&snap.vips["b.team"], &snap.vips["c.team"]].into_iter().cloned().collect();
+    now.sort();
+    let mut then = vec![a_addr, b_addr];
+    then.sort();
+    assert_eq!(now, then, "the newcomer takes the address a held (or b moves to it, when it is b's hash address)");
     let shown = snap.translation();
     assert_eq!(shown.vips, *snap.vips);
-    let c = shown.entries.iter().find(|e| e.source.service == "c").unwrap();
-    assert!(c.spec.addresses.is_empty(), "{:?}", c.spec.addresses);
-    assert!(shown.notes.iter().any(|n| n.kind == NoteKind::Vip && n.source.service == "c"));
-    // The next build hands the address out: the allocation moves, so it is a full build.
-    assert!(!check_patched(&mut cache, &m).1);
-    assert!(cache.vips.contains_key("c.team"));
+    assert!(shown.notes.iter().all(|n| n.kind != NoteKind::Vip));
     assert!(check_patched(&mut cache, &m).1, "settled");
+}
+
+#[test]
+fn a_change_of_extra_hosts_takes_the_full_build_and_the_loser_of_an_extra_host_patches_correctly() {
+    let mut cache = ResourceCache::new(Options::default());
+    let with_hosts = |name: &str, created: i64, hosts: &str| {
+        let mut s = service(name, created, &["10.0.0.1", "10.0.0.2"]);
+        s.attributes = BTreeMap::from([
+            ("cloudmap-mcp/hosts".to_string(), hosts.to_string()),
+            ("cloudmap-mcp/protocol".to_string(), "HTTP".to_string()),
+        ]);
+        s
+    };
+    // `a` is older: it keeps `shared.team`; `b` loses it and keeps `b2.team`.
+    let mut m = model::Snapshot {
+        namespaces: vec![namespace("team", vec![with_hosts("a", 1, "shared.team"), with_hosts("b", 2, "shared.team,b2.team")])],
+    };
+    check(&mut cache, &m);
+    let (snap, _) = cache.build(&Arc::new(m.clone()));
+    assert!(snap.notes.iter().any(|n| n.kind == NoteKind::Host && n.source.service == "b"), "{:?}", snap.notes);
+    // An instance of the loser changes: patched, still without the lost host.
+    Service::edit_instances(&mut m.namespaces[0].services[1], |v| {
+        v[0].attributes.insert("AWS_INSTANCE_IPV4".into(), "10.0.0.9".into());
+    });
+    assert_eq!(check_patched(&mut cache, &m), (1, true));
+    // The winner gives the host up: the loser's entry changes without any change of its own.
+    Arc::make_mut(&mut m.namespaces[0].services[0]).attributes.remove("cloudmap-mcp/hosts");
+    let (encoded, patched) = check_patched(&mut cache, &m);
+    assert!(!patched, "extra hosts changed: a full build");
+    assert_eq!(encoded, 2, "a changed, and b serves shared.team now");
+    let (snap, _) = cache.build(&Arc::new(m.clone()));
+    assert!(!snap.notes.iter().any(|n| n.kind == NoteKind::Host), "{:?}", snap.notes);
 }

@@ -33,7 +33,7 @@ use budget::Counted;
 use chunks::Syntax as Format;
 pub use budget::{Limits, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_SERVICES};
 pub use chunks::Memo;
-pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, ParseFn, Stamp, Watched};
+pub use watch::{cut_off_hold, registry, settle_time, watch, watch_file, ParseFn, Problem, Stamp, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryFileError {
@@ -270,72 +270,8 @@ fn scalar_map<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap
     d.deserialize_map(V)
 }
 
-/// Deepest nesting of YAML flow collections accepted. The YAML parser's cost grows with the square of
-/// this depth (a 100 KB file of nested `[` took minutes), and the deserializer refuses anything
-/// deeper than 128 levels anyway, so deeper files are refused before parsing.
-pub const MAX_FLOW_NESTING: usize = 256;
-
-/// Where flow collections (`[`, `{`) first nest deeper than `limit`, as (line, column), ignoring
-/// quoted scalars and comments. Brackets inside plain scalars are counted too, which can only make
-/// a broken file fail sooner: no valid registry comes near the limit.
-pub(crate) fn flow_nesting_beyond(text: &str, limit: usize) -> Option<(usize, usize)> {
-    #[derive(PartialEq)]
-    enum In {
-        Plain,
-        Single,
-        Double,
-        Comment,
-    }
-    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
-    let mut state = In::Plain;
-    let mut escaped = false;
-    let mut prev = '\n';
-    for ch in text.chars() {
-        column += 1;
-        if ch == '\n' {
-            line += 1;
-            column = 0;
-            if state == In::Comment {
-                state = In::Plain;
-            }
-            prev = ch;
-            continue;
-        }
-        let token_start = prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':');
-        match state {
-            In::Comment => {}
-            In::Double => {
-                if escaped {
-                    escaped = false;
-                } else if ch == '\\' {
-                    escaped = true;
-                } else if ch == '"' {
-                    state = In::Plain;
-                }
-            }
-            In::Single => {
-                if ch == '\'' {
-                    state = In::Plain;
-                }
-            }
-            In::Plain => match ch {
-                '#' if token_start => state = In::Comment,
-                '"' if token_start => state = In::Double,
-                '\'' if token_start => state = In::Single,
-                '[' | '{' => {
-                    depth += 1;
-                    if depth > limit {
-                        return Some((line, column));
-                    }
-                }
-                ']' | '}' => depth = depth.saturating_sub(1),
-                _ => {}
-            },
-        }
-        prev = ch;
-    }
-    None
-}
+pub use crate::util::MAX_FLOW_NESTING;
+pub(crate) use crate::util::flow_nesting_beyond;
 
 /// Parses registry file contents with the default [`Limits`]. `path` is only used in error messages.
 pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileError> {
@@ -788,7 +724,7 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<model::Snapshot, Regist
 pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, RegistryFileError> {
     use std::io::Read;
     let io = |source| RegistryFileError::Io { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = open_regular(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len > max {
         return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: len, max });
@@ -799,6 +735,47 @@ pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, RegistryFileError> 
         return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: bytes.len() as u64, max });
     }
     Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file. A FIFO, socket or device in its place is
+/// refused (opening a FIFO for reading waits for a writer: the watcher's thread would be stuck
+/// there for good): its metadata is checked before it is opened, it is opened non-blocking so a
+/// FIFO swapped in between cannot block either, and the opened file is checked again.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    regular(&std::fs::metadata(path)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    regular(&file.metadata()?)?;
+    Ok(file)
+}
+
+/// An error naming what the file is unless it is a regular file.
+fn regular(m: &std::fs::Metadata) -> std::io::Result<()> {
+    if m.is_file() {
+        return Ok(());
+    }
+    let t = m.file_type();
+    let what = if t.is_dir() { "a directory" } else { "not a regular file" };
+    #[cfg(unix)]
+    let what = {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            what
+        }
+    };
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {what}; only a regular file is read")))
 }
 
 /// Parses file bytes; invalid UTF-8 is read lossily (replacement characters), valid UTF-8 is

@@ -8,14 +8,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{self, attr, HealthStatus, Timestamp};
+pub use hosts::HostPolicy;
 pub use mapping::Mapping;
 pub use shape::keys as override_keys;
 use shape::Shape;
-pub use vip::{Allocation, VipSettings};
+pub use vip::{Allocation, VipMode, VipSettings};
 
+pub mod hosts;
 pub mod mapping;
 pub mod render;
 mod shape;
+#[cfg(test)]
+mod address_tests;
 #[cfg(test)]
 mod tests;
 pub mod validate;
@@ -153,6 +157,8 @@ pub struct Options {
     pub mapping: Arc<Mapping>,
     /// VIP allocation for entries without an address.
     pub vips: VipSettings,
+    /// What extra hosts a service may have.
+    pub hosts: HostPolicy,
 }
 
 impl Default for Options {
@@ -167,6 +173,7 @@ impl Default for Options {
             export_to: Vec::new(),
             mapping: Arc::new(Mapping::default()),
             vips: VipSettings::default(),
+            hosts: HostPolicy::default(),
         }
     }
 }
@@ -282,6 +289,9 @@ pub enum NoteKind {
     Mapping,
     /// No VIP: the range is full.
     Vip,
+    /// An extra host not served (another service's host, in the cluster's domains, outside the
+    /// allowed domains, beyond the cap; see [`hosts`]).
+    Host,
 }
 
 /// The result of [`translate`].
@@ -293,20 +303,15 @@ pub struct Translation {
     pub rejected: Vec<Rejection>,
     /// Skipped instances and ignored attributes, sorted.
     pub notes: Vec<Note>,
-    /// The VIPs of the entries that have one (by first host), and the previous allocation's hosts
-    /// that kept theirs: the input of the next build's allocation.
+    /// The VIPs of the entries that have one (by first host).
     pub vips: Allocation,
     /// Entries whose VIP is not the address their host hashes to (another host had it).
     pub vip_collisions: usize,
 }
 
-/// Translates a snapshot into ServiceEntries (see the module docs), allocating VIPs from scratch.
+/// Translates a snapshot into ServiceEntries (see the module docs). A function of the snapshot and
+/// the options alone, VIPs included.
 pub fn translate(snapshot: &model::Snapshot, opts: &Options) -> Translation {
-    translate_with(snapshot, opts, &Allocation::new())
-}
-
-/// [`translate`], keeping the VIPs of `previous` (the allocation of the snapshot being served).
-pub fn translate_with(snapshot: &model::Snapshot, opts: &Options, previous: &Allocation) -> Translation {
     let mut out = Translation::default();
     let mut candidates = Vec::new();
     for ns in &snapshot.namespaces {
@@ -320,8 +325,13 @@ pub fn translate_with(snapshot: &model::Snapshot, opts: &Options, previous: &All
         }
     }
     let mut entries = resolve_collisions(candidates, &mut out.rejected);
+    let dropped = hosts::drop_contested_hosts(&entries, &mut out.notes);
+    for (e, d) in entries.iter_mut().zip(dropped) {
+        e.spec.hosts.retain(|h| !d.contains(h));
+    }
     sort_by_resource_name(&mut entries, |e| (e.namespace.as_str(), e.name.as_str()));
-    let allocated = vip::allocate(entries.iter().filter(|e| e.wants_vip).map(|e| e.host()), &opts.vips.cidrs, previous);
+    let allocated =
+        vip::allocate(entries.iter().filter(|e| e.wants_vip).map(|e| (e.create_time, e.host())), &opts.vips.cidrs);
     for e in entries.iter_mut().filter(|e| e.wants_vip) {
         e.spec.addresses = vip_addresses(&allocated.addresses, e.host());
     }
@@ -344,11 +354,16 @@ pub fn vip_addresses(allocation: &Allocation, host: &str) -> Vec<String> {
     allocation.get(host).map(|v| v.iter().map(IpAddr::to_string).collect()).unwrap_or_default()
 }
 
-/// Notes for entries that wanted a VIP and got none.
+/// Notes for entries that wanted a VIP and got none (in entry order). One walk over the entries:
+/// looking each exhausted host up among them was quadratic when a range is full.
 pub fn vip_notes<T: CollisionCandidate>(exhausted: &[String], entries: &[T]) -> Vec<Note> {
     let mut notes = Vec::new();
-    for h in exhausted {
-        if let Some(e) = entries.iter().find(|e| e.host() == h) {
+    if exhausted.is_empty() {
+        return notes;
+    }
+    let exhausted: std::collections::HashSet<&str> = exhausted.iter().map(String::as_str).collect();
+    for e in entries {
+        if exhausted.contains(e.host()) {
             notes.push(Note {
                 source: e.source().clone(),
                 instance: None,
@@ -373,6 +388,8 @@ pub trait CollisionCandidate {
     fn create_time(&self) -> Timestamp;
     fn source(&self) -> &ServiceRef;
     fn host(&self) -> &str;
+    /// The hosts besides [`Self::host`] (mapping aliases, `cloudmap-mcp/hosts`).
+    fn extra_hosts(&self) -> &[String];
 }
 
 impl CollisionCandidate for ServiceEntry {
@@ -387,6 +404,9 @@ impl CollisionCandidate for ServiceEntry {
     }
     fn host(&self) -> &str {
         &self.spec.hosts[0]
+    }
+    fn extra_hosts(&self) -> &[String] {
+        &self.spec.hosts[1..]
     }
 }
 
@@ -531,21 +551,25 @@ fn translate_one(
     }
     let endpoints: Vec<Endpoint> = kept.into_iter().map(|(ep, _)| ep).collect();
 
-    // SPEC 2.7: a single STATIC endpoint is the address; never derived from a changing order.
-    // Everything else gets a VIP when the shape asks for one (allocated across all entries).
-    let addresses = match (resolution, endpoints.as_slice()) {
-        (Resolution::Static, [only]) => vec![only.address.clone()],
-        _ => Vec::new(),
+    // The address rule (docs/reaching-services.md, module `vip`): a single STATIC endpoint of a
+    // service that is not made of tasks or pods is the address (SPEC 2.7); everything else gets a
+    // VIP (allocated across all entries), so a service whose tasks come and go keeps one address.
+    let single = match (resolution, endpoints.as_slice()) {
+        (Resolution::Static, [only]) => Some(only.address.clone()),
+        _ => None,
     };
-    let wants_vip = shape.vip && addresses.is_empty() && !opts.vips.cidrs.is_empty();
+    let wants_vip = !opts.vips.cidrs.is_empty()
+        && match shape.vip {
+            VipMode::Never => false,
+            VipMode::Always => true,
+            VipMode::Auto => single.is_none() || vip::dynamic(&svc.instances),
+        };
+    let addresses = if wants_vip { Vec::new() } else { single.into_iter().collect() };
 
-    let mut hosts = vec![host.clone()];
-    for a in &shape.aliases {
-        let h = a.render(&svc_name, &ns_name);
-        if !hosts.contains(&h) {
-            hosts.push(h);
-        }
-    }
+    // Attribute hosts are held to the allowed domains; the mapping's aliases are not.
+    let allowed = shape.aliases_from_attribute.then(|| opts.mapping.override_domains(&ns.name));
+    let extras = shape.aliases.iter().map(|a| a.render(&svc_name, &ns_name));
+    let mut hosts = hosts::own_and_extra(host.clone(), extras, allowed.as_deref(), &opts.hosts, source, notes);
     let http_or_tls = ports.iter().all(|p| validate::is_http_or_tls(&p.protocol));
     if hosts.len() > 1 && !http_or_tls {
         notes.push(note(

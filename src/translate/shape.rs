@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::mapping::{EndpointLabels, PortRule, Rule};
+use super::vip::VipMode;
 use super::{validate, HostTemplate, Location, Note, NoteKind, Options, Port, Resolution, ServiceRef};
 use crate::model;
 
@@ -25,6 +26,8 @@ pub struct Shape<'a> {
     pub host: HostTemplate,
     /// Extra host templates (mapping `aliases`) or hosts (`cloudmap-mcp/hosts`).
     pub aliases: Vec<HostTemplate>,
+    /// `aliases` are the `cloudmap-mcp/hosts` attribute's (held to the allowed domains).
+    pub aliases_from_attribute: bool,
     pub sanitize: bool,
     pub istio_namespace: &'a str,
     pub export_to: Vec<String>,
@@ -36,7 +39,7 @@ pub struct Shape<'a> {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub endpoint_labels: Option<&'a EndpointLabels>,
-    pub vip: bool,
+    pub vip: VipMode,
     /// Rule index and name → the fields it gave.
     shaped_by: BTreeMap<(usize, &'a str), Vec<&'static str>>,
     /// Override keys applied (without the prefix).
@@ -54,6 +57,7 @@ impl<'a> Shape<'a> {
         let mut s = Shape {
             host: opts.host_template.clone(),
             aliases: Vec::new(),
+            aliases_from_attribute: false,
             sanitize: false,
             istio_namespace: &opts.istio_namespace,
             export_to: opts.export_to.clone(),
@@ -64,7 +68,7 @@ impl<'a> Shape<'a> {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             endpoint_labels: None,
-            vip: opts.vips.enabled,
+            vip: opts.vips.default_mode(),
             shaped_by: BTreeMap::new(),
             overrides: Vec::new(),
         };
@@ -141,6 +145,7 @@ impl<'a> Shape<'a> {
                     .collect::<Result<Vec<_>, _>>()
                     .map(|hosts| {
                         self.aliases = hosts;
+                        self.aliases_from_attribute = true;
                         "hosts"
                     }),
                 keys::EXPORT_TO => {
@@ -159,13 +164,8 @@ impl<'a> Shape<'a> {
                     self.location = l;
                     "location"
                 }),
-                keys::VIP => match v {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    _ => Err("not true or false".to_string()),
-                }
-                .map(|b| {
-                    self.vip = b;
+                keys::VIP => v.parse::<VipMode>().map(|m| {
+                    self.vip = m;
                     "vip"
                 }),
                 _ => Err(format!("unknown key (known: {})", keys::ALL.join(", "))),

@@ -1,18 +1,31 @@
-//! Virtual IPs for ServiceEntries that would otherwise have no address, so that Istio's DNS proxy
-//! answers their hosts and sidecars get a listener per VIP and port, on every istiod version.
+//! Virtual IPs for ServiceEntries, so that Istio's DNS proxy answers their hosts and sidecars get
+//! a listener per VIP and port, on every istiod version (docs/reaching-services.md, "The address
+//! rule").
 //!
-//! [`allocate`] is a pure function of the hosts, the ranges and the previous allocation:
-//! - a host that held an address keeps it while it stays in the range (adding or removing other
-//!   hosts never moves it);
-//! - a new host gets the address its hash points at; when that address is taken, the next free
-//!   one (probing upwards, wrapping), hosts taken in sorted order: the same on every replica, on
-//!   every restart and whatever the input order;
-//! - an address another host held in the previous allocation is never handed out in the same
-//!   build (a client may still be connected to it).
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! Which entries get one ([`VipMode`], decided per service by `translate`): in `auto`, every entry
+//! except a single STATIC endpoint of a service that is not made of tasks or pods ([`dynamic`]),
+//! which is served at its own address.
+//!
+//! Which address ([`allocate`]): a pure function of the hosts that want one, each with its
+//! service's creation date, and the ranges; nothing else (no previous allocation), so the same
+//! snapshot gives the same addresses on every replica and after every restart:
+//! - hosts are taken in a fixed order, the oldest service first (then by host name);
+//! - each takes the address its hash points at or, when an older host has it, the next free one
+//!   upwards (wrapping); a range that is full leaves the youngest hosts without an address.
+//!
+//! So a host's address moves only when an older host whose probe landed on the address it holds
+//! (or on the run of taken addresses it probed past) comes or goes. Filling a range costs
+//! O(n log n): the taken addresses are a set of intervals, so a probe jumps over a run of taken
+//! addresses in one step instead of walking it.
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::model::{Instance, Timestamp};
 
 /// One VIP range (`--vip-cidr`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +36,21 @@ pub struct Cidr {
 
 /// Istio's own allocator ranges; VIP ranges must not overlap them.
 pub const ISTIO_RANGES: &[&str] = &["240.240.0.0/16", "2001:2::/48"];
+/// Ranges a VIP range must not overlap: addresses that mean something else on every host.
+pub const REFUSED_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "this network, holds the unspecified address"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, holds the instance metadata address 169.254.169.254"),
+    ("224.0.0.0/4", "multicast"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+    ("fd00:ec2::254/128", "the instance metadata address"),
+];
+/// Ranges reserved for no real use, where VIP ranges belong (others get a warning).
+pub const RESERVED_RANGES: &[&str] = &["240.0.0.0/4", "fc00::/7"];
 /// The default `--vip-cidr`: inside 240.0.0.0/4 (reserved, never routed) and clear of Istio's
 /// 240.240.0.0/16.
 pub const DEFAULT_CIDR: &str = "241.0.0.0/8";
@@ -66,6 +94,7 @@ impl Cidr {
     }
 
     /// Offset of `ip` in the range, when it is a usable address of it.
+    #[cfg(test)]
     fn offset(&self, ip: &IpAddr) -> Option<u128> {
         if !self.contains(ip) {
             return None;
@@ -89,6 +118,22 @@ impl Cidr {
 
     pub fn is_ipv4(&self) -> bool {
         self.net.is_ipv4()
+    }
+
+    /// A warning when the range is not inside the reserved ranges meant for VIPs (240.0.0.0/4,
+    /// fc00::/7): its addresses may be real ones somewhere (in the VPC, a peered network, the
+    /// internet), which apps in the mesh could then not reach.
+    pub fn warning(&self) -> Option<String> {
+        let inside = RESERVED_RANGES.iter().any(|r| {
+            let r = parse_plain(r).expect("valid");
+            r.overlaps(self) && r.prefix <= self.prefix
+        });
+        (!inside).then(|| {
+            format!(
+                "--vip-cidr {self} is outside {} and {}: a real address in it (in the VPC, a peered network or the internet) cannot be reached by apps in the mesh once a host is given it",
+                RESERVED_RANGES[0], RESERVED_RANGES[1]
+            )
+        })
     }
 }
 
@@ -114,6 +159,14 @@ impl FromStr for Cidr {
                 return Err(format!("{s:?} overlaps {r}, which istiod allocates from"));
             }
         }
+        for (r, what) in REFUSED_RANGES {
+            if c.overlaps(&parse_plain(r).expect("valid")) {
+                return Err(format!(
+                    "{s:?} overlaps {r} ({what}): an app resolving a host to such an address would not reach its sidecar's listener; use a range in {} or {}",
+                    RESERVED_RANGES[0], RESERVED_RANGES[1]
+                ));
+            }
+        }
         Ok(c)
     }
 }
@@ -134,8 +187,9 @@ fn parse_plain(s: &str) -> Result<Cidr, String> {
     Ok(c)
 }
 
-/// VIP settings: whether entries get one unless a rule or override says otherwise, and the
-/// ranges (at most one per address family; each host gets one address from each).
+/// VIP settings: the mode of services no rule or override sets (`--allocate-vips`: `auto`, or
+/// `never` when false), and the ranges (at most one per address family; each host gets one
+/// address from each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipSettings {
     pub enabled: bool,
@@ -156,6 +210,87 @@ impl VipSettings {
         }
         Ok(VipSettings { enabled, cidrs })
     }
+
+    /// The mode of a service no rule or override sets.
+    pub fn default_mode(&self) -> VipMode {
+        if self.enabled {
+            VipMode::Auto
+        } else {
+            VipMode::Never
+        }
+    }
+}
+
+/// Whether a service's entry gets a VIP (mapping rule field `vip`, service attribute
+/// `cloudmap-mcp/vip`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VipMode {
+    /// A VIP unless the entry is one STATIC endpoint of a service that is not made of tasks or
+    /// pods ([`dynamic`]): that one is served at its own address. `true` means this too.
+    #[default]
+    Auto,
+    /// A VIP whatever the endpoints.
+    Always,
+    /// Never a VIP: a single STATIC endpoint is served at its address, anything else without
+    /// one. `false` means this too.
+    Never,
+}
+
+impl FromStr for VipMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" | "true" => Ok(VipMode::Auto),
+            "always" => Ok(VipMode::Always),
+            "never" | "false" => Ok(VipMode::Never),
+            _ => Err(format!("{s:?} is not one of auto, always, never (true: auto, false: never)")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VipMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = VipMode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("auto, always or never (true: auto, false: never)")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<VipMode, E> {
+                Ok(if b { VipMode::Auto } else { VipMode::Never })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<VipMode, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Instance attributes that mark an instance as an ECS task or a Kubernetes pod: what ECS service
+/// discovery registers for every task (SPEC 3; users cannot add or remove them) and what the App
+/// Mesh controller adds to every pod it registers (APPMESH.md).
+pub const TASK_OR_POD_ATTRIBUTES: &[&str] = &[
+    "ECS_CLUSTER_NAME",
+    "ECS_SERVICE_NAME",
+    "ECS_TASK_DEFINITION_FAMILY",
+    "ECS_TASK_SET_EXTERNAL_ID",
+    "k8s.io/pod",
+    "k8s.io/namespace",
+];
+/// Attribute key prefix the App Mesh controller adds (`appmesh.k8s.aws/mesh`, `.../virtualNode`).
+pub const TASK_OR_POD_PREFIX: &str = "appmesh.k8s.aws/";
+
+/// Whether a service is made of tasks or pods: one of its instances (whatever its health) carries
+/// one of [`TASK_OR_POD_ATTRIBUTES`] or a key under [`TASK_OR_POD_PREFIX`]. Instance ids are not
+/// used: ECS uses the task id and the App Mesh controller the pod's IP, neither of which tells a
+/// task from a hand-registered instance.
+pub fn dynamic(instances: &[Instance]) -> bool {
+    instances.iter().any(|i| {
+        TASK_OR_POD_ATTRIBUTES.iter().any(|k| i.attributes.contains_key(*k))
+            || i.attributes.range(TASK_OR_POD_PREFIX.to_string()..).next().is_some_and(|(k, _)| k.starts_with(TASK_OR_POD_PREFIX))
+    })
 }
 
 /// Host → its addresses (one per range, in range order).
@@ -165,9 +300,9 @@ pub type Allocation = BTreeMap<String, Vec<IpAddr>>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocated {
     pub addresses: Allocation,
-    /// Hosts (per range) whose address is not their hash's address (it was taken when they came).
+    /// Hosts (per range) whose address is not their hash's address (an older host had it).
     pub collisions: usize,
-    /// Hosts that got no address from some range because it is full.
+    /// Hosts that got no address from some range because it is full (the youngest).
     pub exhausted: Vec<String>,
 }
 
@@ -177,70 +312,83 @@ fn home(host: &str, cidr: &Cidr) -> u128 {
     1 + h % usable
 }
 
-/// Allocates an address from each range to each of `hosts` (see the module docs). `hosts` may be
-/// in any order and contain duplicates.
-pub fn allocate<'a>(hosts: impl IntoIterator<Item = &'a str>, cidrs: &[Cidr], previous: &Allocation) -> Allocated {
-    let mut hosts: Vec<&str> = hosts.into_iter().collect();
-    hosts.sort_unstable();
-    hosts.dedup();
-    let mut out = Allocated::default();
-    let mut per_host: Vec<Vec<IpAddr>> = vec![Vec::new(); hosts.len()];
-    for cidr in cidrs {
-        // Who held what in this range before.
-        let mut held: HashMap<u128, &str> = HashMap::new();
-        for (h, addrs) in previous {
-            for a in addrs {
-                if let Some(off) = cidr.offset(a) {
-                    held.insert(off, h.as_str());
-                }
-            }
+/// The taken offsets of one range (usable offsets are `1..=usable`), as disjoint, non-adjacent
+/// intervals: start → end (inclusive).
+struct Taken {
+    usable: u128,
+    count: u128,
+    runs: BTreeMap<u128, u128>,
+}
+
+impl Taken {
+    fn new(usable: u128) -> Self {
+        Taken { usable, count: 0, runs: BTreeMap::new() }
+    }
+
+    /// The first free offset at or after `from`, wrapping; `None` when the range is full.
+    /// At most two interval look-ups: the end of a run is followed by a free offset (runs do not
+    /// touch), unless the run ends the range, and then the run holding offset 1 does not also end
+    /// it (the range would be full).
+    fn first_free(&self, from: u128) -> Option<u128> {
+        if self.count >= self.usable {
+            return None;
         }
-        let mut used: HashSet<u128> = HashSet::with_capacity(hosts.len());
-        let mut slot: Vec<Option<u128>> = vec![None; hosts.len()];
-        // Hosts keep what they held.
-        for (i, h) in hosts.iter().enumerate() {
-            let kept = previous.get(*h).and_then(|addrs| addrs.iter().find_map(|a| cidr.offset(a)));
-            if let Some(off) = kept.filter(|o| used.insert(*o)) {
-                slot[i] = Some(off);
-            }
-        }
-        // New hosts, in sorted order: hash, then probe upwards.
-        let usable = cidr.span() - 2;
-        for (i, h) in hosts.iter().enumerate() {
-            if slot[i].is_some() {
-                continue;
-            }
-            let start = home(h, cidr);
-            let mut off = start;
-            let mut tries: u128 = 0;
-            let free =
-                |o: u128, used: &HashSet<u128>| !used.contains(&o) && held.get(&o).is_none_or(|owner| owner == h);
-            while !free(off, &used) {
-                tries += 1;
-                if tries >= usable {
-                    break;
+        let mut off = from;
+        loop {
+            match self.runs.range(..=off).next_back() {
+                Some((_, &end)) if end >= off => {
+                    if end >= self.usable {
+                        off = 1;
+                    } else {
+                        return Some(end + 1);
+                    }
                 }
-                off = if off == usable { 1 } else { off + 1 };
-            }
-            if tries >= usable {
-                out.exhausted.push(h.to_string());
-                continue;
-            }
-            used.insert(off);
-            slot[i] = Some(off);
-        }
-        for (i, s) in slot.iter().enumerate() {
-            if let Some(off) = s {
-                per_host[i].push(cidr.addr(*off));
-                if *off != home(hosts[i], cidr) {
-                    out.collisions += 1;
-                }
+                _ => return Some(off),
             }
         }
     }
-    out.exhausted.sort();
-    out.exhausted.dedup();
-    for (h, addrs) in hosts.into_iter().zip(per_host) {
+
+    fn take(&mut self, off: u128) {
+        let before = self.runs.range(..off).next_back().filter(|(_, &e)| e + 1 == off).map(|(&s, _)| s);
+        let after = off.checked_add(1).and_then(|n| self.runs.remove(&n));
+        let start = before.unwrap_or(off);
+        self.runs.insert(start, after.unwrap_or(off));
+        self.count += 1;
+    }
+}
+
+/// Allocates an address from each range to each host (see the module docs). `hosts` are the hosts
+/// that want a VIP, each with its service's creation date, in any order; a host given twice takes
+/// its oldest date.
+pub fn allocate<'a>(hosts: impl IntoIterator<Item = (Timestamp, &'a str)>, cidrs: &[Cidr]) -> Allocated {
+    let mut hosts: Vec<(Timestamp, &str)> = hosts.into_iter().collect();
+    hosts.sort_unstable();
+    let mut seen = HashSet::with_capacity(hosts.len());
+    hosts.retain(|(_, h)| seen.insert(*h));
+    drop(seen);
+    let mut out = Allocated::default();
+    let mut per_host: Vec<Vec<IpAddr>> = vec![Vec::new(); hosts.len()];
+    let mut exhausted = Vec::new();
+    for cidr in cidrs {
+        let mut taken = Taken::new(cidr.span() - 2);
+        for (i, (_, h)) in hosts.iter().enumerate() {
+            let start = home(h, cidr);
+            match taken.first_free(start) {
+                Some(off) => {
+                    taken.take(off);
+                    per_host[i].push(cidr.addr(off));
+                    if off != start {
+                        out.collisions += 1;
+                    }
+                }
+                None => exhausted.push(*h),
+            }
+        }
+    }
+    exhausted.sort_unstable();
+    exhausted.dedup();
+    out.exhausted = exhausted.into_iter().map(str::to_string).collect();
+    for ((_, h), addrs) in hosts.into_iter().zip(per_host) {
         if !addrs.is_empty() {
             out.addresses.insert(h.to_string(), addrs);
         }
@@ -248,214 +396,6 @@ pub fn allocate<'a>(hosts: impl IntoIterator<Item = &'a str>, cidrs: &[Cidr], pr
     out
 }
 
-/// What [`allocate`] returns when no host came or went: when `hosts` (sorted, without
-/// duplicates) are exactly the hosts of `previous`, each holding one usable address of every
-/// range (in range order) that no other host holds, every host keeps what it held and `allocate`
-/// would return `previous` itself. Returns its collision count then, having allocated nothing:
-/// a build after a change to one service's instances does not rebuild (and free) an allocation
-/// of every host. `None`: call [`allocate`]. Without ranges `allocate` gives nothing to anyone,
-/// so an empty `previous` is unchanged then.
-pub fn unchanged(hosts: &[&str], cidrs: &[Cidr], previous: &Allocation) -> Option<usize> {
-    if cidrs.is_empty() {
-        return previous.is_empty().then_some(0);
-    }
-    if hosts.len() != previous.len() {
-        return None;
-    }
-    let mut used: Vec<HashSet<u128>> = cidrs.iter().map(|_| HashSet::with_capacity(hosts.len())).collect();
-    let mut collisions = 0;
-    for (h, (held_by, addrs)) in hosts.iter().zip(previous) {
-        if *h != held_by.as_str() || addrs.len() != cidrs.len() {
-            return None;
-        }
-        for ((cidr, addr), used) in cidrs.iter().zip(addrs).zip(&mut used) {
-            // The address `allocate` keeps for this range: the first one of the host's in it.
-            let off = addrs.iter().find_map(|a| cidr.offset(a))?;
-            if cidr.addr(off) != *addr || !used.insert(off) {
-                return None;
-            }
-            if off != home(h, cidr) {
-                collisions += 1;
-            }
-        }
-    }
-    Some(collisions)
-}
-
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn cidr(s: &str) -> Cidr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn ranges_are_checked() {
-        assert!(cidr("241.0.0.0/8").contains(&"241.1.2.3".parse().unwrap()));
-        for (bad, why) in [
-            ("240.240.0.0/16", "overlaps 240.240.0.0/16"),
-            ("240.0.0.0/4", "overlaps 240.240.0.0/16"),
-            ("240.240.7.0/24", "overlaps"),
-            ("2001:2::/64", "overlaps 2001:2::/48"),
-            ("241.0.0.1/8", "host bits set"),
-            ("241.0.0.0/31", "too small"),
-            ("241.0.0.0", "not a CIDR"),
-            ("241.0.0.0/33", "longer than the address"),
-            ("nope/8", "not an IP address"),
-        ] {
-            let e = bad.parse::<Cidr>().unwrap_err();
-            assert!(e.contains(why), "{bad}: {e}");
-        }
-        assert!(VipSettings::new(true, vec![cidr("241.0.0.0/8"), cidr("242.0.0.0/8")]).is_err());
-        assert!(VipSettings::new(true, vec![cidr("241.0.0.0/8"), cidr("fd00:cafe::/64")]).is_ok());
-    }
-
-    #[test]
-    fn a_full_range_says_who_got_nothing_and_never_uses_network_or_broadcast() {
-        let c = cidr("241.0.0.0/30"); // two usable: .1 and .2
-        let a = allocate(["a", "b", "c"], &[c], &Allocation::new());
-        assert_eq!(a.addresses.len(), 2);
-        assert_eq!(a.exhausted.len(), 1);
-        for addrs in a.addresses.values() {
-            assert!(["241.0.0.1", "241.0.0.2"].contains(&addrs[0].to_string().as_str()), "{addrs:?}");
-        }
-    }
-
-    #[test]
-    fn an_address_held_by_a_removed_host_is_not_reused_in_the_next_build() {
-        // A tiny range forces collisions: the freed address of `a` must not go to the newcomer.
-        let c = cidr("241.0.0.0/29"); // six usable
-        let first = allocate(["a", "b"], &[c], &Allocation::new());
-        let second = allocate(["b", "n1", "n2", "n3", "n4"], &[c], &first.addresses);
-        let a_addr = first.addresses["a"][0];
-        assert!(second.addresses.values().all(|v| v[0] != a_addr), "{second:?}");
-        assert_eq!(second.addresses["b"], first.addresses["b"]);
-        // One build later it is free again.
-        let third = allocate(["b", "n1", "n2", "n3", "n4", "n5"], &[c], &second.addresses);
-        assert_eq!(third.addresses.len(), 6);
-    }
-
-    #[test]
-    fn dual_stack_gives_one_address_per_family() {
-        let a = allocate(["x.ns"], &[cidr("241.0.0.0/8"), cidr("fd00:cafe::/64")], &Allocation::new());
-        let v = &a.addresses["x.ns"];
-        assert_eq!(v.len(), 2);
-        assert!(v[0].is_ipv4() && v[1].is_ipv6());
-    }
-
-    #[test]
-    fn unchanged_hosts_keep_the_previous_allocation_without_a_new_one() {
-        let cs = [cidr("241.0.0.0/29"), cidr("fd00:cafe::/64")]; // six usable IPv4: collisions
-        let first = allocate(["a", "b", "c", "d"], &cs, &Allocation::new());
-        let hosts = ["a", "b", "c", "d"];
-        assert_eq!(unchanged(&hosts, &cs, &first.addresses), Some(first.collisions));
-        assert_eq!(allocate(hosts, &cs, &first.addresses), first);
-        // A host more or less, another name, or other ranges: allocate again.
-        assert_eq!(unchanged(&["a", "b", "c"], &cs, &first.addresses), None);
-        assert_eq!(unchanged(&["a", "b", "c", "d", "e"], &cs, &first.addresses), None);
-        assert_eq!(unchanged(&["a", "b", "c", "x"], &cs, &first.addresses), None);
-        assert_eq!(unchanged(&hosts, &cs[..1], &first.addresses), None);
-        assert_eq!(unchanged(&hosts, &[cidr("242.0.0.0/8"), cs[1]], &first.addresses), None);
-        assert_eq!(unchanged(&hosts, &[], &first.addresses), None);
-        // Without ranges nobody gets an address: an empty allocation is what `allocate` gives.
-        assert_eq!(allocate(hosts.iter().copied(), &[], &first.addresses), Allocated::default());
-        assert_eq!(unchanged(&hosts, &[], &Allocation::new()), Some(0));
-        // Two hosts on one address (not an allocation `allocate` makes): allocate again.
-        let mut shared = first.addresses.clone();
-        let a = shared["a"].clone();
-        shared.insert("b".into(), a);
-        assert_eq!(unchanged(&hosts, &cs, &shared), None);
-        assert_ne!(allocate(hosts, &cs, &shared).addresses, shared);
-    }
-
-    fn host_set() -> impl Strategy<Value = Vec<String>> {
-        proptest::collection::btree_set("[a-z]{1,6}\\.[a-z]{1,4}", 0..60).prop_map(|s| s.into_iter().collect())
-    }
-
-    proptest! {
-        /// Unique, inside the range, independent of input order, and stable for existing hosts
-        /// when others are added or removed. A /26 (62 usable addresses) makes collisions common.
-        #[test]
-        fn vips_are_unique_stable_and_order_independent(
-            hosts in host_set(),
-            extra in host_set(),
-            remove_every in 2usize..5,
-            seed in any::<u64>(),
-        ) {
-            let c = cidr("241.7.0.0/26");
-            let fresh = allocate(hosts.iter().map(String::as_str), &[c], &Allocation::new());
-            // Unique and in range.
-            let mut seen = HashSet::new();
-            for addrs in fresh.addresses.values() {
-                prop_assert!(c.offset(&addrs[0]).is_some());
-                prop_assert!(seen.insert(addrs[0]));
-            }
-            prop_assert_eq!(fresh.addresses.len() + fresh.exhausted.len(), hosts.len());
-            // Input order does not matter.
-            let mut shuffled = hosts.clone();
-            let n = shuffled.len().max(1);
-            shuffled.rotate_left(seed as usize % n);
-            shuffled.reverse();
-            prop_assert_eq!(&allocate(shuffled.iter().map(String::as_str), &[c], &Allocation::new()), &fresh);
-            // Others added and removed: every surviving host keeps its address.
-            let survivors: Vec<&String> = hosts.iter().enumerate().filter(|(i, _)| i % remove_every != 0).map(|(_, h)| h).collect();
-            let next_hosts: Vec<&str> = survivors.iter().map(|h| h.as_str()).chain(extra.iter().map(String::as_str)).collect();
-            let next = allocate(next_hosts.iter().copied(), &[c], &fresh.addresses);
-            for h in &survivors {
-                if let Some(a) = fresh.addresses.get(*h) {
-                    prop_assert_eq!(next.addresses.get(*h), Some(a));
-                }
-            }
-            // Still unique, and no newcomer got an address a removed host held.
-            let mut seen = HashSet::new();
-            for (h, addrs) in &next.addresses {
-                prop_assert!(seen.insert(addrs[0]));
-                if let Some((owner, _)) = fresh.addresses.iter().find(|(_, v)| v[0] == addrs[0]) {
-                    prop_assert_eq!(owner, h);
-                }
-            }
-            // Replaying the same history on another replica gives the same result.
-            let replica = allocate(next_hosts.iter().rev().copied(), &[c], &allocate(shuffled.iter().map(String::as_str), &[c], &Allocation::new()).addresses);
-            prop_assert_eq!(replica, next);
-        }
-
-        /// `unchanged` answers only when `allocate` would return the previous allocation, and
-        /// then with its collision count; it answers for every host set `allocate` served whole.
-        #[test]
-        fn unchanged_agrees_with_allocate(hosts in host_set(), extra in host_set(), drop_every in 2usize..5) {
-            let c = cidr("241.7.0.0/27"); // 30 usable: some sets exhaust it
-            let first = allocate(hosts.iter().map(String::as_str), &[c], &Allocation::new());
-            let next: BTreeSet<&str> = hosts.iter().enumerate().filter(|(i, _)| i % drop_every != 0).map(|(_, h)| h.as_str()).chain(extra.iter().map(String::as_str)).collect();
-            for (set, previous) in [(hosts.iter().map(String::as_str).collect::<BTreeSet<_>>(), &first.addresses), (next, &first.addresses)] {
-                let set: Vec<&str> = set.into_iter().collect();
-                let full = allocate(set.iter().copied(), &[c], previous);
-                match unchanged(&set, &[c], previous) {
-                    Some(collisions) => prop_assert_eq!(&full, &Allocated { addresses: previous.clone(), collisions, exhausted: Vec::new() }),
-                    None => prop_assert!(full.addresses != *previous || set.is_empty() || !full.exhausted.is_empty() || set.len() != previous.len()),
-                }
-            }
-            if first.exhausted.is_empty() && !hosts.is_empty() {
-                let set: Vec<&str> = hosts.iter().map(String::as_str).collect();
-                prop_assert_eq!(unchanged(&set, &[c], &first.addresses), Some(first.collisions));
-            }
-        }
-
-        /// Without collisions the address depends on the host alone.
-        #[test]
-        fn in_a_large_range_a_host_gets_its_hash_address(hosts in host_set()) {
-            let c = cidr(DEFAULT_CIDR);
-            let a = allocate(hosts.iter().map(String::as_str), &[c], &Allocation::new());
-            for h in &hosts {
-                let alone = allocate([h.as_str()], &[c], &Allocation::new());
-                if a.collisions == 0 {
-                    prop_assert_eq!(&a.addresses[h], &alone.addresses[h]);
-                }
-            }
-        }
-    }
-}
+#[path = "vip_tests.rs"]
+mod tests;

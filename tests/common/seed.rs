@@ -76,6 +76,15 @@ impl Seed {
         req.send().await.expect("RegisterInstance");
     }
 
+    /// UpdateServiceAttributes: sets the service's own attributes.
+    pub async fn set_service_attributes(&self, service_id: &str, attrs: &[(&str, &str)]) {
+        let mut req = self.client.update_service_attributes().service_id(service_id);
+        for (k, v) in attrs {
+            req = req.attributes(*k, *v);
+        }
+        req.send().await.expect("UpdateServiceAttributes");
+    }
+
     pub async fn deregister(&self, service_id: &str, instance_id: &str) {
         self.client
             .deregister_instance()

@@ -188,6 +188,22 @@ type expectedSE struct {
 	// Ports: the service ports as "name/number/PROTOCOL"; endpoint ports map the same names.
 	Ports         []string
 	EndpointPorts map[string]map[string]uint32 // address -> port name -> number
+	// TaskOrPod: an instance carries an attribute ECS or the App Mesh controller registers for every
+	// task or pod, so the service has a VIP even with one endpoint (docs/reaching-services.md).
+	TaskOrPod bool
+}
+
+// taskOrPod reports whether an instance's attributes mark it as an ECS task or a Kubernetes pod.
+func taskOrPod(attrs scalarMap) bool {
+	for k := range attrs {
+		switch {
+		case k == "ECS_CLUSTER_NAME", k == "ECS_SERVICE_NAME", k == "ECS_TASK_DEFINITION_FAMILY",
+			k == "ECS_TASK_SET_EXTERNAL_ID", k == "k8s.io/pod", k == "k8s.io/namespace",
+			strings.HasPrefix(k, "appmesh.k8s.aws/"):
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Registry) expected() map[string]*expectedSE {
@@ -210,6 +226,9 @@ func (r *Registry) expected() map[string]*expectedSE {
 			// Health: HEALTHY_OR_ELSE_ALL, UNKNOWN counts as healthy.
 			var healthy, all []*Instance
 			for _, in := range svc.Instances {
+				if taskOrPod(in.Attributes) {
+					e.TaskOrPod = true
+				}
 				if in.Attributes["AWS_INSTANCE_IPV4"] == "" && in.Attributes["AWS_INSTANCE_IPV6"] == "" {
 					continue // the harness only uses IP instances
 				}
@@ -354,7 +373,13 @@ func compareOne(w *expectedSE, g *gotSE) []string {
 	if strings.Join(ports, ",") != strings.Join(w.Ports, ",") {
 		bad("ports %v, want %v", ports, w.Ports)
 	}
-	if len(w.Endpoints) == 1 {
+	switch {
+	case w.TaskOrPod:
+		// A VIP from the default --vip-cidr, whatever the number of endpoints.
+		if len(s.Addresses) != 1 || !strings.HasPrefix(s.Addresses[0], "241.") {
+			bad("addresses %v, want one VIP in 241.0.0.0/8 (a service of tasks or pods)", s.Addresses)
+		}
+	case len(w.Endpoints) == 1:
 		addr := sortedKeys(w.Endpoints)[0]
 		if len(s.Addresses) != 1 || s.Addresses[0] != addr {
 			bad("addresses %v, want [%s] (single-endpoint STATIC service)", s.Addresses, addr)

@@ -208,6 +208,37 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// GET over plain HTTP/1.0; returns (status, body).
+/// Runs `serve` with `args` (loopback, port 0) until it exits, which it must within `limit`;
+/// returns its exit code, how long it ran and its stderr. `CLOUDMAP_MCP_BIN` as for
+/// [`ServerProcess`] (another build, e.g. the old code, to see a test fail there).
+pub fn serve_to_exit(args: &[&str], limit: Duration) -> (Option<i32>, Duration, String) {
+    let bin = std::env::var_os("CLOUDMAP_MCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cloudmap-mcp").into());
+    let mut child = Command::new(bin)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(args)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    let mut err = String::new();
+    child.stderr.as_mut().unwrap().read_to_string(&mut err).unwrap();
+    (status.code(), took, err)
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_get_within(addr, path, Duration::from_secs(10))
 }

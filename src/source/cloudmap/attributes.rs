@@ -199,13 +199,16 @@ impl Poller {
                     return false;
                 }
                 if reason != Reason::New || !values.is_empty() {
+                    // Whoever may update the service's attributes writes these values (up to
+                    // 1,024 bytes each, 30 of them): at info only keys and lengths.
                     tracing::info!(
                         namespace = %key.0,
                         service = %key.1,
                         read = reason.label(),
-                        attributes = ?values,
+                        attributes = %key_lengths(&values),
                         "Cloud Map service attributes changed"
                     );
+                    tracing::debug!(namespace = %key.0, service = %key.1, attributes = %shortened(&values), "Cloud Map service attribute values");
                 }
                 a.values = values;
                 if served {
@@ -272,6 +275,27 @@ impl Poller {
             }
         }
     }
+}
+
+/// Longest value shown by [`shortened`], in characters.
+const SHOWN_VALUE_CHARS: usize = 64;
+
+/// `key (N bytes), ...`: what the info line shows of a service's attributes.
+fn key_lengths(values: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = values.iter().map(|(k, v)| format!("{k} ({} bytes)", v.len())).collect();
+    parts.join(", ")
+}
+
+/// `key=value, ...` with each value cut to [`SHOWN_VALUE_CHARS`] characters: the debug line.
+fn shortened(values: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = values
+        .iter()
+        .map(|(k, v)| match v.char_indices().nth(SHOWN_VALUE_CHARS) {
+            Some((cut, _)) => format!("{k}={:?}… ({} bytes)", &v[..cut], v.len()),
+            None => format!("{k}={v:?}"),
+        })
+        .collect();
+    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -8,15 +8,16 @@
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::SdkConfig;
 use aws_sdk_servicediscovery::config::SharedCredentialsProvider;
+use aws_types::origin::Origin;
 
 use super::client::ClientConfig;
 
 /// The provider assuming `role_arn` with the credentials of `base` (the standard chain), through
-/// STS at `cfg.sts_endpoint_url` when set (else the SDK's usual STS endpoint, which also honours
-/// `AWS_ENDPOINT_URL_STS`).
+/// STS at `cfg.sts_endpoint_url` when set, whatever the environment says (else the SDK's usual
+/// STS endpoint, which honours `AWS_ENDPOINT_URL_STS` and `AWS_ENDPOINT_URL`).
 pub async fn assume_role(role_arn: &str, cfg: &ClientConfig, base: &SdkConfig) -> SharedCredentialsProvider {
     let sts = match &cfg.sts_endpoint_url {
-        Some(url) => base.to_builder().endpoint_url(url.clone()).build(),
+        Some(url) => sts_config(base, url),
         None => base.clone(),
     };
     let mut b = AssumeRoleProvider::builder(role_arn).configure(&sts);
@@ -34,3 +35,13 @@ pub async fn assume_role(role_arn: &str, cfg: &ClientConfig, base: &SdkConfig) -
     );
     SharedCredentialsProvider::new(b.build().await)
 }
+
+/// `base` with STS at `url`. Marked as set in code: the STS client built from it prefers the
+/// environment's `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` to an endpoint of any other origin,
+/// which made a source's `stsEndpointUrl` lose to the environment.
+fn sts_config(base: &SdkConfig, url: &str) -> SdkConfig {
+    let mut b = base.to_builder().endpoint_url(url);
+    b.insert_origin("endpoint_url", Origin::shared_config());
+    b.build()
+}
+

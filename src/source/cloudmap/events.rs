@@ -6,6 +6,10 @@
 //! budget; the re-read is the truth, so duplicates and out-of-order events are harmless), asks for
 //! a resync when the topology changed or a service id is unknown, then deletes the whole batch:
 //! messages that do not parse are deleted too, counted by reason, and never block the queue.
+//! Up to [`BATCHES_IN_FLIGHT`] batches are processed at once (the next receive starts while
+//! earlier batches wait for their reads), so a burst drains at the pace the API budget allows
+//! rather than one batch's round trips at a time. The queue's depth is read every
+//! [`DEPTH_INTERVAL`] (`cloudmap_mcp_events_queue_depth`).
 //!
 //! While the queue answers, the pollers use the slower safety-net cadence
 //! ([`EventsSettings::revision_poll_max_interval`], [`EventsSettings::instances_refresh_interval`]).
@@ -18,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName};
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, FuturesUnordered, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -36,6 +40,11 @@ use parse::{EcsTask, Skip, Target};
 const WAIT_SECONDS: i32 = 20;
 /// Messages per ReceiveMessage (the SQS maximum).
 const MAX_MESSAGES: i32 = 10;
+/// Batches processed at once. Their Cloud Map reads all go through the API budget, which keeps
+/// the call rate and concurrency; this bounds the messages held invisible at once (40).
+pub const BATCHES_IN_FLIGHT: usize = 4;
+/// How often the queue's depth is read (GetQueueAttributes).
+pub const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
 /// Retry delays after a failed receive: from this, doubled, up to the cap.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
@@ -143,6 +152,7 @@ pub struct EventsMetrics {
     queue_errors: Family<Vec<(&'static str, String)>, Counter>,
     reads: Family<Vec<(&'static str, String)>, Counter>,
     up: Gauge,
+    depth: Gauge,
     lag: Histogram,
 }
 
@@ -155,6 +165,7 @@ impl EventsMetrics {
             queue_errors: Family::default(),
             reads: Family::default(),
             up: Gauge::default(),
+            depth: Gauge::default(),
             lag: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
         };
         r.register(
@@ -188,6 +199,11 @@ impl EventsMetrics {
             m.up.clone(),
         );
         r.register(
+            "cloudmap_mcp_events_queue_depth",
+            "Messages waiting in the events queue (SQS ApproximateNumberOfMessages, read every 15 s; -1 until first read)",
+            m.depth.clone(),
+        );
+        r.register(
             "cloudmap_mcp_events_lag_seconds",
             "From a message's arrival in the queue (SentTimestamp) to the end of its processing",
             m.lag.clone(),
@@ -195,6 +211,7 @@ impl EventsMetrics {
         for s in Skip::ALL {
             let _ = m.skipped.get_or_create(&vec![("reason", s.label().to_string())]);
         }
+        m.depth.set(-1);
         Arc::new(m)
     }
 
@@ -254,12 +271,62 @@ impl Consumer {
         }
     }
 
-    /// Receives and processes batches until the server stops.
+    /// Receives and processes batches, and reads the queue's depth, until the server stops.
     pub async fn run(self) {
         let Some(first) = self.pollers.first().cloned() else { return };
         tokio::select! {
-            _ = self.run_inner() => {}
+            _ = futures::future::join(self.run_inner(), self.poll_depth()) => {}
             _ = first.closed() => {}
+        }
+    }
+
+    /// Sets the depth gauge every [`DEPTH_INTERVAL`]. Failures are counted; the receive loop logs
+    /// the queue's problems.
+    async fn poll_depth(&self) {
+        let mut tick = tokio::time::interval(DEPTH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let r = tokio::time::timeout(
+                self.settings.call_timeout,
+                self.client
+                    .get_queue_attributes()
+                    .queue_url(&self.settings.queue_url)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                    .send(),
+            )
+            .await;
+            match r {
+                Ok(Ok(out)) => {
+                    let depth = out
+                        .attributes()
+                        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+                        .and_then(|v| v.parse::<i64>().ok());
+                    if let Some(d) = depth {
+                        self.metrics.depth.set(d);
+                    }
+                }
+                Ok(Err(e)) => {
+                    let e = classify("GetQueueAttributes", e);
+                    Self::count_error(&self.metrics, &e);
+                    tracing::debug!(error = %e, "cannot read the events queue's depth");
+                }
+                Err(_) => tracing::debug!("GetQueueAttributes (the events queue's depth) timed out"),
+            }
+        }
+    }
+
+    /// Runs `f` to completion while the batches in `batches` make progress.
+    async fn while_processing<F: std::future::Future>(
+        f: F,
+        batches: &mut FuturesUnordered<impl std::future::Future<Output = ()>>,
+    ) -> F::Output {
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                out = &mut f => return out,
+                Some(()) = batches.next(), if !batches.is_empty() => {}
+            }
         }
     }
 
@@ -273,8 +340,12 @@ impl Consumer {
         self.describe_queue().await;
         let mut failures = 0u32;
         let mut last_kind: Option<QueueErrorKind> = None;
+        let mut batches = FuturesUnordered::new();
         loop {
-            match self.receive().await {
+            while batches.len() >= BATCHES_IN_FLIGHT {
+                batches.next().await;
+            }
+            match Self::while_processing(self.receive(), &mut batches).await {
                 Ok(messages) => {
                     if failures > 0 || last_kind.is_some() {
                         tracing::info!(queue = %self.settings.queue_url, "events queue answers again: event-driven refresh resumed, slower polling again");
@@ -283,7 +354,7 @@ impl Consumer {
                     last_kind = None;
                     self.set_active(true);
                     if !messages.is_empty() {
-                        self.process(messages).await;
+                        batches.push(self.process(messages));
                     }
                 }
                 Err(e) => {
@@ -303,7 +374,7 @@ impl Consumer {
                         tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, "events queue still failing");
                     }
                     last_kind = Some(e.kind);
-                    tokio::time::sleep(wait).await;
+                    Self::while_processing(tokio::time::sleep(wait), &mut batches).await;
                 }
             }
         }

@@ -15,11 +15,11 @@
 //! hold an async worker, and one thread means one malloc arena for every parse's short-lived
 //! buffers instead of a new arena's worth of retained memory per blocking-pool thread.
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::notify::Wake;
-use super::{parse_bytes_remembering, read_capped, Limits, Memo, RegistryFileError};
+use super::{open_regular, parse_bytes_remembering, read_capped, Limits, Memo, RegistryFileError};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::source::SnapshotTx;
@@ -49,6 +49,24 @@ pub struct Watched<T, E> {
     pub share: fn(&mut T, &T),
     /// Logs a good version (`reload`: not the first load).
     pub log_loaded: fn(&Path, &T, bool),
+    /// Why the file on disk is not the version served, for readiness (see [`Problem`]).
+    pub problem: Problem,
+}
+
+/// Why the watched file on disk is not the version being served (refused, rejected, held back),
+/// or `None` while it is. Readiness shows it: the server stays ready on its last good version,
+/// and says which file is not applied and why.
+#[derive(Clone, Debug, Default)]
+pub struct Problem(Arc<Mutex<Option<String>>>);
+
+impl Problem {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, problem: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
 }
 
 /// The registry file as a [`Watched`] file.
@@ -71,6 +89,7 @@ pub fn registry() -> Watched<model::Snapshot, RegistryFileError> {
                 if reload { "registry file reloaded" } else { "registry file loaded" }
             )
         },
+        problem: Problem::default(),
     }
 }
 
@@ -144,7 +163,7 @@ fn hash(bytes: &[u8]) -> u128 {
 /// Hashes the file in 64 KiB blocks (no buffer of its size); `None` past `max` bytes.
 fn hash_file(path: &Path, max: u64) -> std::io::Result<Option<u128>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+    let mut f = open_regular(path)?;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
@@ -426,10 +445,13 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         }
     }
 
-    fn error(&mut self, log: impl FnOnce()) {
+    /// Counts a version not applied, logs it unless the last look already failed, and shows
+    /// `problem` in readiness until a version is served again.
+    fn error(&mut self, problem: String, log: impl FnOnce()) {
         if !self.failing {
             log();
         }
+        self.kind.problem.set(Some(format!("{} {problem}; serving its last good version", self.kind.what)));
         self.metrics.source_error(self.kind.metric);
         self.failing = true;
     }
@@ -483,7 +505,8 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             Ok(s) => s,
             Err(e) => {
                 self.stamp = None;
-                self.error(|| tracing::error!(path = %path.display(), error = %e, "cannot read {what}; still serving the last good version"));
+                let problem = format!("cannot be read ({e})");
+                self.error(problem, || tracing::error!(path = %path.display(), error = %e, "cannot read {what}; still serving the last good version"));
                 return;
             }
         };
@@ -501,7 +524,13 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         let bytes = match read_capped(&path, self.limits.max_bytes) {
             Ok(b) => b,
             Err(e) => {
-                let too_large = matches!(e, RegistryFileError::TooLarge { .. });
+                // Refused from what it is (over the size cap, not a regular file): not read again
+                // until it moves.
+                let refused = match &e {
+                    RegistryFileError::TooLarge { .. } => true,
+                    RegistryFileError::Io { source, .. } => source.kind() == std::io::ErrorKind::InvalidInput,
+                    _ => false,
+                };
                 let e = match e {
                     RegistryFileError::TooLarge { bytes, max, .. } => {
                         format!("{bytes} bytes, over the {max}-byte cap")
@@ -509,14 +538,14 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                     RegistryFileError::Io { source, .. } => source.to_string(),
                     other => other.to_string(),
                 };
-                if too_large {
+                if refused {
                     // Not read again until it moves; logged for every new version.
                     self.refused = Some(stamp);
                     self.failing = false;
                 }
                 self.stamp = None;
                 self.st.seen = None;
-                self.error(|| {
+                self.error(format!("edit refused: {e}"), || {
                     tracing::error!(path = %path.display(), error = %e, "{what} edit refused; still serving the last good version")
                 });
                 return;
@@ -535,6 +564,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                 if self.failing && self.st.served_hash == Some(h) {
                     tracing::info!(path = %path.display(), "{what} is back to the served version");
                     self.failing = false;
+                    self.kind.problem.set(None);
                 }
                 return;
             }
@@ -542,7 +572,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
                 let served_items = self.st.served_services;
                 let hint = self.kind.empty_hint;
                 self.failing = false;
-                self.error(|| {
+                self.error("is empty (truncated?)".into(), || {
                     tracing::error!(
                         path = %path.display(),
                         served_items,
@@ -554,7 +584,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             Verdict::CutOff => {
                 let served_bytes = self.st.served.as_ref().map_or(0, |s| s.len);
                 self.failing = false;
-                self.error(|| {
+                self.error("is a cut-off copy of the served version (held back)".into(), || {
                     tracing::warn!(
                         path = %path.display(),
                         bytes = bytes.len(),
@@ -601,6 +631,7 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
         match parsed {
             Ok(Ok(mut snap)) => {
                 self.failing = false;
+                self.kind.problem.set(None);
                 if held {
                     tracing::warn!(path = %path.display(), "{what} stayed cut off for the whole hold; applying it as an edit");
                 }
@@ -625,11 +656,13 @@ impl<T: PartialEq, E: std::fmt::Display> Watcher<T, E> {
             }
             Ok(Err(e)) => {
                 self.failing = false;
-                self.error(|| tracing::error!(error = %e, "{what} edit rejected; still serving the last good version"));
+                self.error(format!("edit rejected: {e}"), || {
+                    tracing::error!(error = %e, "{what} edit rejected; still serving the last good version")
+                });
             }
             Err(_) => {
                 self.failing = false;
-                self.error(|| {
+                self.error("edit rejected: its parser panicked".into(), || {
                     tracing::error!(
                         "{what} parser panicked (a bug: please report it); still serving the last good version"
                     )
