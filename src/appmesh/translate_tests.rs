@@ -174,3 +174,48 @@ fn objects_encode_as_mcp_resources_with_their_bodies() {
         }
     }
 }
+
+#[test]
+fn grpc_tcp_matches_and_gateway_hostnames_translate_field_by_field() {
+    let text = r#"[
+      {"meshName": "m", "virtualNodeName": "g", "spec": {"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}], "serviceDiscovery": {"dns": {"hostname": "g.example"}}}},
+      {"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 5432, "protocol": "tcp"}}], "serviceDiscovery": {"dns": {"hostname": "t.example"}}}},
+      {"meshName": "m", "virtualRouterName": "gr", "spec": {"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}]}},
+      {"meshName": "m", "virtualRouterName": "gr", "routeName": "method", "spec": {"grpcRoute": {
+        "match": {"serviceName": "pkg.Svc", "methodName": "Get", "metadata": [{"name": "X-Env", "invert": true, "match": {"suffix": ".prod"}}]},
+        "action": {"weightedTargets": [{"virtualNode": "g", "weight": 80}, {"virtualNode": "g", "weight": 20, "port": 50052}]},
+        "retryPolicy": {"grpcRetryEvents": ["unavailable", "cancelled"], "maxRetries": 1},
+        "timeout": {"perRequest": {"unit": "ms", "value": 2500}, "idle": {"unit": "s", "value": 60}}}}},
+      {"meshName": "m", "virtualRouterName": "tr", "spec": {"listeners": [{"portMapping": {"port": 5432, "protocol": "tcp"}}]}},
+      {"meshName": "m", "virtualRouterName": "tr", "routeName": "db", "spec": {"tcpRoute": {"action": {"weightedTargets": [{"virtualNode": "t", "weight": 1}]}}}},
+      {"meshName": "m", "virtualServiceName": "g.svc", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "gr"}}}},
+      {"meshName": "m", "virtualServiceName": "t.svc", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "tr"}}}},
+      {"meshName": "m", "virtualGatewayName": "gw", "spec": {"listeners": [{"portMapping": {"port": 443, "protocol": "http"}, "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:aws:acm:x"}}}}]}},
+      {"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "r", "spec": {"httpRoute": {"match": {"prefix": "/", "hostname": {"suffix": "example.com"}}, "action": {"target": {"virtualService": {"virtualServiceName": "g.svc"}}}}}}
+    ]"#;
+    let t = translate(&load_str("f.json", text).unwrap(), &[], "ns");
+    let vs = |name: &str| {
+        t.objects.iter().find(|o| o.name == name).unwrap_or_else(|| panic!("{name} in {:?}", t.objects)).spec.clone()
+    };
+    let g = vs("appmesh-g-svc");
+    let m = &g["http"][0]["match"][0];
+    assert_eq!(m["uri"]["exact"], "/pkg.Svc/Get");
+    assert_eq!(m["withoutHeaders"]["x-env"]["regex"], ".*\\.prod");
+    assert_eq!(g["http"][0]["route"][1]["destination"]["port"]["number"], 50052);
+    assert_eq!(g["http"][0]["route"][0]["weight"], 80);
+    assert_eq!(g["http"][0]["retries"]["retryOn"], "unavailable,cancelled");
+    assert_eq!(g["http"][0]["timeout"], "2500ms");
+    let tcp = vs("appmesh-t-svc");
+    assert!(tcp.get("http").is_none());
+    assert_eq!(tcp["tcp"][0]["route"][0]["destination"]["host"], "t.example");
+    // The idle timeout lands on the destination host's DestinationRule.
+    let dr = vs("appmesh-g-example");
+    assert_eq!(dr["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"], "60s");
+    assert_eq!(vs("appmesh-gw-r")["hosts"][0], "*.example.com");
+    assert_eq!(vs("appmesh-gw-r")["gateways"][0], "ns/appmesh-gw");
+    // An ACM-only listener leaves no server: the gateway is dropped, with the reason; its route too.
+    let gw = t.report.iter().find(|r| r.name == "gw").unwrap();
+    assert_eq!(gw.outcome, Outcome::Dropped);
+    assert!(gw.reasons.iter().any(|r| r.contains("ACM certificates")), "{gw:?}");
+    assert!(t.objects.iter().all(|o| o.kind != super::istio::Kind::Gateway));
+}
