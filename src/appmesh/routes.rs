@@ -345,6 +345,9 @@ pub fn gateway_route(cx: &mut Ctx, g: &GatewayRoute) -> Option<Object> {
     if !cx.mesh.virtual_gateways.iter().any(|x| x.name == g.gateway) {
         return drop(cx, format!("virtual gateway {:?} is not defined", g.gateway));
     }
+    if !cx.gateways.contains(&g.gateway) {
+        return drop(cx, format!("virtual gateway {:?} was not translated (see its entry)", g.gateway));
+    }
     let Some(vs) = cx.mesh.virtual_services.iter().find(|s| s.name == g.target).cloned() else {
         return drop(cx, format!("target virtual service {:?} is not defined", g.target));
     };

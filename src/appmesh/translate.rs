@@ -110,6 +110,8 @@ pub struct Ctx<'a> {
     pub nodes: BTreeMap<&'a str, Result<Destination, String>>,
     pub report: Reporter,
     rules: BTreeMap<String, Rule>,
+    /// Virtual gateways that became a Gateway.
+    pub gateways: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -133,7 +135,14 @@ impl<'a> Ctx<'a> {
 /// Translates `mesh` against the ServiceEntries being served (`entries`), placing objects in
 /// `namespace`.
 pub fn translate(mesh: &AppMesh, entries: &[ServiceEntry], namespace: &str) -> Translation {
-    let mut cx = Ctx { mesh, namespace, nodes: BTreeMap::new(), report: Reporter::default(), rules: BTreeMap::new() };
+    let mut cx = Ctx {
+        mesh,
+        namespace,
+        nodes: BTreeMap::new(),
+        report: Reporter::default(),
+        rules: BTreeMap::new(),
+        gateways: Default::default(),
+    };
     let by_source: BTreeMap<ServiceRef, &ServiceEntry> = entries.iter().map(|e| (e.source.clone(), e)).collect();
     let mut port_protocols: BTreeMap<String, BTreeMap<u32, Protocol>> = BTreeMap::new();
     for n in &mesh.virtual_nodes {
@@ -166,7 +175,10 @@ pub fn translate(mesh: &AppMesh, entries: &[ServiceEntry], namespace: &str) -> T
         );
     }
     for g in &mesh.virtual_gateways {
-        objects.extend(routes::gateway(&mut cx, g));
+        if let Some(o) = routes::gateway(&mut cx, g) {
+            cx.gateways.insert(g.name.clone());
+            objects.push(o);
+        }
     }
     for g in &mesh.gateway_routes {
         objects.extend(routes::gateway_route(&mut cx, g));

@@ -211,11 +211,30 @@ fn grpc_tcp_matches_and_gateway_hostnames_translate_field_by_field() {
     // The idle timeout lands on the destination host's DestinationRule.
     let dr = vs("appmesh-g-example");
     assert_eq!(dr["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"], "60s");
-    assert_eq!(vs("appmesh-gw-r")["hosts"][0], "*.example.com");
-    assert_eq!(vs("appmesh-gw-r")["gateways"][0], "ns/appmesh-gw");
     // An ACM-only listener leaves no server: the gateway is dropped, with the reason; its route too.
     let gw = t.report.iter().find(|r| r.name == "gw").unwrap();
     assert_eq!(gw.outcome, Outcome::Dropped);
     assert!(gw.reasons.iter().any(|r| r.contains("ACM certificates")), "{gw:?}");
     assert!(t.objects.iter().all(|o| o.kind != super::istio::Kind::Gateway));
+    let r = t.report.iter().find(|r| r.name == "gw/r").unwrap();
+    assert!(r.outcome == Outcome::Dropped && r.reasons[0].contains("\"gw\" was not translated"), "{r:?}");
+    // With a file certificate the gateway serves HTTPS and the route binds to it, hosts by suffix.
+    let t = translate(
+        &load_str(
+            "f.json",
+            &text.replace(
+                r#"{"acm": {"certificateArn": "arn:aws:acm:x"}}"#,
+                r#"{"file": {"certificateChain": "/c.pem", "privateKey": "/k.pem"}}"#,
+            ),
+        )
+        .unwrap(),
+        &[],
+        "ns",
+    );
+    let gw = t.objects.iter().find(|o| o.name == "appmesh-gw").unwrap();
+    assert_eq!(gw.spec["servers"][0]["tls"]["serverCertificate"], "/c.pem");
+    assert_eq!(gw.spec["servers"][0]["port"]["protocol"], "HTTPS");
+    let r = t.objects.iter().find(|o| o.name == "appmesh-gw-r").unwrap();
+    assert_eq!(r.spec["hosts"][0], "*.example.com");
+    assert_eq!(r.spec["gateways"][0], "ns/appmesh-gw");
 }
