@@ -7,6 +7,9 @@ const PROTOS: &[&str] = &[
     "envoy/service/discovery/v3/ads.proto",
     "istio/mcp/v1alpha1/resource.proto",
     "istio/networking/v1alpha3/service_entry.proto",
+    "istio/networking/v1alpha3/virtual_service.proto",
+    "istio/networking/v1alpha3/destination_rule.proto",
+    "istio/networking/v1alpha3/gateway.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -38,6 +38,8 @@ pub enum AppError {
     Tls(#[from] crate::tls::TlsError),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
+    #[error(transparent)]
+    AppMesh(#[from] crate::appmesh::LoadError),
 }
 
 /// The addresses actually bound (useful with port 0).
@@ -248,7 +250,11 @@ pub async fn serve(
         None => options,
     };
     let shards = usize::from(args.shards);
-    let cache = ResourceCache::new((*opts).clone()).with_shards(shards);
+    let mut cache = ResourceCache::new((*opts).clone()).with_shards(shards);
+    if !args.translate.appmesh_files.is_empty() {
+        let rx = crate::appmesh::watch::start(settings::appmesh(&args.translate)).await?;
+        cache = cache.with_appmesh(rx);
+    }
     tokio::spawn(cache::run(model_rx, options, cache, res_tx, metrics.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -22,12 +22,15 @@ use crate::translate::{
 };
 use crate::util::Escaped;
 
+pub mod appmesh;
 mod build;
 pub mod decode;
 pub mod shard;
 #[cfg(test)]
 mod tests;
 
+pub use appmesh::{AppMeshRx, AppMeshServed};
+use crate::appmesh::istio::Outcome as AmOutcome;
 pub use build::ResourceCache;
 
 /// Field number of `DiscoveryResponse.resources`.
@@ -48,7 +51,7 @@ pub struct EncodedType {
 }
 
 impl EncodedType {
-    fn new(resources: Vec<Bytes>, names: Vec<(Arc<str>, Arc<str>)>) -> Self {
+    pub(crate) fn new(resources: Vec<Bytes>, names: Vec<(Arc<str>, Arc<str>)>) -> Self {
         // One pass over one buffer: fed to a streaming hasher piece by piece, the 40,000 short
         // strings of 10,000 entries cost ten times as much (the same digest either way).
         let mut all = Vec::with_capacity(names.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
@@ -95,6 +98,8 @@ pub struct ResourceSnapshot {
     pub notes: Arc<Vec<Note>>,
     pub model_services: usize,
     pub model_instances: usize,
+    /// Istio routing translated from App Mesh (`--appmesh-file`); empty without one.
+    pub appmesh: Arc<AppMeshServed>,
 }
 
 /// The ServiceEntry kinds istiod asks for, by Istio version.
@@ -105,11 +110,19 @@ pub const SERVICE_ENTRY_TYPE_URLS: &[&str] = &[
 ];
 
 impl ResourceSnapshot {
-    /// The resources for a requested type URL on a stream of `shard`: the shard's ServiceEntries,
+    /// The resources for a requested type URL on a stream of `shard`: the shard's ServiceEntries;
+    /// the VirtualServices, DestinationRules and Gateways translated from App Mesh on shard 0 only
+    /// (istiod keeps one store per source: the same object on several sources would conflict);
     /// or the empty set for any other kind (the same on every shard).
     pub fn for_type(&self, type_url: &str, shard: usize) -> &Arc<EncodedType> {
         if SERVICE_ENTRY_TYPE_URLS.contains(&type_url) {
             self.shard(shard)
+        } else if let Some(t) = crate::appmesh::encode::kind_of(type_url).and_then(|k| self.appmesh.types.get(&k)) {
+            if shard == 0 {
+                t
+            } else {
+                &self.empty
+            }
         } else {
             &self.empty
         }
@@ -133,7 +146,9 @@ impl ResourceSnapshot {
     /// (at 10,000 services they take several times the encoded size): translated again from the
     /// model, which gives the same entries because translation is deterministic.
     pub fn translation(&self) -> Translation {
-        translate::translate(&self.model, &self.options)
+        let mut t = translate::translate(&self.model, &self.options);
+        crate::appmesh::translate::apply_port_protocols(&mut t.entries, &self.appmesh.port_protocols);
+        t
     }
 }
 
@@ -201,12 +216,17 @@ pub fn encode_entry(se: &ServiceEntry) -> (Bytes, String) {
         body: Some(prost_types::Any { type_url: SERVICE_ENTRY_BODY_TYPE_URL.into(), value: body }),
     };
     let any = prost_types::Any { type_url: MCP_RESOURCE_TYPE_URL.into(), value: resource.encode_to_vec() };
+    (frame_resource(&any), version)
+}
+
+/// One resource as a complete, framed `DiscoveryResponse.resources` field (tag + length + Any).
+pub fn frame_resource(any: &prost_types::Any) -> Bytes {
     let len = any.encoded_len();
     let mut buf = BytesMut::with_capacity(len + 8);
     prost::encoding::encode_key(RESOURCES_FIELD, prost::encoding::WireType::LengthDelimited, &mut buf);
     prost::encoding::encode_varint(len as u64, &mut buf);
     any.encode(&mut buf).expect("buffer has capacity");
-    (buf.freeze(), version)
+    buf.freeze()
 }
 
 /// Translation options, replaced when the mapping file changes.
@@ -238,10 +258,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let handle = tokio::runtime::Handle::current();
+    let mut appmesh_rx = cache.appmesh_rx();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let builder = move || {
         loop {
             cache.set_options(options.borrow_and_update().clone());
+            if let Some(rx) = appmesh_rx.as_mut() {
+                cache.set_appmesh(rx.borrow_and_update().clone());
+            }
             let model = model_rx.borrow_and_update().clone();
             if let Some(model) = model {
                 // A bug in translation must not stop every future update: the last good snapshot
@@ -262,6 +286,9 @@ pub async fn run(
                     r = model_rx.changed() => r.is_ok(),
                     // Options that can no longer change: keep building models.
                     r = options.changed(), if options.has_changed().is_ok() => r.is_ok() || model_rx.changed().await.is_ok(),
+                    r = async { appmesh_rx.as_mut().expect("guarded").changed().await }, if appmesh_rx.as_ref().is_some_and(|rx| rx.has_changed().is_ok()) => {
+                        r.is_ok() || model_rx.changed().await.is_ok()
+                    }
                 }
             });
             if !changed {
@@ -294,6 +321,9 @@ pub fn publish(cache: &mut ResourceCache, model: &Arc<model::Snapshot>, tx: &Res
         Metrics::by_shard(&metrics.shard_resource_bytes, i).set(shard.resources_len as i64);
     }
     metrics.rejected_services.set(snap.rejected.len() as i64);
+    for o in [AmOutcome::Translated, AmOutcome::Approximated, AmOutcome::Dropped] {
+        metrics.appmesh_objects.get_or_create(&vec![("outcome", o.as_str().to_string())]).set(snap.appmesh.count(o) as i64);
+    }
     metrics.skipped_instances.set(snap.notes.iter().filter(|n| n.kind == NoteKind::SkippedInstance).count() as i64);
     metrics.ignored_overrides.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Override).count() as i64);
     metrics.dropped_hosts.set(snap.notes.iter().filter(|n| n.kind == NoteKind::Host).count() as i64);

@@ -292,6 +292,12 @@ pub struct TranslateArgs {
     /// How often the mapping file is checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_MAPPING_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub mapping_poll_interval: Duration,
+    /// App Mesh configuration translated into Istio VirtualServices, DestinationRules and Gateways served (and rendered) next to the ServiceEntries (docs/appmesh.md): a file or a directory of Kubernetes CRs, CloudFormation templates, `terraform show -json` output or CLI JSON (repeatable; comma-separated in the env var). Re-read when it changes.
+    #[arg(long = "appmesh-file", env = "CLOUDMAP_MCP_APPMESH_FILES", value_delimiter = ',')]
+    pub appmesh_files: Vec<PathBuf>,
+    /// How often the App Mesh files are checked for changes.
+    #[arg(long, env = "CLOUDMAP_MCP_APPMESH_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub appmesh_poll_interval: Duration,
     /// Give every ServiceEntry a VIP from --vip-cidr (except a single hand-registered IP), so Istio's DNS proxy resolves its hosts (`--allocate-vips=false`: never, unless a mapping rule or the service asks).
     #[arg(long, env = "CLOUDMAP_MCP_ALLOCATE_VIPS", default_value = "true", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]

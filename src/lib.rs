@@ -4,6 +4,7 @@
 //! → [`cache`] (pre-encoded, versioned) → [`xds`] streams (one per istiod).
 pub mod admin;
 pub mod app;
+pub mod appmesh;
 pub mod cache;
 pub mod config;
 pub mod fuzzing;

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use cloudmap_mcp::config::{Cli, Command, LogFormat, RenderArgs};
-use cloudmap_mcp::{app, source, translate};
+use cloudmap_mcp::{app, appmesh, source, translate};
 
 /// The level filter when RUST_LOG is unset: info, except the HTTP/2 stack's own warnings about
 /// misbehaving connections (one line per connection a client breaks): they are counted in
@@ -67,8 +67,20 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let t = translate::translate(&snapshot, &opts);
-    print!("{}", translate::render::render(&t.entries, args.output));
+    let mut t = translate::translate(&snapshot, &opts);
+    if args.translate.appmesh_files.is_empty() {
+        print!("{}", translate::render::render(&t.entries, args.output));
+    } else {
+        if args.output != translate::render::Format::Yaml {
+            anyhow::bail!("--appmesh-file: render prints YAML only (drop -o json)");
+        }
+        let am = app::settings::appmesh(&args.translate);
+        let mesh = appmesh::load(&am.paths, am.max_bytes)?;
+        let routing = appmesh::translate::translate(&mesh, &t.entries, &opts.istio_namespace);
+        appmesh::translate::apply_port_protocols(&mut t.entries, &routing.port_protocols);
+        print!("{}", translate::render::render(&t.entries, args.output));
+        print!("{}", appmesh::istio::yaml(&routing.objects, &routing.report));
+    }
     for line in translate::render::report_comments(&t).lines() {
         eprintln!("{line}");
     }

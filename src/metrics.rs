@@ -71,6 +71,8 @@ pub struct Metrics {
     pub shard_pushes: Family<Labels, Counter>,
     pub shard_push_bytes: Family<Labels, Counter>,
     pub rejected_services: Gauge,
+    /// App Mesh objects by migration outcome (translated, approximated, dropped).
+    pub appmesh_objects: Family<Labels, Gauge>,
     pub skipped_instances: Gauge,
     pub ignored_overrides: Gauge,
     pub dropped_hosts: Gauge,
@@ -118,6 +120,7 @@ impl Metrics {
             shard_pushes: Family::default(),
             shard_push_bytes: Family::default(),
             rejected_services: Gauge::default(),
+            appmesh_objects: Family::default(),
             skipped_instances: Gauge::default(),
             ignored_overrides: Gauge::default(),
             dropped_hosts: Gauge::default(),
@@ -193,6 +196,11 @@ impl Metrics {
             "rejected_services",
             "Cloud Map services currently left out because their ServiceEntry would be invalid",
             Box::new(m.rejected_services.clone()),
+        );
+        reg!(
+            "appmesh_objects",
+            "App Mesh objects of --appmesh-file by migration outcome (outcome=translated|approximated|dropped; /debug/appmesh gives the reasons)",
+            Box::new(m.appmesh_objects.clone()),
         );
         reg!(
             "skipped_instances",

@@ -7,6 +7,7 @@
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments; streamed ([`stream`]) |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
+//! | `/debug/appmesh` | JSON: the App Mesh migration report (per object: translated, approximated or dropped, with reasons) and the Istio objects served per kind |
 //! | `/debug/clients` | JSON: each stream's node id, peer, shard, and per type the last sent/acked version and nonce |
 //! | `/debug/held-edits` | JSON: mapping or registry file edits held by the edit guard (see `guard`) |
 //! | `/debug/shards` | JSON: per shard (`--shards`) its gRPC address, ServiceEntries, bytes, version and open streams (rendered by [`shards`]) |
@@ -79,6 +80,7 @@ pub fn debug_router(state: DebugState, extra: Vec<ExtraView>) -> Router {
     let mut router = Router::new()
         .route("/debug/serviceentries", get(serviceentries))
         .route("/debug/rejected", get(rejected))
+        .route("/debug/appmesh", get(appmesh))
         .route("/debug/clients", get(clients))
         .route("/debug/shards", get(shards_view));
     for x in extra {
@@ -233,6 +235,25 @@ async fn rejected(State(s): State<DebugState>) -> Response {
                 json_bytes(&serde_json::json!({ "rejected": *snap.rejected, "notes": *snap.notes }))
             },
         )
+        .await;
+    respond(body, "application/json")
+}
+
+async fn appmesh(State(s): State<DebugState>) -> Response {
+    let Some(snap) = s.snapshots.borrow().clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"not ready\"}\n").into_response();
+    };
+    let body = s
+        .cache
+        .get(View::AppMesh, Freshness::Snapshot(snap.serial), move || {
+            let served: std::collections::BTreeMap<&str, Vec<String>> = snap
+                .appmesh
+                .types
+                .iter()
+                .map(|(k, t)| (k.as_str(), t.names.iter().map(|(n, _)| n.to_string()).collect()))
+                .collect();
+            json_bytes(&serde_json::json!({ "report": snap.appmesh.report, "served": served }))
+        })
         .await;
     respond(body, "application/json")
 }

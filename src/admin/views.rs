@@ -40,6 +40,7 @@ pub enum View {
     CloudMap,
     HeldEdits,
     Shards,
+    AppMesh,
 }
 
 impl View {
@@ -53,6 +54,7 @@ impl View {
             View::CloudMap => "cloudmap",
             View::HeldEdits => "held_edits",
             View::Shards => "shards",
+            View::AppMesh => "appmesh",
         }
     }
 }

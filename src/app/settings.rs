@@ -50,6 +50,15 @@ pub fn edit_guard(a: &ServeArgs) -> crate::guard::GuardSettings {
     }
 }
 
+/// The App Mesh files' watcher.
+pub fn appmesh(a: &TranslateArgs) -> crate::appmesh::watch::Settings {
+    crate::appmesh::watch::Settings {
+        paths: a.appmesh_files.clone(),
+        poll_interval: a.appmesh_poll_interval,
+        max_bytes: crate::appmesh::DEFAULT_MAX_BYTES,
+    }
+}
+
 /// The xDS server's limits.
 pub fn ads_config(a: &ServeArgs) -> AdsConfig {
     AdsConfig {

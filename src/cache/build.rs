@@ -151,6 +151,9 @@ pub struct ResourceCache {
     pub(super) patched: u64,
     /// Splits the served entries into `--shards` (see `cache::shard`).
     pub(super) sharding: super::shard::Sharding,
+    /// The App Mesh model served next to the ServiceEntries (`None`: none configured).
+    appmesh: Option<Arc<crate::appmesh::model::AppMesh>>,
+    appmesh_rx: Option<super::AppMeshRx>,
 }
 
 /// What the last build served, beyond the memo: enough to repeat its cross-service decisions.
@@ -181,7 +184,26 @@ impl ResourceCache {
             empty: Arc::new(EncodedType::empty()),
             patched: 0,
             sharding: super::shard::Sharding::new(1),
+            appmesh: None,
+            appmesh_rx: None,
         }
+    }
+
+    /// Serves the Istio routing of the App Mesh model `rx` carries next to the ServiceEntries
+    /// (see [`super::appmesh`]); [`super::run`] rebuilds when it changes.
+    pub fn with_appmesh(mut self, rx: super::AppMeshRx) -> Self {
+        self.appmesh = Some(rx.borrow().clone());
+        self.appmesh_rx = Some(rx);
+        self
+    }
+
+    pub(super) fn appmesh_rx(&self) -> Option<super::AppMeshRx> {
+        self.appmesh_rx.clone()
+    }
+
+    /// A new App Mesh model: the next build translates it (the ServiceEntries' memo stays).
+    pub fn set_appmesh(&mut self, mesh: Arc<crate::appmesh::model::AppMesh>) {
+        self.appmesh = Some(mesh);
     }
 
     pub fn options(&self) -> &translate::Options {
@@ -471,8 +493,13 @@ impl ResourceCache {
             notes: served.notes.clone(),
             model_services: model.service_count(),
             model_instances: model.instance_count(),
+            appmesh: Default::default(),
         };
         self.served = Some(served);
+        let mut snap = snap;
+        if let Some(mesh) = self.appmesh.as_ref().filter(|m| !m.is_empty()) {
+            super::appmesh::apply(mesh, &mut snap);
+        }
         snap
     }
 }
