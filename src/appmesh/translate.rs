@@ -487,15 +487,26 @@ fn destination_rules(cx: &Ctx) -> Vec<Object> {
 }
 
 /// Gives the served ServiceEntries' ports the protocols of the virtual nodes' listeners (App Mesh
-/// knows 8080 is HTTP; an ECS registration does not). Only ports served as TCP change.
+/// knows 8080 is HTTP; an ECS registration does not). Only ports served as TCP change; a renamed
+/// port keeps its endpoints (their port maps name the port, and istiod drops an entry whose
+/// endpoints name an undeclared port).
 pub fn apply_port_protocols(entries: &mut [ServiceEntry], protocols: &BTreeMap<String, BTreeMap<u32, Protocol>>) {
     for e in entries {
         let Some(p) = e.spec.hosts.first().and_then(|h| protocols.get(h)) else { continue };
+        let mut renamed: Vec<(String, String)> = Vec::new();
         for port in &mut e.spec.ports {
             if let Some(proto) = p.get(&port.number) {
                 if port.protocol == "TCP" && *proto != Protocol::Tcp {
+                    let name = format!("{}-{}", proto.istio().to_ascii_lowercase(), port.number);
+                    renamed.push((std::mem::replace(&mut port.name, name.clone()), name));
                     port.protocol = proto.istio().to_string();
-                    port.name = format!("{}-{}", proto.istio().to_ascii_lowercase(), port.number);
+                }
+            }
+        }
+        for ep in &mut e.spec.endpoints {
+            for (old, new) in &renamed {
+                if let Some(n) = ep.ports.remove(old) {
+                    ep.ports.insert(new.clone(), n);
                 }
             }
         }

@@ -54,6 +54,12 @@ fn colorapp_routes_weights_subsets_retries_and_timeouts() {
     apply_port_protocols(&mut served, &t.port_protocols);
     assert_eq!(served[0].spec.ports[0].protocol, "HTTP");
     assert_eq!(served[0].spec.ports[0].name, "http-8080");
+    // Endpoints that map the port by name follow the rename (istiod drops an entry whose endpoints
+    // name an undeclared port).
+    assert!(served[0].spec.endpoints.iter().any(|ep| !ep.ports.is_empty()), "the registry maps endpoint ports");
+    for ep in &served[0].spec.endpoints {
+        assert!(ep.ports.keys().all(|k| served[0].spec.ports.iter().any(|p| &p.name == k)), "{:?}", ep.ports);
+    }
     let hc = t.report.iter().find(|r| r.name == "front").unwrap();
     assert_eq!(hc.outcome, Outcome::Approximated);
     assert!(hc.reasons.iter().any(|r| r.contains("active health check")), "{hc:?}");
