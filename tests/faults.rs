@@ -217,8 +217,10 @@ async fn edits_parse_only_what_changed(json: bool) {
     let path = dir.path().join(if json { "registry.json" } else { "registry.yaml" });
     let full = registry(60, &[], 0);
     std::fs::write(&path, &full).unwrap();
+    // One step renames the namespace of every service, which the edit guard would hold as a mass
+    // removal (tests/edit_guard.rs); here it must be applied, to check the whole parse it takes.
     let server = ServerProcess::start_env(
-        &["--registry-file", path.to_str().unwrap()],
+        &["--registry-file", path.to_str().unwrap(), "--max-removal-ratio", "100%"],
         &[("RUST_LOG", "info,cloudmap_mcp::source::file=debug")],
     );
     let mut ads = AdsStream::connect(&server.url()).await;
