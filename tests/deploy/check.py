@@ -488,6 +488,37 @@ def check_helm(helm_bin: str, known: set[str]) -> None:
         env = {e["name"] for e in one(load_docs(p.stdout), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
         R.check("shards: unset by default (one shard)", "CLOUDMAP_MCP_SHARDS" not in env)
 
+    # App Mesh files: a ConfigMap mounted as a directory that --appmesh-file reads, and the server
+    # translates what the chart mounts.
+    colorapp = ROOT / "src" / "appmesh" / "testdata" / "colorapp" / "k8s.yaml"
+    p = helm_template(helm_bin, extra=("--set-file", f"appMesh.files.colorapp\\.yaml={colorapp}"))
+    if R.check("helm template with appMesh.files", p.returncode == 0, p.stderr[-1000:]):
+        docs = load_docs(p.stdout)
+        cms = [d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"].endswith("-appmesh")]
+        R.check("appMesh: a ConfigMap holds the file", len(cms) == 1 and cms[0]["data"].get("colorapp.yaml", "").strip() == colorapp.read_text().strip(),
+                str([c["metadata"]["name"] for c in cms]))
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        mount = next((m for m in c.get("volumeMounts", []) if m["name"] == "appmesh"), {})
+        vol = next((v for v in pod.get("volumes", []) if v["name"] == "appmesh"), {})
+        R.check("appMesh: CLOUDMAP_MCP_APPMESH_FILES is the mounted directory",
+                env.get("CLOUDMAP_MCP_APPMESH_FILES") == mount.get("mountPath") == "/etc/cloudmap-mcp/appmesh", f"{env.get('CLOUDMAP_MCP_APPMESH_FILES')} {mount}")
+        R.check("appMesh: the volume is the rendered ConfigMap", cms and vol.get("configMap", {}).get("name") == cms[0]["metadata"]["name"], str(vol))
+        if BINARY.exists() and cms:
+            with tempfile.TemporaryDirectory() as d:
+                for k, v in cms[0]["data"].items():
+                    (Path(d) / k).write_text(v)
+                reg = ROOT / "src" / "appmesh" / "testdata" / "colorapp.registry.yaml"
+                r = subprocess.run([str(BINARY), "render", "--registry-file", str(reg), "--appmesh-file", d],
+                                   capture_output=True, text=True, timeout=30)
+                R.check("appMesh: cloudmap-mcp render translates the mounted directory",
+                        r.returncode == 0 and "kind: VirtualService" in r.stdout, r.stderr[-1000:])
+    p = helm_template(helm_bin)
+    if p.returncode == 0:
+        names = [d["metadata"]["name"] for d in load_docs(p.stdout) if d.get("kind") == "ConfigMap"]
+        R.check("appMesh: no ConfigMap by default", not any(n.endswith("-appmesh") for n in names), str(names))
+
     # Every server flag is exposed by the chart.
     tmpl = (CHART / "templates" / "deployment.yaml").read_text()
     missing = sorted(n for n in known if n not in tmpl)
