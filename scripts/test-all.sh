@@ -5,7 +5,9 @@
 #   3. the deploy checks (helm lint/template, manifests), if present, then the container image test
 #      (tests/container/run.sh: podman builds the Dockerfile's prebuilt target with the debug binary and
 #      runs the image; podman and runc are installed from Debian's packages when missing);
-#   4. the istiod conformance harness (Go: Istio's own client and istiod), if present, using the same binary;
+#   4. the istiod conformance harness (Go: Istio's own client and istiod), if present, using the same binary,
+#      then the --shards benchmark script (benches/shards_istiod.sh) at a tiny size with the istiod 1.31 it
+#      built: it must run through and print its table (its figures mean nothing at that size);
 #   5. cargo audit of Cargo.lock against the RustSec advisory database: the snapshot at ../shared/advisory-db
 #      when present (offline), else cargo audit's own fetch (cargo-audit is installed under target/tools the
 #      first time).
@@ -44,6 +46,17 @@ fi
 if [ -x scripts/istiod-harness.sh ]; then
   export CLOUDMAP_MCP_BIN=$PWD/target/debug/cloudmap-mcp
   step "istiod conformance (adsc + pilot-discovery)" scripts/istiod-harness.sh
+  # The benchmark of BENCHMARKS.md "Sharding" at 300 services: istiod ready with every source and every
+  # service (the script checks both), each change received, one shard's bytes per change at N = 4.
+  shards_bench_smoke() {
+    local out
+    out=$(SHARDS="1 4" benches/shards_istiod.sh 300 2 2 1) || return 1
+    echo "$out"
+    echo "$out" | grep -Eq '^\| bytes sent per change \| [0-9]+ \| [0-9]+ \| 1/[0-9.]+ \|'
+  }
+  if [ -x "${CLOUDMAP_MCP_ISTIOD_CACHE:-target/istiod}/1.31/pilot-discovery" ]; then
+    step "--shards benchmark script, tiny size (real istiod 1.31)" shards_bench_smoke
+  fi
 fi
 
 # RustSec advisories, warnings (unmaintained, yanked) failing too. The database: the snapshot at

@@ -245,7 +245,22 @@ pub async fn serve(
                 let snap: Option<Arc<cache::ResourceSnapshot>> = served.borrow().clone();
                 snap.map(|s| guard::options_loss(&s.model, a, p)).unwrap_or_default()
             });
-            guards.guard("mapping file", options, loss, guard_settings)
+            let guarded = guards.guard("mapping file", options, loss, guard_settings);
+            // At startup there is no earlier mapping to keep: judge the one in force against no
+            // mapping file on the served model (the pods of a rollout restart with the new file).
+            let (served, in_force) = (res_rx.clone(), guarded.clone());
+            let judge: guard::StartupEvaluate = Arc::new(move || {
+                let snap: Arc<cache::ResourceSnapshot> = served.borrow().clone()?;
+                let applied: Arc<translate::Options> = in_force.borrow().clone();
+                let baseline = translate::Options { mapping: Arc::new(Mapping::default()), ..(*applied).clone() };
+                Some(guard::options_loss(&snap.model, &baseline, &applied))
+            });
+            let mut first = res_rx.clone();
+            let served = async move {
+                crate::util::until_some(&mut first).await;
+            };
+            guards.hold_at_startup("mapping file", "no mapping file", guarded.clone(), served, judge, guard_settings);
+            guarded
         }
         None => options,
     };
@@ -393,7 +408,9 @@ pub async fn serve(
         let parts: Vec<String> = details.iter().filter_map(|d| d()).collect();
         (!parts.is_empty()).then(|| parts.join("; "))
     }));
-    let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail });
+    let blocker = guards.clone();
+    let blocker: Option<admin::ReadinessDetail> = Some(Arc::new(move || blocker.not_ready()));
+    let health_app = admin::health_router(HealthState { snapshots: res_rx.clone(), registry, detail, blocker });
     let debug_app = args.debug_views.then(|| {
         let mut extra: Vec<ExtraView> = source
             .cloudmap
@@ -402,7 +419,10 @@ pub async fn serve(
                 ExtraView {
                     path: cloudmap::debug::PATH,
                     view: View::CloudMap,
-                    render: Arc::new(move || cloudmap::debug::render_json(&c.pollers, c.multi, &snapshots)),
+                    render: Arc::new(move || {
+                        let views = c.pollers.iter().map(|p| p.debug_view()).collect();
+                        cloudmap::debug::render_json(views, c.multi, &skipped_instances(&snapshots))
+                    }),
                 }
             })
             .into_iter()
@@ -502,4 +522,20 @@ async fn log_activity(metrics: Arc<Metrics>, every: std::time::Duration, mut sto
             "gRPC client activity"
         );
     }
+}
+
+/// The instances the served snapshot's translation skipped, by `(namespace, service)`, for
+/// `/debug/cloudmap` (the poller cannot know them: it reads Cloud Map, not the translation).
+fn skipped_instances(snapshots: &cache::ResourceRx) -> cloudmap::debug::Skipped {
+    let mut by_service = cloudmap::debug::Skipped::new();
+    let Some(snap) = snapshots.borrow().clone() else { return by_service };
+    for n in snap.notes.iter() {
+        if let Some(id) = &n.instance {
+            by_service
+                .entry((n.source.namespace.clone(), n.source.service.clone()))
+                .or_default()
+                .push(cloudmap::debug::SkippedView { id: id.clone(), reason: n.message.clone() });
+        }
+    }
+    by_service
 }

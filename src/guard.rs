@@ -6,6 +6,13 @@
 //! `confirmations` consecutive checks, `interval` apart, still propose it (a reverted edit, or one
 //! that no longer removes that much, ends the hold).
 //!
+//! A version in force from startup has no earlier version to keep. The mapping file's is judged
+//! against the same snapshot translated without a mapping file ([`EditGuards::hold_at_startup`]):
+//! when it stops serving more than the ratio, the server is **not ready** (`/readyz` 503) until the
+//! same consecutive checks confirm it or an edit fixes it. A rollout of a broken mapping (the Helm
+//! chart restarts the pods when the mapping changes) then waits, and the replicas already running
+//! keep serving, instead of the new pods emptying istiod's registry.
+//!
 //! A guard sits between a watch channel of proposals (each good version of the file) and the one
 //! the rest of the server reads; what counts as "services no longer served" is the caller's
 //! [`Evaluate`] function.
@@ -78,12 +85,45 @@ pub struct HeldEdit {
     pub check_interval_seconds: f64,
     /// RFC 3339.
     pub held_since: String,
+    /// Set for a version in force since startup, judged against this baseline instead of an
+    /// earlier version (the server is not ready meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_startup_compared_with: Option<&'static str>,
+}
+
+impl HeldEdit {
+    fn new(
+        source: &'static str,
+        loss: Loss,
+        settings: &GuardSettings,
+        consecutive: u32,
+        held_since: String,
+        at_startup_compared_with: Option<&'static str>,
+    ) -> HeldEdit {
+        HeldEdit {
+            source,
+            would_stop_serving: loss.lost,
+            served: loss.served,
+            examples: loss.examples,
+            max_removal_ratio: settings.max_removal_ratio,
+            consecutive,
+            confirmations_required: settings.confirmations,
+            check_interval_seconds: settings.interval.as_secs_f64(),
+            held_since,
+            at_startup_compared_with,
+        }
+    }
 }
 
 /// The edits held now, by source, and the guards' metrics.
 #[derive(Clone, Default)]
 pub struct EditGuards {
     held: Arc<Mutex<BTreeMap<&'static str, HeldEdit>>>,
+    /// Versions in force since startup that stop serving most services (see the module doc).
+    startup: Arc<Mutex<BTreeMap<&'static str, HeldEdit>>>,
+    /// Versions in force since startup not judged yet, with their baseline: not ready either, so
+    /// no readiness probe lands between the first snapshot and its judgment.
+    judging: Arc<Mutex<BTreeMap<&'static str, &'static str>>>,
     holds: Family<Vec<(&'static str, &'static str)>, Counter>,
     held_gauge: Family<Vec<(&'static str, &'static str)>, Gauge>,
 }
@@ -91,6 +131,10 @@ pub struct EditGuards {
 /// Whether a proposal would stop serving services, given what is applied now (run off the async
 /// runtime: it may translate the whole registry).
 pub type Evaluate<T> = Arc<dyn Fn(&T, &T) -> Loss + Send + Sync>;
+
+/// What the version in force costs against a baseline; `None` while it cannot be judged yet (no
+/// snapshot served). Run off the async runtime.
+pub type StartupEvaluate = Arc<dyn Fn() -> Option<Loss> + Send + Sync>;
 
 impl EditGuards {
     pub fn register(r: &mut Registry) -> EditGuards {
@@ -104,14 +148,48 @@ impl EditGuards {
         g
     }
 
-    /// The held edits.
+    /// The held edits, then the versions held at startup.
     pub fn held(&self) -> Vec<HeldEdit> {
-        self.held.lock().expect("guard state").values().cloned().collect()
+        let mut v: Vec<HeldEdit> = self.held.lock().expect("guard state").values().cloned().collect();
+        v.extend(self.startup.lock().expect("guard state").values().cloned());
+        v
+    }
+
+    /// Why the server is not ready, while a version in force since startup is held.
+    pub fn not_ready(&self) -> Option<String> {
+        let held: Vec<HeldEdit> = self.startup.lock().expect("guard state").values().cloned().collect();
+        let judging: Vec<String> = self
+            .judging
+            .lock()
+            .expect("guard state")
+            .iter()
+            .map(|(source, baseline)| format!("judging the {source} in force since startup against {baseline}"))
+            .collect();
+        (!held.is_empty() || !judging.is_empty()).then(|| {
+            held.iter()
+                .map(|h| {
+                    format!(
+                        "the {} in force since startup would stop serving {} of the {} services served with {} (over {:.0}%, e.g. {}); not ready, so a rollout waits and the replicas already running keep serving, until {} consecutive checks {:?} apart confirm it ({} so far) or an edit fixes it (see /debug/held-edits)",
+                        h.source,
+                        h.would_stop_serving,
+                        h.served,
+                        h.at_startup_compared_with.unwrap_or("the baseline"),
+                        h.max_removal_ratio * 100.0,
+                        h.examples.join(", "),
+                        h.confirmations_required,
+                        Duration::from_secs_f64(h.check_interval_seconds),
+                        h.consecutive
+                    )
+                })
+                .chain(judging)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 
     /// A line for `/readyz`, while an edit is held.
     pub fn readiness(&self) -> Option<String> {
-        let held = self.held();
+        let held: Vec<HeldEdit> = self.held.lock().expect("guard state").values().cloned().collect();
         (!held.is_empty()).then(|| {
             held.iter()
                 .map(|h| {
@@ -132,18 +210,117 @@ impl EditGuards {
     }
 
     fn set(&self, source: &'static str, h: Option<HeldEdit>) {
-        let mut held = self.held.lock().expect("guard state");
-        let gauge = self.held_gauge.get_or_create(&vec![("source", metric_label(source))]);
+        Self::put(&self.held, source, h);
+        self.update_gauge(source);
+    }
+
+    fn set_startup(&self, source: &'static str, h: Option<HeldEdit>) {
+        Self::put(&self.startup, source, h);
+        self.update_gauge(source);
+    }
+
+    fn put(map: &Mutex<BTreeMap<&'static str, HeldEdit>>, source: &'static str, h: Option<HeldEdit>) {
+        let mut map = map.lock().expect("guard state");
         match h {
-            Some(h) => {
-                held.insert(source, h);
-                gauge.set(1);
+            Some(h) => map.insert(source, h),
+            None => map.remove(source),
+        };
+    }
+
+    /// 1 while either kind of hold is on for `source`.
+    fn update_gauge(&self, source: &'static str) {
+        let on = self.held.lock().expect("guard state").contains_key(source)
+            || self.startup.lock().expect("guard state").contains_key(source);
+        self.held_gauge.get_or_create(&vec![("source", metric_label(source))]).set(i64::from(on));
+    }
+
+    /// Judges the version of `source` in force since startup against `baseline` (what
+    /// `evaluate` compares it with, e.g. "no mapping file") once `served` completes (the first
+    /// snapshot is served; until the judgment the server is not ready either): over the
+    /// ratio, the server is not ready ([`Self::not_ready`]) until `confirmations` consecutive
+    /// checks `interval` apart still find it so (the first judgment counts as the first check),
+    /// or one finds it fixed. A new version in force (`in_force` changed: a live edit) is judged at
+    /// once and counts from its own first check.
+    pub fn hold_at_startup<T: Send + Sync + 'static>(
+        &self,
+        source: &'static str,
+        baseline: &'static str,
+        mut in_force: watch::Receiver<T>,
+        served: impl std::future::Future<Output = ()> + Send + 'static,
+        evaluate: StartupEvaluate,
+        settings: GuardSettings,
+    ) {
+        let this = self.clone();
+        self.judging.lock().expect("guard state").insert(source, baseline);
+        tokio::spawn(async move {
+            served.await;
+            let mut consecutive = 0u32;
+            let mut since = None;
+            loop {
+                let eval = evaluate.clone();
+                let loss = match tokio::task::spawn_blocking(move || eval()).await {
+                    Ok(Some(loss)) => loss,
+                    Ok(None) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::error!(source, "judging the version in force at startup panicked (a bug); not holding it");
+                        this.judging.lock().expect("guard state").remove(source);
+                        this.set_startup(source, None);
+                        return;
+                    }
+                };
+                consecutive += 1;
+                this.judging.lock().expect("guard state").remove(source);
+                let ratio = settings.max_removal_ratio;
+                if !loss.is_mass(ratio) {
+                    if consecutive > 1 {
+                        tracing::info!(source, "the {source} in force no longer stops serving most services; ready");
+                    }
+                    this.set_startup(source, None);
+                    return;
+                }
+                if consecutive >= settings.confirmations {
+                    tracing::warn!(
+                        source,
+                        would_stop_serving = loss.lost,
+                        served = loss.served,
+                        consecutive,
+                        "the {source} in force since startup was confirmed by consecutive checks although it stops serving most services; ready"
+                    );
+                    this.set_startup(source, None);
+                    return;
+                }
+                if consecutive == 1 {
+                    this.holds.get_or_create(&vec![("source", metric_label(source))]).inc();
+                }
+                let held_since = since.get_or_insert_with(now_rfc3339).clone();
+                tracing::error!(
+                    source,
+                    would_stop_serving = loss.lost,
+                    served = loss.served,
+                    compared_with = baseline,
+                    limit = format!("{:.0}%", ratio * 100.0),
+                    examples = %loss.examples.join(", "),
+                    consecutive,
+                    required = settings.confirmations,
+                    "the {source} in force since startup stops serving most services (compared with {baseline}): not ready until consecutive checks confirm it or an edit fixes it"
+                );
+                this.set_startup(source, Some(HeldEdit::new(source, loss, &settings, consecutive, held_since, Some(baseline))));
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.interval) => {}
+                    r = in_force.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        in_force.borrow_and_update();
+                        consecutive = 0;
+                        since = None;
+                    }
+                }
             }
-            None => {
-                held.remove(source);
-                gauge.set(0);
-            }
-        }
+        });
     }
 
     /// Puts a guard between `proposals` and the returned receiver (see the module doc).
@@ -216,20 +393,7 @@ impl EditGuards {
                     required = settings.confirmations,
                     "{source} edit held: it would stop serving most services; the last version stays in use until consecutive checks confirm it (revert the edit to end the hold)"
                 );
-                this.set(
-                    source,
-                    Some(HeldEdit {
-                        source,
-                        would_stop_serving: loss.lost,
-                        served: loss.served,
-                        examples: loss.examples,
-                        max_removal_ratio: ratio,
-                        consecutive,
-                        confirmations_required: settings.confirmations,
-                        check_interval_seconds: settings.interval.as_secs_f64(),
-                        held_since: since.clone(),
-                    }),
-                );
+                this.set(source, Some(HeldEdit::new(source, loss, &settings, consecutive, since.clone(), None)));
                 pending = Some((proposed, consecutive, since));
             }
         });

@@ -32,6 +32,53 @@ impl fmt::Display for NamespaceType {
     }
 }
 
+/// Which instances DiscoverInstances returns (Cloud Map's `HealthStatus` filter), applied again here so
+/// a registry file behaves like the API. The Cloud Map source passes it to the API; translate applies
+/// it to every source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[clap(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthFilter {
+    /// Healthy (and UNKNOWN) instances.
+    Healthy,
+    /// Unhealthy instances only.
+    Unhealthy,
+    /// Every instance.
+    All,
+    /// Healthy instances, or every instance when none is healthy (fail open).
+    #[default]
+    HealthyOrElseAll,
+}
+
+impl HealthFilter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthFilter::Healthy => "HEALTHY",
+            HealthFilter::Unhealthy => "UNHEALTHY",
+            HealthFilter::All => "ALL",
+            HealthFilter::HealthyOrElseAll => "HEALTHY_OR_ELSE_ALL",
+        }
+    }
+
+    /// The instances this filter keeps.
+    pub fn select(self, instances: &[Instance]) -> Vec<&Instance> {
+        let healthy = || instances.iter().filter(|i| i.health.counts_as_healthy());
+        match self {
+            HealthFilter::All => instances.iter().collect(),
+            HealthFilter::Healthy => healthy().collect(),
+            HealthFilter::Unhealthy => instances.iter().filter(|i| i.health == HealthStatus::Unhealthy).collect(),
+            HealthFilter::HealthyOrElseAll => {
+                let h: Vec<_> = healthy().collect();
+                if h.is_empty() {
+                    instances.iter().collect()
+                } else {
+                    h
+                }
+            }
+        }
+    }
+}
+
 /// Health of an instance as Cloud Map reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

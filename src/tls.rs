@@ -53,8 +53,14 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// A certificate chain, key or CA bundle larger than this is refused (public CA bundles are
+/// a few hundred KB).
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads one of the TLS files: a regular file only (a FIFO in its place would block the reload
+/// check for good), at most [`MAX_FILE_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    crate::util::fs::read_regular(path, MAX_FILE_BYTES).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
 }
 
 fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -69,7 +75,7 @@ fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsErr
 fn fingerprint(files: &TlsFiles) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for p in [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()].into_iter().flatten() {
-        h.update(&std::fs::read(p).unwrap_or_default());
+        h.update(&crate::util::fs::read_regular(p, MAX_FILE_BYTES).unwrap_or_default());
         h.update(&[0xff]);
     }
     h.digest()

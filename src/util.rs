@@ -2,6 +2,8 @@
 //! allocator settings the server makes for itself.
 use tokio::sync::watch;
 
+pub mod fs;
+
 /// Completes when the flag turns true, or when its sender is gone.
 pub async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await.map(|_| ());

@@ -83,6 +83,12 @@ async fn serving() -> (tempfile::TempDir, PathBuf, PathBuf, ServerProcess, AdsSt
     let got = ads.istiod_handshake(ISTIOD_130_KINDS).await;
     assert_eq!(service_entries(&got[SE_V1]).len(), 3);
     assert!(hosts(&got[SE_V1]).contains(&"colorapp.first.local".to_string()));
+    // Ready once the mapping in force since startup is judged (it serves every service).
+    let t0 = std::time::Instant::now();
+    while http_get(server.admin, "/readyz").0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not ready: {}", http_get(server.admin, "/readyz").1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (dir, reg, map, server, ads)
 }
 
@@ -191,4 +197,43 @@ async fn a_fifo_in_place_of_the_registry_or_mapping_file_is_refused_and_the_watc
     assert!(hosts(&r).contains(&"colorapp.second.local".to_string()), "{:?}", hosts(&r));
     let (code, body) = http_get(server.admin, "/readyz");
     assert_eq!((code, body.as_str()), (200, "ready: 3 ServiceEntries\n"));
+}
+
+#[test]
+fn a_fifo_as_the_sources_file_a_tls_file_or_an_app_mesh_file_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry.yaml");
+    std::fs::write(&reg, example_registry()).unwrap();
+    let r = reg.to_str().unwrap();
+    let fifo = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "").unwrap();
+        fifo_over(&p);
+        p.to_str().unwrap().to_string()
+    };
+    let fifo_said = |err: &str| err.contains("it is a FIFO (named pipe); only a regular file is read");
+
+    // The sources file (several Cloud Map sources): read before anything is served.
+    let sources = fifo("sources.yaml");
+    let (code, took, err) = run_to_exit(&["--sources-file", &sources]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(fifo_said(&err) && err.contains("sources.yaml"), "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A TLS certificate or key (also re-read by the reload check).
+    let (cert, key) = (fifo("cert.pem"), fifo("key.pem"));
+    let (code, _, err) = run_to_exit(&["--registry-file", r, "--tls-cert-file", &cert, "--tls-key-file", &key]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(code.is_some(), "the server did not exit: {err}");
+    assert!(fifo_said(&err) && err.contains("cert.pem"), "{err}");
+
+    // A file of an App Mesh export directory.
+    let mesh = dir.path().join("mesh");
+    std::fs::create_dir(&mesh).unwrap();
+    let vs = mesh.join("virtual-services.yaml");
+    std::fs::write(&vs, "").unwrap();
+    fifo_over(&vs);
+    let (code, _, err) = run_to_exit(&["--registry-file", r, "--appmesh-file", mesh.to_str().unwrap()]);
+    assert!(code.is_some() && code != Some(0), "{code:?}: {err}");
+    assert!(fifo_said(&err) && err.contains("virtual-services.yaml"), "{err}");
 }

@@ -154,21 +154,88 @@ fn bad_mapping_files_and_flags_stop_startup_with_a_clear_error() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("  - 241."));
 }
 
-/// A mapping given at startup whose host template fits no real name: nothing can be held (there is
-/// no earlier mapping), so the server serves what it can (nothing) and `/readyz`, still 200 so that
-/// istiod can start, says that none of the services is served and why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_says_why_nothing_is_served_when_a_startup_mapping_rejects_every_service() {
+/// A mapping whose host template fits no real name, as a rollout starts the new pods with it.
+fn too_long_template() -> String {
+    // 60 + 1 + 60 + the service name: a DNS label of more than 63 characters for every service.
+    let long = "x".repeat(60);
+    format!("rules:\n  - name: too-long\n    host: \"{long}{{service}}.{long}\"\n")
+}
+
+/// The server on the registry with `mapping` as its mapping file (and `args`): (dir, mapping path, server).
+fn start_with_mapping(mapping: &str, args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.yaml");
     let map = dir.path().join("mapping.yaml");
     std::fs::write(&reg, registry()).unwrap();
-    // 60 + 1 + 60 + the service name: a DNS label of more than 63 characters for every service.
-    let long = "x".repeat(60);
-    std::fs::write(&map, format!("rules:\n  - name: too-long\n    host: \"{long}{{service}}.{long}\"\n")).unwrap();
-    let server = ServerProcess::start(&["--registry-file", reg.to_str().unwrap(), "--mapping-file", map.to_str().unwrap()]);
-    let (code, body) = http_get(server.admin, "/readyz");
+    std::fs::write(&map, mapping).unwrap();
+    let mut all = vec!["--registry-file", reg.to_str().unwrap(), "--mapping-file", map.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let server = ServerProcess::start(&all);
+    (dir, map, server)
+}
+
+const FINE_TEMPLATE: &str = "rules:\n  - name: fine\n    host: \"{service}.{namespace}.example\"\n";
+
+/// Polls `/readyz` until `done` accepts it (10 s at most): the last (code, body).
+fn readyz_until(server: &ServerProcess, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (code, body) = http_get(server.admin, "/readyz");
+        if done(code, &body) || t0.elapsed() > Duration::from_secs(10) {
+            return (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A mapping given at startup that stops serving every service has no earlier mapping to hold to:
+/// judged against no mapping file on the same snapshot, the server is not ready (a rollout waits,
+/// the running replicas keep serving) until the edit guard's consecutive checks confirm it; then
+/// `/readyz` is 200 (istiod must be able to start) and says that none of the services is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_mapping_that_serves_nothing_is_not_ready_until_confirmed() {
+    let (_dir, _, server) =
+        start_with_mapping(&too_long_template(), &["--held-edit-check-interval", "1s", "--removal-confirmations", "3"]);
+    let (code, body) = readyz_until(&server, |_, b| b.contains("would stop serving"));
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: the mapping file in force since startup would stop serving 3 of the 3 services served with no mapping file (over 50%, e.g. "),
+        "{body}"
+    );
+    assert!(body.contains("until 3 consecutive checks 1s apart confirm it (1 so far)"), "{body}");
+    let (_, metrics) = http_get(server.admin, "/metrics");
+    assert!(metrics.contains("cloudmap_mcp_edits_held{source=\"mapping\"} 1"), "{metrics}");
+    let (_, held) = http_get(server.admin, "/debug/held-edits");
+    assert!(held.contains("\"at_startup_compared_with\":\"no mapping file\""), "{held}");
+    assert!(server.logs().contains("stops serving most services (compared with no mapping file)"));
+
+    // Confirmed by the third check, 2 s later: ready, saying why nothing is served.
+    let (code, body) = readyz_until(&server, |c, _| c == 200);
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("ready: 0 ServiceEntries; none of the 3 services is served (3 rejected, e.g. "), "{body}");
     assert!(body.contains("see /debug/rejected"), "{body}");
+    let (_, metrics) = http_get(server.admin, "/metrics");
+    assert!(metrics.contains("cloudmap_mcp_edits_held{source=\"mapping\"} 0"), "{metrics}");
+}
+
+/// The same startup hold ends at once when the mapping is fixed, long before the checks would confirm it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_mapping_ends_the_startup_hold_at_once() {
+    let (_dir, map, server) =
+        start_with_mapping(&too_long_template(), &["--mapping-poll-interval", "100ms", "--held-edit-check-interval", "60s"]);
+    let (code, body) = readyz_until(&server, |_, b| b.contains("would stop serving"));
+    assert_eq!(code, 503, "{body}");
+    std::fs::write(&map, FINE_TEMPLATE).unwrap();
+    let (code, body) = readyz_until(&server, |c, _| c == 200);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ready: 3 ServiceEntries"), "{body}");
+}
+
+/// A mapping that serves every service is ready as soon as its snapshot is served.
+#[test]
+fn a_good_startup_mapping_is_ready_at_once() {
+    let (_dir, _, server) = start_with_mapping(FINE_TEMPLATE, &["--held-edit-check-interval", "60s"]);
+    let (code, body) = readyz_until(&server, |c, _| c == 200);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "ready: 3 ServiceEntries\n");
 }

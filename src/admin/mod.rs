@@ -3,7 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `/healthz` | 200 while the process runs |
-//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); a registry or mapping file not applied is named with the reason (still 200: its last good version is served), and so is a snapshot where the source has services but none is served (all rejected) |
+//! | `/readyz` | 200 once the source has loaded and a snapshot is served, else 503 with the reason (naming any Cloud Map source not synced yet); also 503 while the mapping file in force since startup stops serving most services (`guard`); a registry or mapping file not applied is named with the reason (still 200: its last good version is served), and so is a snapshot where the source has services but none is served (all rejected) |
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/debug/serviceentries` | the served ServiceEntries as Kubernetes YAML (`?format=json` for a JSON List), with what was left out as comments; streamed ([`stream`]) |
 //! | `/debug/rejected` | JSON: services left out and instances skipped, with reasons |
@@ -47,6 +47,9 @@ pub struct HealthState {
     pub snapshots: ResourceRx,
     pub registry: Arc<Registry>,
     pub detail: Option<ReadinessDetail>,
+    /// Why the server must not be ready although it serves a snapshot (e.g. a mapping file held
+    /// at startup); 503 with this reason while it says something.
+    pub blocker: Option<ReadinessDetail>,
 }
 
 /// A live debug view provided by another module (e.g. `/debug/cloudmap`): a path and a function
@@ -115,6 +118,9 @@ async fn readyz(State(s): State<HealthState>) -> Response {
             Some(d) => format!("{why}; {d}"),
             None => why,
         });
+    }
+    if let (Some(n), Some(why)) = (served, s.blocker.as_ref().and_then(|b| b())) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why} (serving {n} ServiceEntries)\n")).into_response();
     }
     match (served, detail) {
         (Some(n), None) => (StatusCode::OK, format!("ready: {n} ServiceEntries\n")).into_response(),

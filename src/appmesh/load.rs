@@ -102,7 +102,9 @@ impl Builder {
     }
 }
 
-/// The files a path names: itself, or a directory's `.yaml`/`.yml`/`.json` files in name order.
+/// The files a path names: itself, or a directory's `.yaml`/`.yml`/`.json` entries in name order
+/// (subdirectories skipped; anything else with those extensions is read, so a FIFO or socket there
+/// is refused by the read rather than silently left out).
 pub fn files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let io = |source| LoadError::Io { path: path.to_path_buf(), source };
     if !std::fs::metadata(path).map_err(io)?.is_dir() {
@@ -112,7 +114,7 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     for e in std::fs::read_dir(path).map_err(io)? {
         let p = e.map_err(io)?.path();
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if p.is_file() && matches!(ext, "yaml" | "yml" | "json") {
+        if !p.is_dir() && matches!(ext, "yaml" | "yml" | "json") {
             out.push(p);
         }
     }
@@ -129,7 +131,8 @@ pub fn load(paths: &[PathBuf], max_bytes: u64) -> Result<AppMesh, LoadError> {
             if meta.len() > max_bytes {
                 return Err(LoadError::TooLarge { path: f, bytes: meta.len(), max: max_bytes });
             }
-            let text = std::fs::read_to_string(&f).map_err(|source| LoadError::Io { path: f.clone(), source })?;
+            let text = crate::util::fs::read_regular_string(&f, max_bytes)
+                .map_err(|source| LoadError::Io { path: f.clone(), source })?;
             load_text(&mut b, &f, &text)?;
         }
     }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::model::{self, attr, HealthStatus, Timestamp};
+use crate::model::{self, attr, Timestamp};
+pub use crate::model::HealthFilter;
 pub use hosts::HostPolicy;
 pub use mapping::Mapping;
 pub use shape::keys as override_keys;
@@ -24,51 +25,6 @@ mod address_tests;
 mod tests;
 pub mod validate;
 pub mod vip;
-
-/// Which instances DiscoverInstances returns (Cloud Map's `HealthStatus` filter), applied again here so
-/// a registry file behaves like the API.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[clap(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum HealthFilter {
-    /// Healthy (and UNKNOWN) instances.
-    Healthy,
-    /// Unhealthy instances only.
-    Unhealthy,
-    /// Every instance.
-    All,
-    /// Healthy instances, or every instance when none is healthy (fail open).
-    #[default]
-    HealthyOrElseAll,
-}
-
-impl HealthFilter {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthFilter::Healthy => "HEALTHY",
-            HealthFilter::Unhealthy => "UNHEALTHY",
-            HealthFilter::All => "ALL",
-            HealthFilter::HealthyOrElseAll => "HEALTHY_OR_ELSE_ALL",
-        }
-    }
-
-    fn select(self, instances: &[model::Instance]) -> Vec<&model::Instance> {
-        let healthy = || instances.iter().filter(|i| i.health.counts_as_healthy());
-        match self {
-            HealthFilter::All => instances.iter().collect(),
-            HealthFilter::Healthy => healthy().collect(),
-            HealthFilter::Unhealthy => instances.iter().filter(|i| i.health == HealthStatus::Unhealthy).collect(),
-            HealthFilter::HealthyOrElseAll => {
-                let h: Vec<_> = healthy().collect();
-                if h.is_empty() {
-                    instances.iter().collect()
-                } else {
-                    h
-                }
-            }
-        }
-    }
-}
 
 /// ServiceEntry `location`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::model::HealthStatus;
 use crate::source::file;
 
 fn testdata() -> PathBuf {

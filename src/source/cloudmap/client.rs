@@ -13,8 +13,7 @@ use aws_sdk_servicediscovery::types as aws;
 
 use super::budget::{backoff, Budget};
 use super::metrics::CloudMapMetrics;
-use crate::model::{self, HealthStatus, NamespaceType, Timestamp};
-use crate::translate::HealthFilter;
+use crate::model::{self, HealthFilter, HealthStatus, NamespaceType, Timestamp};
 
 /// Page size for the List* calls (the API's maximum).
 const PAGE_SIZE: i32 = 100;

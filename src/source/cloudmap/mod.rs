@@ -3,13 +3,14 @@
 //! - [`client`]: the SDK client (standard credential chain; `data-` host prefix stripped for a
 //!   custom endpoint) and the [`client::Api`] wrapper every call goes through.
 //! - [`budget`]: the shared API budget (token bucket with jitter, concurrency limit) and backoff.
-//! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules.
-//! - [`attributes`]: service-level attributes (GetServiceAttributes) and when they are re-read.
+//! - [`poller`]: the in-memory view, resync and revision polling, and the safety rules;
+//!   [`poller::attributes`]: service-level attributes (GetServiceAttributes) and when they are re-read.
 //! - [`select`]: namespace and service selection.
 //! - [`credentials`]: the standard chain, then `sts:AssumeRole` into a source's role.
 //! - [`sources`]: the sources file (several accounts/Regions); [`multi`]: their merge.
 //! - [`events`]: event-driven refresh from an SQS queue of EventBridge events.
-//! - [`debug`]: the `/debug/cloudmap` route. [`metrics`]: Prometheus families (`source` label).
+//! - [`debug`]: the `/debug/cloudmap` view and its rendering (filled by the poller; `record`: the
+//!   failures and resync reports it keeps). [`metrics`]: Prometheus families (`source` label).
 //!
 //! See `docs/cloudmap.md` for the user-facing description.
 use std::sync::Arc;
@@ -19,11 +20,9 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::model::Snapshot;
+use crate::model::{HealthFilter, Snapshot};
 use crate::source::{self, SnapshotRx};
-use crate::translate::HealthFilter;
 
-pub mod attributes;
 pub mod budget;
 pub mod client;
 pub mod credentials;
@@ -32,6 +31,7 @@ pub mod events;
 pub mod metrics;
 pub mod multi;
 pub mod poller;
+mod record;
 pub mod select;
 pub mod sources;
 

@@ -33,10 +33,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::attributes::{self, ServiceAttributes};
 use super::budget::{backoff, doubled, jittered};
 use super::client::{Api, ApiError, Discovered, ErrorKind, NamespaceInfo, ServiceMeta, ServiceSummary, DISCOVER_MAX_RESULTS};
-use super::debug::{self, DebugView};
+use super::debug::DebugView;
+use super::record::{rfc3339, ErrorRecord, ResyncReport};
 use super::metrics::CloudMapMetrics;
 use super::Settings;
 use crate::metrics::Metrics;
@@ -44,8 +44,12 @@ use crate::model::{self, Timestamp};
 use crate::source::SnapshotTx;
 use crate::util::LogLimiter;
 
+pub(super) mod attributes;
 mod poll;
 mod resync;
+mod view;
+
+use attributes::ServiceAttributes;
 
 /// `(namespace name, service name)`: the identity of a ServiceEntry.
 pub(super) type SvcKey = (String, String);
@@ -62,29 +66,6 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 const TRIM_QUIET: Duration = Duration::from_secs(1);
 /// Before the first complete sync, attempts are retried with backoff from 1 s up to this.
 const FIRST_SYNC_RETRY_CAP: Duration = Duration::from_secs(30);
-
-/// A failure kept for the debug view.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ErrorRecord {
-    pub at: String,
-    #[serde(flatten)]
-    pub error: ApiError,
-}
-
-impl ErrorRecord {
-    pub(super) fn new(error: ApiError) -> Self {
-        ErrorRecord { at: now_rfc3339(), error }
-    }
-}
-
-pub(super) fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: d.as_secs() as i64, nanos: 0 }.to_rfc3339()
-}
-
-fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
 
 pub(super) struct NsEntry {
     pub info: NamespaceInfo,
@@ -199,19 +180,6 @@ impl Read {
             Read::Event => "event",
         }
     }
-}
-
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct ResyncReport {
-    pub started_at: String,
-    pub took_ms: u64,
-    pub complete: bool,
-    pub namespaces: usize,
-    pub services_listed: usize,
-    pub added: usize,
-    pub removed: usize,
-    pub held_back_removals: usize,
-    pub errors: Vec<String>,
 }
 
 #[derive(Default)]
@@ -413,7 +381,7 @@ impl Poller {
     }
 
     pub fn debug_view(&self) -> DebugView {
-        debug::view(self)
+        view::view(self)
     }
 
     /// The source's name ([`Settings::name`]).

@@ -251,10 +251,14 @@ pub fn parse(
     Ok(out)
 }
 
-/// Reads and parses the file.
+/// A sources file larger than this is refused (a hundred sources take a few KB).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads and parses the file: a regular file only (a FIFO in its place would block startup), at
+/// most [`MAX_FILE_BYTES`].
 pub fn load(path: &Path, base: &Settings, default_timeout: Duration) -> Result<Vec<Source>, SourcesFileError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| SourcesFileError::Io { path: path.to_path_buf(), source })?;
+    let text = crate::util::fs::read_regular_string(path, MAX_FILE_BYTES)
+        .map_err(|source| SourcesFileError::Io { path: path.to_path_buf(), source })?;
     parse(path, &text, base, default_timeout)
 }
 

@@ -149,7 +149,7 @@ fn answers_at_the_instance_cap_are_served_counted_and_noted_until_they_shrink() 
         p.publish_locked(&mut p.lock());
         p.metrics.at_instance_cap.get()
     };
-    let note = |p: &Poller| debug::view(p).namespaces.iter().flat_map(|n| &n.services).find(|s| s.name == key.1).and_then(|s| s.note.clone());
+    let note = |p: &Poller| p.debug_view().namespaces.iter().flat_map(|n| &n.services).find(|s| s.name == key.1).and_then(|s| s.note.clone());
     assert_eq!(gauge(&p), 0);
     assert!(p.apply_discovered(&key, 1, Ok(at(1000, true)), Read::Refresh));
     assert_eq!(p.lock().services[&key].data.as_ref().unwrap().instances.len(), 1000, "served as returned");

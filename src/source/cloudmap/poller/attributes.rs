@@ -28,13 +28,14 @@ use futures::stream::{self, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::budget::jittered;
-use super::client::{ApiError, ErrorKind};
-use super::poller::{ErrorRecord, Poller, SvcKey};
+use super::{Poller, SvcKey};
+use crate::source::cloudmap::budget::jittered;
+use crate::source::cloudmap::client::{ApiError, ErrorKind};
+use crate::source::cloudmap::record::ErrorRecord;
 
 /// What GetServiceAttributes last said about one service.
 #[derive(Debug)]
-pub(super) struct ServiceAttributes {
+pub(in crate::source::cloudmap) struct ServiceAttributes {
     /// The last good answer; empty until one.
     pub values: BTreeMap<String, String>,
     /// The service id the last good answer is about (a re-created service is read again).
@@ -62,7 +63,7 @@ impl Default for ServiceAttributes {
 
 /// Why a service's attributes are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Reason {
+pub(in crate::source::cloudmap) enum Reason {
     New,
     Refresh,
     Event,
@@ -80,7 +81,7 @@ impl Reason {
 
 /// Process-wide: whether GetServiceAttributes is denied.
 #[derive(Debug, Default)]
-pub(super) struct Access {
+pub(in crate::source::cloudmap) struct Access {
     /// The denial, while the IAM policy does not allow the call.
     pub denied: Option<ErrorRecord>,
 }
