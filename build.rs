@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "istio/networking/v1alpha3/virtual_service.proto",
     "istio/networking/v1alpha3/destination_rule.proto",
     "istio/networking/v1alpha3/gateway.proto",
+    "istio/networking/v1alpha3/sidecar.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -111,7 +111,7 @@ pub const SERVICE_ENTRY_TYPE_URLS: &[&str] = &[
 
 impl ResourceSnapshot {
     /// The resources for a requested type URL on a stream of `shard`: the shard's ServiceEntries;
-    /// the VirtualServices, DestinationRules and Gateways translated from App Mesh on shard 0 only
+    /// the VirtualServices, DestinationRules, Gateways and Sidecars translated from App Mesh on shard 0 only
     /// (istiod keeps one store per source: the same object on several sources would conflict);
     /// or the empty set for any other kind (the same on every shard).
     pub fn for_type(&self, type_url: &str, shard: usize) -> &Arc<EncodedType> {

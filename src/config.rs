@@ -292,7 +292,7 @@ pub struct TranslateArgs {
     /// How often the mapping file is checked for changes.
     #[arg(long, env = "CLOUDMAP_MCP_MAPPING_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub mapping_poll_interval: Duration,
-    /// App Mesh configuration translated into Istio VirtualServices, DestinationRules and Gateways served (and rendered) next to the ServiceEntries (docs/appmesh.md): a file or a directory of Kubernetes CRs, CloudFormation templates, `terraform show -json` output or CLI JSON (repeatable; comma-separated in the env var). Re-read when it changes.
+    /// App Mesh configuration translated into Istio VirtualServices, DestinationRules, Gateways and Sidecars (a Kubernetes VirtualNode's backends) served (and rendered) next to the ServiceEntries (docs/appmesh.md): a file or a directory of Kubernetes CRs, CloudFormation templates, `terraform show -json` output or CLI JSON (repeatable; comma-separated in the env var). Re-read when it changes.
     #[arg(long = "appmesh-file", env = "CLOUDMAP_MCP_APPMESH_FILES", value_delimiter = ',')]
     pub appmesh_files: Vec<PathBuf>,
     /// How often the App Mesh files are checked for changes.

@@ -38,11 +38,28 @@ fn render_prints_the_colorapp_routing_with_the_report_for_every_form() {
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
         outputs.push(String::from_utf8(out.stdout).unwrap());
     }
-    assert!(outputs.iter().all(|o| *o == outputs[0]), "the four forms render differently");
+    // CloudFormation, Terraform and the CLI name no pods: the same output, without the Sidecar that
+    // the Kubernetes form's podSelector gives `front` (its backends as egress hosts).
+    assert!(outputs[1..].iter().all(|o| *o == outputs[1]), "the three non-Kubernetes forms render differently");
+    let kinds_of = |text: &str| -> Vec<String> {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(text).unwrap();
+        docs.iter().map(|d| d["kind"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(kinds_of(&outputs[1]), ["ServiceEntry", "Gateway", "DestinationRule", "VirtualService", "VirtualService"]);
     let text = &outputs[0];
+    assert_eq!(
+        kinds_of(text),
+        ["ServiceEntry", "Gateway", "DestinationRule", "VirtualService", "VirtualService", "Sidecar"],
+        "{text}"
+    );
     let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(text).unwrap();
-    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["ServiceEntry", "Gateway", "DestinationRule", "VirtualService", "VirtualService"], "{text}");
+    let sidecar = &docs[5];
+    assert_eq!(sidecar["metadata"]["namespace"], "howto-k8s-cloudmap");
+    assert_eq!(sidecar["spec"]["workloadSelector"]["labels"]["app"], "front");
+    assert_eq!(
+        sidecar["spec"]["egress"][0]["hosts"],
+        serde_json::json!(["*/colorapp.howto-k8s-cloudmap.pvt.aws.local", "*/colorapp.howto-k8s-cloudmap.svc.cluster.local"])
+    );
     // The imported mesh's 8080 is HTTP on the served ServiceEntry.
     assert_eq!(docs[0]["spec"]["ports"][0]["protocol"], "HTTP", "{text}");
     assert!(text.contains("# App Mesh migration report"));

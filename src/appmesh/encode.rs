@@ -10,13 +10,15 @@ use crate::proto::istio::networking::v1alpha3 as net;
 use crate::proto::MCP_RESOURCE_TYPE_URL;
 
 /// The type URLs istiod asks for, per kind (v1 for current istiod, v1alpha3 for older ones).
-pub const TYPE_URLS: [(Kind, &str); 6] = [
+pub const TYPE_URLS: [(Kind, &str); 8] = [
     (Kind::VirtualService, "networking.istio.io/v1/VirtualService"),
     (Kind::VirtualService, "networking.istio.io/v1alpha3/VirtualService"),
     (Kind::DestinationRule, "networking.istio.io/v1/DestinationRule"),
     (Kind::DestinationRule, "networking.istio.io/v1alpha3/DestinationRule"),
     (Kind::Gateway, "networking.istio.io/v1/Gateway"),
     (Kind::Gateway, "networking.istio.io/v1alpha3/Gateway"),
+    (Kind::Sidecar, "networking.istio.io/v1/Sidecar"),
+    (Kind::Sidecar, "networking.istio.io/v1alpha3/Sidecar"),
 ];
 
 /// The kind a type URL asks for, if it is one of these.
@@ -29,6 +31,7 @@ pub fn body_type_url(kind: Kind) -> &'static str {
         Kind::VirtualService => "type.googleapis.com/istio.networking.v1alpha3.VirtualService",
         Kind::DestinationRule => "type.googleapis.com/istio.networking.v1alpha3.DestinationRule",
         Kind::Gateway => "type.googleapis.com/istio.networking.v1alpha3.Gateway",
+        Kind::Sidecar => "type.googleapis.com/istio.networking.v1alpha3.Sidecar",
     }
 }
 
@@ -205,12 +208,22 @@ fn gateway(v: &Value) -> net::Gateway {
     }
 }
 
+fn sidecar(v: &Value) -> net::Sidecar {
+    net::Sidecar {
+        workload_selector: v["workloadSelector"].as_object().map(|_| net::WorkloadSelector {
+            labels: labels(&v["workloadSelector"]["labels"]),
+        }),
+        egress: each(&v["egress"], |e| net::IstioEgressListener { hosts: strs(&e["hosts"]) }),
+    }
+}
+
 /// The protobuf body of an object.
 pub fn body(o: &Object) -> Vec<u8> {
     match o.kind {
         Kind::VirtualService => virtual_service(&o.spec).encode_to_vec(),
         Kind::DestinationRule => destination_rule(&o.spec).encode_to_vec(),
         Kind::Gateway => gateway(&o.spec).encode_to_vec(),
+        Kind::Sidecar => sidecar(&o.spec).encode_to_vec(),
     }
 }
 

@@ -12,6 +12,7 @@ pub enum Kind {
     Gateway,
     DestinationRule,
     VirtualService,
+    Sidecar,
 }
 
 impl Kind {
@@ -20,6 +21,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::DestinationRule => "DestinationRule",
             Kind::VirtualService => "VirtualService",
+            Kind::Sidecar => "Sidecar",
         }
     }
 }

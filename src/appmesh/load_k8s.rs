@@ -1,8 +1,10 @@
 //! Kubernetes manifests: `appmesh.k8s.aws/v1beta2` CRs. Other kinds (Namespace, Deployment,
 //! Service, ...) are skipped unread; `kind: List` is read item by item.
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::load::{origin, Builder};
+use super::model::Workload;
 use super::node::Node;
 use super::reader::{Ctx, Dialect, LoadError, Obj};
 use super::spec;
@@ -54,8 +56,9 @@ pub fn load(b: &mut Builder, path: &Path, doc: &Node) -> Result<(), LoadError> {
         "Mesh" => return Ok(()),
         "VirtualNode" => {
             let n = aws_name(&mut s, "_")?;
-            s.skip(&["podSelector"]);
-            let v = spec::virtual_node(&mut s, mesh, n.clone(), at.clone())?;
+            let workload = pod_selector(&mut s, &ns)?;
+            let mut v = spec::virtual_node(&mut s, mesh, n.clone(), at.clone())?;
+            v.workload = workload;
             s.finish()?;
             b.define("VirtualNode", n.clone(), &at.at).map_err(dup)?;
             b.alias("VirtualNode", format!("k8s:VirtualNode:{ns}/{name}"), &n);
@@ -105,4 +108,29 @@ pub fn load(b: &mut Builder, path: &Path, doc: &Node) -> Result<(), LoadError> {
         other => return Err(cx.err(doc.pos, format!("unknown App Mesh kind {other:?}"))),
     }
     Ok(())
+}
+
+/// `spec.podSelector` of a VirtualNode: the pods (in the CR's namespace) it stands for.
+fn pod_selector(s: &mut Obj, namespace: &str) -> Result<Option<Workload>, LoadError> {
+    let Some(mut sel) = s.obj("podSelector")? else { return Ok(None) };
+    let mut labels = BTreeMap::new();
+    if let Some(m) = sel.raw("matchLabels") {
+        let entries = m.as_map().ok_or_else(|| sel.cx.err(m.pos, "podSelector.matchLabels must be a mapping"))?;
+        for (k, v) in entries {
+            labels.insert(k.clone(), sel.text(v)?);
+        }
+    }
+    let expressions = sel.raw("matchExpressions").and_then(Node::as_seq).map_or(0, <[Node]>::len);
+    sel.finish()?;
+    let namespace = namespace.to_string();
+    Ok(Some(if expressions > 0 {
+        Workload::Unsupported {
+            namespace,
+            why: format!("podSelector.matchExpressions ({expressions}) has no workloadSelector equivalent (labels only)"),
+        }
+    } else if labels.is_empty() {
+        Workload::Unsupported { namespace, why: "an empty podSelector selects every pod of the namespace".into() }
+    } else {
+        Workload::Labels { namespace, labels }
+    }))
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod node;
 pub mod reader;
 mod routes;
+mod scope;
 mod spec;
 pub mod translate;
 pub mod watch;

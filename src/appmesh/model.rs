@@ -223,6 +223,16 @@ pub struct Backend {
     pub tls: Option<ClientTls>,
 }
 
+/// The pods a Kubernetes VirtualNode selects (`metadata.namespace`, `podSelector`). The other
+/// forms describe ECS tasks or other compute that an Istio Sidecar resource does not select.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `podSelector.matchLabels` (without `matchExpressions`).
+    Labels { namespace: String, labels: BTreeMap<String, String> },
+    /// A selector a `workloadSelector` cannot express (`matchExpressions`), with what it held.
+    Unsupported { namespace: String, why: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualNode {
     pub mesh: String,
@@ -232,6 +242,7 @@ pub struct VirtualNode {
     pub listeners: Vec<NodeListener>,
     pub backends: Vec<Backend>,
     pub backend_defaults_tls: Option<ClientTls>,
+    pub workload: Option<Workload>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

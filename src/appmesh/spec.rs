@@ -367,7 +367,7 @@ pub fn virtual_node(spec: &mut Obj, mesh: String, name: String, origin: Origin) 
         None => None,
     };
     spec.skip(&["logging"]);
-    Ok(VirtualNode { mesh, name, origin, discovery, listeners, backends, backend_defaults_tls })
+    Ok(VirtualNode { mesh, name, origin, discovery, listeners, backends, backend_defaults_tls, workload: None })
 }
 
 pub fn virtual_router_listeners(spec: &mut Obj) -> R<Vec<PortMapping>> {

@@ -184,6 +184,7 @@ pub fn translate(mesh: &AppMesh, entries: &[ServiceEntry], namespace: &str) -> T
         objects.extend(routes::gateway_route(&mut cx, g));
     }
     objects.extend(destination_rules(&cx));
+    objects.extend(super::scope::sidecars(&mut cx));
     objects.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
     Translation { objects, report: cx.report.finish(), port_protocols }
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"istio.io/istio/pkg/model"
 )
 
 // A former App Mesh user's routing, kept as Kubernetes CRs (appmesh.k8s.aws/v1beta2): two virtual nodes found in
@@ -77,6 +79,22 @@ spec:
           perRequest: {unit: s, value: 3}
 ---
 apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: {name: front, namespace: shop}
+spec:
+  awsName: front
+  meshRef: {name: shop}
+  podSelector:
+    matchLabels: {app: front}
+  listeners:
+    - portMapping: {port: 8080, protocol: http}
+  backends:
+    - virtualService:
+        virtualServiceRef: {name: greeter}
+  serviceDiscovery:
+    dns: {hostname: front.shop.svc.cluster.local}
+---
+apiVersion: appmesh.k8s.aws/v1beta2
 kind: VirtualService
 metadata: {name: greeter, namespace: shop}
 spec:
@@ -88,7 +106,8 @@ spec:
 `
 
 // The Cloud Map side: ECS tasks without any protocol attribute (ECS registers none); the App Mesh listener's
-// protocol is what makes the port GRPC.
+// protocol is what makes the port GRPC. `ledger` is no virtual node's backend: a pod that App Mesh's `front`
+// stands for does not get its configuration.
 const appMeshRegistry = `namespaces:
   - name: shop
     type: HTTP
@@ -99,6 +118,12 @@ const appMeshRegistry = `namespaces:
         createDate: "2025-01-01T00:00:00Z"
         instances:
 %s
+      - name: ledger
+        id: srv-ledger000000001
+        createDate: "2025-01-01T00:00:00Z"
+        instances:
+          - id: ledger-1
+            attributes: {AWS_INSTANCE_IPV4: 127.0.0.12, AWS_INSTANCE_PORT: "%d"}
 `
 
 // TestIstiodAppMesh proves the App Mesh translation with real istiod: the VirtualService and DestinationRule are
@@ -114,7 +139,7 @@ func runAppMesh(t *testing.T, rel istioRelease, bin string) {
 	blue, green := task{"127.0.0.10", "blue"}, task{"127.0.0.11", "green"}
 	port := commonPort(t, blue.ip, green.ip)
 	regPath := filepath.Join(dir, "registry.yaml")
-	if err := os.WriteFile(regPath, []byte(fmt.Sprintf(appMeshRegistry, taskInstances([]task{blue, green}, port))), 0o644); err != nil {
+	if err := os.WriteFile(regPath, []byte(fmt.Sprintf(appMeshRegistry, taskInstances([]task{blue, green}, port), port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	meshPath := filepath.Join(dir, "appmesh.yaml")
@@ -131,7 +156,7 @@ func runAppMesh(t *testing.T, rel istioRelease, bin string) {
 		d = startIstiod(t, rel, bin, srv.grpcAddr, filepath.Join(logs, "istiod.log"))
 		d.waitReady(t, 180*time.Second)
 	})
-	step(t, "check: istiod holds the ServiceEntry (port GRPC), the VirtualService and the DestinationRule, and rejects nothing", func() {
+	step(t, "check: istiod holds the ServiceEntry (port GRPC), the VirtualService, the DestinationRule and front's Sidecar, and rejects nothing", func() {
 		err := eventually(30*time.Second, func() error {
 			got, other, err := d.configz()
 			if err != nil {
@@ -144,13 +169,14 @@ func runAppMesh(t *testing.T, rel istioRelease, bin string) {
 			if p := se.Spec.Ports; len(p) != 1 || p[0].Protocol != "GRPC" {
 				return stopRetrying(fmt.Errorf("greeter.shop ports %v, want one GRPC port (from the App Mesh listener)", p))
 			}
-			var vs, dr int
+			var vs, dr, sc int
 			for _, o := range other {
 				vs += strings.Count(o, "/VirtualService ")
 				dr += strings.Count(o, "/DestinationRule ")
+				sc += strings.Count(o, "/Sidecar shop/appmesh-front")
 			}
-			if vs != 1 || dr != 1 {
-				return fmt.Errorf("istiod holds %d VirtualServices and %d DestinationRules, want 1 and 1: %v", vs, dr, other)
+			if vs != 1 || dr != 1 || sc != 1 {
+				return fmt.Errorf("istiod holds %d VirtualServices, %d DestinationRules and %d Sidecars shop/appmesh-front, want 1 of each: %v", vs, dr, sc, other)
 			}
 			t.Logf("istiod holds: %v", other)
 			return nil
@@ -208,6 +234,44 @@ func runAppMesh(t *testing.T, rel istioRelease, bin string) {
 			return fmt.Errorf("route %d has no weighted route for greeter.shop (virtual hosts %v)", port, names)
 		})
 		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	step(t, "check: front's backends scope its pods' sidecars: greeter.shop's clusters, not ledger.shop's", func() {
+		clusters := func(px *sidecar) map[string]bool {
+			out := map[string]bool{}
+			for name := range px.c.GetClusters() {
+				out[name] = true
+			}
+			for name := range px.c.GetEdsClusters() {
+				out[name] = true
+			}
+			return out
+		}
+		greeter := fmt.Sprintf("outbound|%d||greeter.shop", port)
+		ledger := fmt.Sprintf("outbound|%d||ledger.shop", port)
+		// A pod of another workload in the namespace is not selected: it sees both services.
+		other := connectSidecarWith(t, d.grpcAddr, model.NodeMetadata{ClusterID: "Kubernetes", Namespace: "shop", Labels: map[string]string{"app": "cart"}})
+		if err := eventually(30*time.Second, func() error {
+			if c := clusters(other); !c[greeter] || !c[ledger] {
+				return fmt.Errorf("unselected pod: clusters %v, want %s and %s", sortedKeys(c), greeter, ledger)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		front := connectSidecarWith(t, d.grpcAddr, model.NodeMetadata{ClusterID: "Kubernetes", Namespace: "shop", Labels: map[string]string{"app": "front"}})
+		if err := eventually(30*time.Second, func() error {
+			c := clusters(front)
+			if !c[greeter] {
+				return fmt.Errorf("front: no %s in %v", greeter, sortedKeys(c))
+			}
+			if c[ledger] {
+				return stopRetrying(fmt.Errorf("front: %s is outside its backends but configured: %v", ledger, sortedKeys(c)))
+			}
+			t.Logf("front's sidecar clusters: %v", sortedKeys(c))
+			return nil
+		}); err != nil {
 			t.Fatal(err)
 		}
 	})

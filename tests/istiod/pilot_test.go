@@ -376,9 +376,13 @@ func connectSidecarWith(t *testing.T, istiodAddr string, meta model.NodeMetadata
 	for _, typeURL := range extraTypes {
 		initial = append(initial, &discovery.DiscoveryRequest{TypeUrl: typeURL})
 	}
+	ns := meta.Namespace
+	if ns == "" {
+		ns = "default"
+	}
 	c, err := adsc.New(istiodAddr, &adsc.ADSConfig{
 		Config: adsc.Config{
-			Namespace: "default",
+			Namespace: ns,
 			Workload:  "sleep-0",
 			IP:        "127.0.0.1",
 			Meta:      meta.ToStruct(),
