@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -32,9 +32,6 @@ mod tests;
 pub use appmesh::{AppMeshRx, AppMeshServed};
 use crate::appmesh::istio::Outcome as AmOutcome;
 pub use build::ResourceCache;
-
-/// Field number of `DiscoveryResponse.resources`.
-const RESOURCES_FIELD: u32 = 2;
 
 /// The resources of one kind, encoded and versioned.
 #[derive(Debug, Default)]
@@ -216,17 +213,7 @@ pub fn encode_entry(se: &ServiceEntry) -> (Bytes, String) {
         body: Some(prost_types::Any { type_url: SERVICE_ENTRY_BODY_TYPE_URL.into(), value: body }),
     };
     let any = prost_types::Any { type_url: MCP_RESOURCE_TYPE_URL.into(), value: resource.encode_to_vec() };
-    (frame_resource(&any), version)
-}
-
-/// One resource as a complete, framed `DiscoveryResponse.resources` field (tag + length + Any).
-pub fn frame_resource(any: &prost_types::Any) -> Bytes {
-    let len = any.encoded_len();
-    let mut buf = BytesMut::with_capacity(len + 8);
-    prost::encoding::encode_key(RESOURCES_FIELD, prost::encoding::WireType::LengthDelimited, &mut buf);
-    prost::encoding::encode_varint(len as u64, &mut buf);
-    any.encode(&mut buf).expect("buffer has capacity");
-    buf.freeze()
+    (crate::proto::frame_resource(&any), version)
 }
 
 /// Translation options, replaced when the mapping file changes.

@@ -46,3 +46,18 @@ pub use envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 pub const MCP_RESOURCE_TYPE_URL: &str = "type.googleapis.com/istio.mcp.v1alpha1.Resource";
 /// Type URL of the ServiceEntry body inside the envelope (always v1alpha3, whatever kind was asked).
 pub const SERVICE_ENTRY_BODY_TYPE_URL: &str = "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry";
+
+/// `DiscoveryResponse.resources`' field number: a response is assembled from pre-framed resources.
+pub const RESOURCES_FIELD: u32 = 2;
+
+/// One resource as a complete, framed `DiscoveryResponse.resources` field (tag + length + Any),
+/// encoded once and shared by every response that carries it.
+pub fn frame_resource(any: &prost_types::Any) -> bytes::Bytes {
+    use prost::Message;
+    let len = any.encoded_len();
+    let mut buf = bytes::BytesMut::with_capacity(len + 8);
+    prost::encoding::encode_key(RESOURCES_FIELD, prost::encoding::WireType::LengthDelimited, &mut buf);
+    prost::encoding::encode_varint(len as u64, &mut buf);
+    any.encode(&mut buf).expect("buffer has capacity");
+    buf.freeze()
+}

@@ -254,5 +254,5 @@ pub fn encode(o: &Object) -> (Bytes, String) {
         body: Some(prost_types::Any { type_url: body_type_url(o.kind).into(), value: body }),
     };
     let any = prost_types::Any { type_url: MCP_RESOURCE_TYPE_URL.into(), value: resource.encode_to_vec() };
-    (crate::cache::frame_resource(&any), version)
+    (crate::proto::frame_resource(&any), version)
 }

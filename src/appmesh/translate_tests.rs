@@ -246,3 +246,34 @@ fn grpc_tcp_matches_and_gateway_hostnames_translate_field_by_field() {
     assert_eq!(r.spec["hosts"][0], "*.example.com");
     assert_eq!(r.spec["gateways"][0], "ns/appmesh-gw");
 }
+
+#[test]
+fn backends_give_a_sidecar_only_for_a_label_selector() {
+    let text = std::fs::read_to_string(testdata(FORMS[0])).unwrap();
+    let sidecars = |t: &Translation| -> Vec<String> {
+        t.objects.iter().filter(|o| o.kind == super::istio::Kind::Sidecar).map(|o| o.resource_name()).collect()
+    };
+    let front = |t: &Translation| t.report.iter().find(|r| r.name == "front").cloned().unwrap();
+    assert_eq!(sidecars(&translate(&load_str("k.yaml", &text).unwrap(), &entries(), "ns")), ["howto-k8s-cloudmap/appmesh-front"]);
+
+    // matchExpressions: no workloadSelector can say it.
+    let exprs = text.replacen(
+        "matchLabels: {app: front}",
+        "matchExpressions: [{key: app, operator: In, values: [front, front-v2]}]",
+        1,
+    );
+    let t = translate(&load_str("k.yaml", &exprs).unwrap(), &entries(), "ns");
+    assert!(sidecars(&t).is_empty(), "{:?}", sidecars(&t));
+    let r = front(&t);
+    assert_eq!(r.outcome, Outcome::Approximated);
+    assert!(r.reasons.iter().any(|x| x.contains("podSelector.matchExpressions (1) has no workloadSelector equivalent")), "{r:?}");
+
+    // A backend that names no defined virtual service is left out, the others kept.
+    let unknown = text.replacen("virtualServiceRef: {name: colorapp}", "virtualServiceARN: arn:aws:appmesh:x:1:mesh/m/virtualService/nope", 1);
+    {
+        let m = load_str("k.yaml", &unknown).unwrap();
+        let t = translate(&m, &entries(), "ns");
+        assert!(sidecars(&t).is_empty(), "{:?}", sidecars(&t));
+        assert!(front(&t).reasons.iter().any(|x| x.contains("is not a defined virtual service")), "{:?}", front(&t));
+    }
+}

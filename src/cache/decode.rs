@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use super::RESOURCES_FIELD;
+use crate::proto::RESOURCES_FIELD;
 use crate::proto::istio::mcp::v1alpha1 as mcp;
 use crate::proto::istio::networking::v1alpha3 as net;
 use crate::proto::{MCP_RESOURCE_TYPE_URL, SERVICE_ENTRY_BODY_TYPE_URL};
