@@ -305,7 +305,7 @@ pub struct TranslateArgs {
     /// VIP ranges: at most one IPv4 and one IPv6 CIDR (each entry gets one address from each); must not overlap Istio's 240.240.0.0/16 and 2001:2::/48, loopback, link-local, multicast, unspecified or IPv4-mapped addresses; a warning outside 240.0.0.0/4 and fc00::/7.
     #[arg(long = "vip-cidr", env = "CLOUDMAP_MCP_VIP_CIDRS", value_delimiter = ',', default_value = translate::vip::DEFAULT_CIDR, value_parser = parse_cidr)]
     pub vip_cidrs: Vec<translate::vip::Cidr>,
-    /// The Kubernetes cluster domain: no extra host (mapping alias, `cloudmap-mcp/hosts`) in it, in cluster.local, or ending in .svc is served.
+    /// The Kubernetes cluster domain: no host (a service's own, a mapping alias, `cloudmap-mcp/hosts`) in it, in cluster.local, or ending in .svc is served.
     #[arg(long, env = "CLOUDMAP_MCP_CLUSTER_DOMAIN", default_value = translate::hosts::DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
     /// Most extra hosts (mapping aliases or `cloudmap-mcp/hosts`) one ServiceEntry serves; the others are left out with a note.

@@ -146,3 +146,51 @@ fn a_mapping_alias_cannot_take_another_services_host_or_a_cluster_host() {
     let (_, m) = support::http_get(server.admin, "/metrics");
     assert_eq!(metric(&m, "cloudmap_mcp_dropped_hosts", &[]), 2.0, "{m}");
 }
+
+/// Whoever can create a Cloud Map namespace names hosts: `default.svc.cluster.local` with a service
+/// `kubernetes`, or an HTTP namespace `svc` with a service `istiod.istio-system`, would give
+/// ServiceEntries for the cluster's own services. They are rejected with the reason; the others are
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_map_namespace_cannot_name_the_clusters_own_services() {
+    init();
+    let Some(moto) = Moto::start("host_hijack_namespace").await else {
+        return;
+    };
+    let seed = Seed::new(&moto.endpoint()).await;
+    let cluster = seed.http_namespace("default.svc.cluster.local").await;
+    let kubernetes = seed.service(&cluster, "kubernetes").await;
+    two_tasks(&seed, &kubernetes, "10.6.6").await;
+    let svc = seed.http_namespace("svc").await;
+    let istiod = seed.service(&svc, "istiod.istio-system").await;
+    two_tasks(&seed, &istiod, "10.6.7").await;
+    let prod = seed.http_namespace("prod").await;
+    let payments = seed.service(&prod, "payments").await;
+    two_tasks(&seed, &payments, "10.1.1").await;
+
+    let server = Server::cloudmap(&moto.endpoint(), &args(FAST, &[])).await;
+    let mut ads = Ads::connect(server.grpc).await;
+    let e = ads.wait_for("the served services", WAIT, |e| hosts_of(e, "payments.prod").is_some()).await;
+    let served: Vec<&String> = e.values().flat_map(|se| &se.hosts).collect();
+    assert_eq!(served, ["payments.prod"], "{served:?}");
+    let (code, body) = server.get("/debug/rejected").await;
+    assert_eq!(code, 200);
+    let rejected: Value = serde_json::from_str(&body).unwrap();
+    let reasons: Vec<(String, String)> = rejected["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["source"]["service"].as_str().unwrap().to_string(), r["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|(s, r)| s == "kubernetes"
+            && r == "host \"kubernetes.default.svc.cluster.local\" not served: it is in the cluster domain cluster.local (Kubernetes services are not Cloud Map's to serve)"),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|(s, r)| s == "istiod.istio-system" && r.contains("\"istiod.istio-system.svc\" not served: it ends in .svc")),
+        "{reasons:#?}"
+    );
+    server.shutdown().await;
+}

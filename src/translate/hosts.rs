@@ -1,4 +1,5 @@
-//! Whose hosts are whose: the extra hosts of a ServiceEntry (mapping `aliases`, the
+//! Whose hosts are whose. No host of a ServiceEntry, its own included, is in the cluster's
+//! domains ([`HostPolicy::cluster_host`]: a service whose own host is there is rejected). The extra hosts of a ServiceEntry (mapping `aliases`, the
 //! `cloudmap-mcp/hosts` service attribute) are checked one by one for their service
 //! ([`own_and_extra`]: never in the cluster's domains, attribute hosts only inside the allowed
 //! domains, at most [`HostPolicy::max_extra_hosts`]), then across services

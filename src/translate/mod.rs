@@ -432,6 +432,11 @@ fn translate_one(
             e
         }
     })?;
+    // A Cloud Map namespace named `default.svc.cluster.local` (or an HTTP namespace `svc` with a
+    // service `istiod.istio-system`) must not shadow the cluster's own services.
+    if let Some(why) = opts.hosts.cluster_host(&host) {
+        return Err(format!("host {host:?} not served: {why}"));
+    }
     let note = |kind, instance: Option<&str>, message: String| Note {
         source: source.clone(),
         instance: instance.map(str::to_string),
