@@ -308,6 +308,9 @@ pub struct TranslateArgs {
     /// The Kubernetes cluster domain: no host (a service's own, a mapping alias, `cloudmap-mcp/hosts`) in it, in cluster.local, or ending in .svc is served.
     #[arg(long, env = "CLOUDMAP_MCP_CLUSTER_DOMAIN", default_value = translate::hosts::DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
+    /// Domains every ServiceEntry host must be in (the domain or below it): a service whose own host is outside is rejected, an extra host outside is left out (repeatable; comma-separated in the env var). Unset: any domain outside the cluster's. Whoever can create a Cloud Map namespace names hosts: an HTTP namespace `amazonaws.com` would otherwise serve `sts.amazonaws.com` to the mesh.
+    #[arg(long = "host-domain", env = "CLOUDMAP_MCP_HOST_DOMAINS", value_delimiter = ',')]
+    pub host_domains: Vec<String>,
     /// Most extra hosts (mapping aliases or `cloudmap-mcp/hosts`) one ServiceEntry serves; the others are left out with a note.
     #[arg(long, env = "CLOUDMAP_MCP_MAX_EXTRA_HOSTS", default_value_t = translate::hosts::DEFAULT_MAX_EXTRA_HOSTS)]
     pub max_extra_hosts: usize,

@@ -194,3 +194,69 @@ async fn a_cloud_map_namespace_cannot_name_the_clusters_own_services() {
     );
     server.shutdown().await;
 }
+
+/// `--host-domain` holds every host to the platform's domains: an HTTP namespace `amazonaws.com`
+/// cannot serve `sts.amazonaws.com` to the mesh, and an alias outside them is left out.
+#[test]
+fn host_domains_hold_every_host_to_the_platforms_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry.yaml");
+    let map = dir.path().join("mapping.yaml");
+    std::fs::write(
+        &reg,
+        r#"namespaces:
+  - name: amazonaws.com
+    type: HTTP
+    services:
+      - name: sts
+        instances: [{id: a, attributes: {AWS_INSTANCE_IPV4: 10.6.6.6, AWS_INSTANCE_PORT: 443}}]
+  - name: prod
+    type: HTTP
+    services:
+      - name: payments
+        instances: [{id: a, attributes: {AWS_INSTANCE_IPV4: 10.1.1.1, AWS_INSTANCE_PORT: 8080}}]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &map,
+        "rules:\n  - match: {service: payments}\n    ports: [{instancePort: 8080, protocol: HTTP}]\n    aliases: [payments.example.com, payments.other.org]\n",
+    )
+    .unwrap();
+    let render = |extra: &[&str]| {
+        let mut args = vec!["render", "--registry-file", reg.to_str().unwrap(), "--mapping-file", map.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"))
+            .args(&args)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("CLOUDMAP_MCP_HOST_DOMAINS")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let hosts_in = |yaml: &str| -> Vec<Vec<String>> {
+        let docs: Vec<Value> = serde_saphyr::from_str_multiple(yaml).unwrap();
+        docs.iter().map(|d| serde_json::from_value(d["spec"]["hosts"].clone()).unwrap()).collect()
+    };
+    // Without the flag every host outside the cluster's domains is served.
+    let (code, out, err) = render(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        hosts_in(&out),
+        [vec!["payments.prod", "payments.example.com", "payments.other.org"], vec!["sts.amazonaws.com"]]
+    );
+    // With it: sts is rejected, the alias outside is left out, each with the reason.
+    let (code, out, err) = render(&["--host-domain", "prod,example.com"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(hosts_in(&out), [vec!["payments.prod", "payments.example.com"]]);
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("host \"sts.amazonaws.com\" not served: it is outside the allowed host domains (prod, example.com; --host-domain)"),
+        "{said}"
+    );
+    assert!(said.contains("mapping alias \"payments.other.org\" not served: it is outside the allowed host domains"), "{said}");
+    // A domain in the cluster's is refused at startup.
+    let (code, _, err) = render(&["--host-domain", "svc.cluster.local"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--host-domain \"svc.cluster.local\": it is in the cluster domain cluster.local"), "{err}");
+}

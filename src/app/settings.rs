@@ -36,7 +36,7 @@ pub fn translate_options(a: &TranslateArgs) -> Result<translate::Options, String
         // The mapping file is read by the caller (`load_mapping`) and watched by `start_options`.
         mapping: Default::default(),
         vips: translate::VipSettings::new(a.allocate_vips, a.vip_cidrs.clone())?,
-        hosts: translate::HostPolicy::new(&a.cluster_domain, a.max_extra_hosts)?,
+        hosts: translate::HostPolicy::new(&a.cluster_domain, a.max_extra_hosts)?.with_domains(&a.host_domains)?,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Whose hosts are whose. No host of a ServiceEntry, its own included, is in the cluster's
-//! domains ([`HostPolicy::cluster_host`]: a service whose own host is there is rejected). The extra hosts of a ServiceEntry (mapping `aliases`, the
+//! domains or outside `--host-domain` ([`HostPolicy::refused`]: a service whose own host is
+//! refused is rejected). The extra hosts of a ServiceEntry (mapping `aliases`, the
 //! `cloudmap-mcp/hosts` service attribute) are checked one by one for their service
 //! ([`own_and_extra`]: never in the cluster's domains, attribute hosts only inside the allowed
 //! domains, at most [`HostPolicy::max_extra_hosts`]), then across services
@@ -23,11 +24,18 @@ pub struct HostPolicy {
     pub cluster_domain: String,
     /// Most extra hosts one ServiceEntry serves (`--max-extra-hosts`).
     pub max_extra_hosts: usize,
+    /// The domains every host must be in, the domain itself or below it (`--host-domain`);
+    /// empty: any domain outside the cluster's.
+    pub domains: Vec<String>,
 }
 
 impl Default for HostPolicy {
     fn default() -> Self {
-        HostPolicy { cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(), max_extra_hosts: DEFAULT_MAX_EXTRA_HOSTS }
+        HostPolicy {
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+            max_extra_hosts: DEFAULT_MAX_EXTRA_HOSTS,
+            domains: Vec::new(),
+        }
     }
 }
 
@@ -35,7 +43,29 @@ impl HostPolicy {
     pub fn new(cluster_domain: &str, max_extra_hosts: usize) -> Result<Self, String> {
         let d = cluster_domain.trim().trim_end_matches('.').to_ascii_lowercase();
         super::validate::dns_name(&d).map_err(|e| format!("--cluster-domain {cluster_domain:?}: {e}"))?;
-        Ok(HostPolicy { cluster_domain: d, max_extra_hosts })
+        Ok(HostPolicy { cluster_domain: d, max_extra_hosts, domains: Vec::new() })
+    }
+
+    /// The same policy, holding every host to `domains` (`--host-domain`; empty: any).
+    pub fn with_domains(mut self, domains: &[String]) -> Result<Self, String> {
+        self.domains = Vec::with_capacity(domains.len());
+        for d in domains {
+            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            super::validate::dns_name(&d).map_err(|e| format!("--host-domain {d:?}: {e}"))?;
+            if let Some(why) = self.cluster_host(&d) {
+                return Err(format!("--host-domain {d:?}: {why}"));
+            }
+            self.domains.push(d);
+        }
+        Ok(self)
+    }
+
+    /// Why `host` may not be served by any entry: in the cluster's domains, or outside `--host-domain`.
+    pub fn refused(&self, host: &str) -> Option<String> {
+        self.cluster_host(host).or_else(|| {
+            (!self.domains.is_empty() && !self.domains.iter().any(|d| in_domain(host, d)))
+                .then(|| format!("it is outside the allowed host domains ({}; --host-domain)", self.domains.join(", ")))
+        })
     }
 
     /// Why `host` is in the cluster's domains, if it is.
@@ -78,7 +108,7 @@ pub fn own_and_extra(
     let mut out = vec![host];
     let mut beyond = Vec::new();
     for h in extras.filter(|h| seen.insert(h.clone())) {
-        let refused = policy.cluster_host(&h).or_else(|| match allowed {
+        let refused = policy.refused(&h).or_else(|| match allowed {
             Some(allowed) if !allowed.iter().any(|d| below(&h, d)) => Some(if allowed.is_empty() {
                 "the mapping allows no extra hosts from service attributes (hostOverrides.allowedDomains is empty)".to_string()
             } else {

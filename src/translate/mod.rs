@@ -433,8 +433,9 @@ fn translate_one(
         }
     })?;
     // A Cloud Map namespace named `default.svc.cluster.local` (or an HTTP namespace `svc` with a
-    // service `istiod.istio-system`) must not shadow the cluster's own services.
-    if let Some(why) = opts.hosts.cluster_host(&host) {
+    // service `istiod.istio-system`) must not shadow the cluster's own services; nor, with
+    // --host-domain, an HTTP namespace `amazonaws.com` a public name.
+    if let Some(why) = opts.hosts.refused(&host) {
         return Err(format!("host {host:?} not served: {why}"));
     }
     let note = |kind, instance: Option<&str>, message: String| Note {
