@@ -35,6 +35,15 @@ fn host_notes(rejected: &Value, service: &str) -> Vec<String> {
         .collect()
 }
 
+/// A registry file and a mapping file in a new directory: (the directory, registry, mapping).
+fn registry_and_mapping(registry: &str, mapping: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, map) = (dir.path().join("registry.yaml"), dir.path().join("mapping.yaml"));
+    std::fs::write(&reg, registry).unwrap();
+    std::fs::write(&map, mapping).unwrap();
+    (dir, reg, map)
+}
+
 async fn two_tasks(seed: &Seed, id: &str, base: &str) {
     for (task, last) in [("task-a", "10"), ("task-b", "11")] {
         let ip = format!("{base}.{last}");
@@ -101,11 +110,7 @@ async fn a_service_attribute_cannot_take_another_services_host_or_a_cluster_or_f
 
 #[test]
 fn a_mapping_alias_cannot_take_another_services_host_or_a_cluster_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = dir.path().join("registry.yaml");
-    let map = dir.path().join("mapping.yaml");
-    std::fs::write(
-        &reg,
+    let (_dir, reg, map) = registry_and_mapping(
         r#"namespaces:
   - name: prod
     type: HTTP
@@ -117,13 +122,8 @@ fn a_mapping_alias_cannot_take_another_services_host_or_a_cluster_host() {
         createDate: "2024-01-01T00:00:00Z"
         instances: [{id: a, attributes: {AWS_INSTANCE_IPV4: 10.1.1.1, AWS_INSTANCE_PORT: 8080}}, {id: b, attributes: {AWS_INSTANCE_IPV4: 10.1.1.2, AWS_INSTANCE_PORT: 8080}}]
 "#,
-    )
-    .unwrap();
-    std::fs::write(
-        &map,
         "rules:\n  - match: {service: evil}\n    ports: [{instancePort: 8080, protocol: HTTP}]\n    aliases: [payments.prod, kubernetes.default.svc.cluster.local, legacy.example.com]\n",
-    )
-    .unwrap();
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudmap-mcp"))
         .args(["render", "--registry-file", reg.to_str().unwrap(), "--mapping-file", map.to_str().unwrap(), "--output", "json"])
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -199,11 +199,7 @@ async fn a_cloud_map_namespace_cannot_name_the_clusters_own_services() {
 /// cannot serve `sts.amazonaws.com` to the mesh, and an alias outside them is left out.
 #[test]
 fn host_domains_hold_every_host_to_the_platforms_domains() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = dir.path().join("registry.yaml");
-    let map = dir.path().join("mapping.yaml");
-    std::fs::write(
-        &reg,
+    let (_dir, reg, map) = registry_and_mapping(
         r#"namespaces:
   - name: amazonaws.com
     type: HTTP
@@ -216,13 +212,8 @@ fn host_domains_hold_every_host_to_the_platforms_domains() {
       - name: payments
         instances: [{id: a, attributes: {AWS_INSTANCE_IPV4: 10.1.1.1, AWS_INSTANCE_PORT: 8080}}]
 "#,
-    )
-    .unwrap();
-    std::fs::write(
-        &map,
         "rules:\n  - match: {service: payments}\n    ports: [{instancePort: 8080, protocol: HTTP}]\n    aliases: [payments.example.com, payments.other.org]\n",
-    )
-    .unwrap();
+    );
     let render = |extra: &[&str]| {
         let mut args = vec!["render", "--registry-file", reg.to_str().unwrap(), "--mapping-file", map.to_str().unwrap()];
         args.extend_from_slice(extra);
