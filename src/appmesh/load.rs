@@ -9,6 +9,7 @@ use super::node::{self, Node};
 use super::reader::{Ctx, LoadError, Obj};
 use super::spec;
 use super::{load_cfn, load_cli, load_k8s, load_tf};
+use crate::util::fs::ReadError;
 
 /// Files over this size are refused (a CloudFormation template is at most 1 MB; dumps are larger).
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 20;
@@ -127,12 +128,10 @@ pub fn load(paths: &[PathBuf], max_bytes: u64) -> Result<AppMesh, LoadError> {
     let mut b = Builder::default();
     for p in paths {
         for f in files(p)? {
-            let meta = std::fs::metadata(&f).map_err(|source| LoadError::Io { path: f.clone(), source })?;
-            if meta.len() > max_bytes {
-                return Err(LoadError::TooLarge { path: f, bytes: meta.len(), max: max_bytes });
-            }
-            let text = crate::util::fs::read_regular_string(&f, max_bytes)
-                .map_err(|source| LoadError::Io { path: f.clone(), source })?;
+            let text = crate::util::fs::read_regular_string(&f, max_bytes).map_err(|e| match e {
+                ReadError::Io(source) => LoadError::Io { path: f.clone(), source },
+                ReadError::TooLarge { bytes, max } => LoadError::TooLarge { path: f.clone(), bytes, max },
+            })?;
             load_text(&mut b, &f, &text)?;
         }
     }

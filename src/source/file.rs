@@ -274,6 +274,7 @@ fn scalar_map<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap
 pub use crate::util::MAX_FLOW_NESTING;
 pub(crate) use crate::util::flow_nesting_beyond;
 pub use crate::util::fs::open_regular;
+use crate::util::fs::ReadError;
 
 /// Parses registry file contents with the default [`Limits`]. `path` is only used in error messages.
 pub fn parse(path: &Path, text: &str) -> Result<model::Snapshot, RegistryFileError> {
@@ -590,19 +591,10 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<model::Snapshot, Regist
 /// Reads at most `max` bytes of the file: a larger file (or one that grows past `max` while it is
 /// read) is an error, and never more than `max + 1` bytes are held.
 pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, RegistryFileError> {
-    use std::io::Read;
-    let io = |source| RegistryFileError::Io { path: path.to_path_buf(), source };
-    let file = open_regular(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > max {
-        return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: len, max });
-    }
-    let mut bytes = Vec::with_capacity(len as usize + 1);
-    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > max {
-        return Err(RegistryFileError::TooLarge { path: path.to_path_buf(), bytes: bytes.len() as u64, max });
-    }
-    Ok(bytes)
+    crate::util::fs::read_capped(path, max).map_err(|e| match e {
+        ReadError::Io(source) => RegistryFileError::Io { path: path.to_path_buf(), source },
+        ReadError::TooLarge { bytes, max } => RegistryFileError::TooLarge { path: path.to_path_buf(), bytes, max },
+    })
 }
 
 /// Parses file bytes; invalid UTF-8 is read lossily (replacement characters), valid UTF-8 is

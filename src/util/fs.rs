@@ -45,28 +45,49 @@ fn regular(m: &std::fs::Metadata) -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {what}; only a regular file is read")))
 }
 
+/// Why [`read_capped`] read nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{bytes} bytes; at most {max} are read")]
+    TooLarge { bytes: u64, max: u64 },
+}
+
+impl From<ReadError> for std::io::Error {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => e,
+            e @ ReadError::TooLarge { .. } => std::io::Error::new(std::io::ErrorKind::FileTooLarge, e.to_string()),
+        }
+    }
+}
+
 /// Reads a regular file ([`open_regular`]) of at most `max` bytes: a larger one (or one that grows
-/// past `max` while it is read) is an error of kind [`std::io::ErrorKind::FileTooLarge`], and never
-/// more than `max + 1` bytes are held.
-pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+/// past `max` while it is read) is [`ReadError::TooLarge`], and never more than `max + 1` bytes
+/// are held.
+pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(path)?;
     let len = file.metadata()?.len();
-    let too_large = |n: u64| {
-        std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("{n} bytes; at most {max} are read"))
-    };
     if len > max {
-        return Err(too_large(len));
+        return Err(ReadError::TooLarge { bytes: len, max });
     }
     let mut bytes = Vec::with_capacity(len as usize + 1);
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Err(too_large(bytes.len() as u64));
+        return Err(ReadError::TooLarge { bytes: bytes.len() as u64, max });
     }
     Ok(bytes)
 }
 
-/// [`read_regular`] as UTF-8 text.
-pub fn read_regular_string(path: &Path, max: u64) -> std::io::Result<String> {
-    String::from_utf8(read_regular(path, max)?)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8: {}", e.utf8_error())))
+/// [`read_capped`] with the size error as an [`std::io::ErrorKind::FileTooLarge`] I/O error.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    Ok(read_capped(path, max)?)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_regular_string(path: &Path, max: u64) -> Result<String, ReadError> {
+    String::from_utf8(read_capped(path, max)?).map_err(|e| {
+        ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8: {}", e.utf8_error())))
+    })
 }

@@ -258,7 +258,7 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 /// most [`MAX_FILE_BYTES`].
 pub fn load(path: &Path, base: &Settings, default_timeout: Duration) -> Result<Vec<Source>, SourcesFileError> {
     let text = crate::util::fs::read_regular_string(path, MAX_FILE_BYTES)
-        .map_err(|source| SourcesFileError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|e| SourcesFileError::Io { path: path.to_path_buf(), source: e.into() })?;
     parse(path, &text, base, default_timeout)
 }
 
