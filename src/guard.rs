@@ -275,7 +275,7 @@ impl EditGuards {
                 this.judging.lock().expect("guard state").remove(source);
                 let ratio = settings.max_removal_ratio;
                 if !loss.is_mass(ratio) {
-                    if consecutive > 1 {
+                    if this.startup.lock().expect("guard state").contains_key(source) {
                         tracing::info!(source, "the {source} in force no longer stops serving most services; ready");
                     }
                     this.set_startup(source, None);

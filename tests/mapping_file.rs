@@ -229,6 +229,7 @@ async fn a_fixed_mapping_ends_the_startup_hold_at_once() {
     let (code, body) = readyz_until(&server, |c, _| c == 200);
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("ready: 3 ServiceEntries"), "{body}");
+    assert!(server.logs().contains("the mapping file in force no longer stops serving most services; ready"), "{}", server.logs());
 }
 
 /// A mapping that serves every service is ready as soon as its snapshot is served.
